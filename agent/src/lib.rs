@@ -1,0 +1,3 @@
+//! The tierguard agent: configuration, policy compilation, datapath loading,
+//! metrics. `main.rs` only wires these together.
+pub mod datapath;

@@ -1,0 +1,15 @@
+//! Shared by the kernel programs (`tierguard-ebpf`), the agent and host tests.
+//!
+//! Everything that decides a packet's fate lives here as plain functions, so the
+//! kernel, `tierguard explain` and the unit tests run the very same code.
+#![cfg_attr(target_arch = "bpf", no_std)]
+
+pub mod counters;
+pub mod decide;
+pub mod maps;
+pub mod packet;
+pub mod parse;
+pub mod prefix;
+pub mod reason;
+
+pub use reason::{Reason, Verdict};

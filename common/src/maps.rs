@@ -1,0 +1,164 @@
+//! Map names, capacities, keys and values: the layout shared by kernel and agent.
+//!
+//! Layout rationale is in docs/design/map-layout.md.
+
+/// Map names as declared in the kernel object; the agent looks maps up by these.
+pub mod names {
+    pub const LIST_V4: &str = "TG_LIST_V4";
+    pub const LIST_V6: &str = "TG_LIST_V6";
+    pub const POLICY_META: &str = "TG_POLICY_META";
+    pub const ACTIVE_SLOT: &str = "TG_ACTIVE_SLOT";
+    pub const IFACE_SLOTS: &str = "TG_IFACE_SLOTS";
+    pub const STATS: &str = "TG_STATS";
+    pub const LIST_HITS: &str = "TG_LIST_HITS";
+}
+
+/// Program names in the kernel object.
+pub mod programs {
+    pub const INGRESS: &str = "tierguard_ingress";
+    /// Does nothing but pass: the baseline the benchmark subtracts.
+    pub const BASELINE: &str = "tierguard_baseline";
+}
+
+/// Prefix-table capacity, both generations together (a reload writes the new
+/// generation beside the live one before switching).
+pub const LIST_V4_CAPACITY: u32 = 4 * 1024 * 1024;
+pub const LIST_V6_CAPACITY: u32 = 1024 * 1024;
+/// Distinct list ids (and so per-list counters).
+pub const MAX_LISTS: u32 = 256;
+/// Interfaces the agent can count separately; slot 0 collects unknown ifindexes.
+pub const MAX_IFACE_SLOTS: u32 = 64;
+/// ifindex values below this are mapped to a slot by a direct array lookup.
+pub const IFINDEX_TABLE_SIZE: u32 = 65536;
+/// Reasons reserved in the counter table (Reason::ALL must fit).
+pub const MAX_REASONS: u32 = 32;
+/// Directions reserved in the counter table.
+pub const DIRECTIONS: u32 = 2;
+pub const STATS_SIZE: u32 = MAX_IFACE_SLOTS * DIRECTIONS * MAX_REASONS;
+
+/// Direction of a packet as the node sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Direction {
+    Ingress = 0,
+    Egress = 1,
+}
+
+impl Direction {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Direction::Ingress => "ingress",
+            Direction::Egress => "egress",
+        }
+    }
+}
+
+/// Index into `STATS` for an interface slot, direction and reason.
+pub const fn stats_index(iface_slot: u32, dir: Direction, reason: u8) -> u32 {
+    (iface_slot * DIRECTIONS + dir as u32) * MAX_REASONS + reason as u32
+}
+
+/// Key of an IPv4 prefix-table entry: the generation slot, the stride length
+/// and the address masked to that length (network byte order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrefixKeyV4 {
+    pub slot: u8,
+    pub len: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 4],
+}
+const _: () = assert!(core::mem::size_of::<PrefixKeyV4>() == 8);
+
+/// Key of an IPv6 prefix-table entry; see [`PrefixKeyV4`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PrefixKeyV6 {
+    pub slot: u8,
+    pub len: u8,
+    pub _pad: [u8; 2],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<PrefixKeyV6>() == 20);
+
+/// What a list lookup returns: the winning list and the length of the
+/// configured prefix that put the entry there (before expansion).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListEntry {
+    pub list_id: u16,
+    /// `ListAction` as u8.
+    pub action: u8,
+    pub orig_len: u8,
+}
+const _: () = assert!(core::mem::size_of::<ListEntry>() == 4);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ListAction {
+    Allow = 0,
+    Deny = 1,
+}
+
+impl ListAction {
+    pub const fn from_u8(v: u8) -> Option<ListAction> {
+        match v {
+            0 => Some(ListAction::Allow),
+            1 => Some(ListAction::Deny),
+            _ => None,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            ListAction::Allow => "allow",
+            ListAction::Deny => "deny",
+        }
+    }
+}
+
+/// Per-generation policy facts the kernel needs besides the tables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyMeta {
+    /// Bit i set: the IPv4 table holds entries of stride length `(i + 1) * 8`.
+    pub v4_strides: u32,
+    /// Bit i set: the IPv6 table holds entries of stride length `(i + 1) * 8`.
+    pub v6_strides: u32,
+    /// Policy generation number (increments on every applied change).
+    pub generation: u64,
+}
+const _: () = assert!(core::mem::size_of::<PolicyMeta>() == 16);
+
+/// Per-CPU packet and byte counter.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Counter>() == 16);
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), Copy, with explicit padding and no invalid bit patterns.
+    unsafe impl aya::Pod for super::PrefixKeyV4 {}
+    unsafe impl aya::Pod for super::PrefixKeyV6 {}
+    unsafe impl aya::Pod for super::ListEntry {}
+    unsafe impl aya::Pod for super::PolicyMeta {}
+    unsafe impl aya::Pod for super::Counter {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_indexes_are_disjoint_and_in_range() {
+        let last = stats_index(MAX_IFACE_SLOTS - 1, Direction::Egress, (MAX_REASONS - 1) as u8);
+        assert_eq!(last, STATS_SIZE - 1);
+        assert_ne!(
+            stats_index(1, Direction::Ingress, 0),
+            stats_index(0, Direction::Egress, 0)
+        );
+    }
+}

@@ -1,0 +1,128 @@
+//! The one list of reasons a packet is passed or dropped.
+//!
+//! Numbers are stable: they index kernel counters and appear in events. Append
+//! new reasons at the end; never renumber.
+
+/// What the datapath does with a packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Verdict {
+    Pass = 0,
+    Drop = 1,
+}
+
+impl Verdict {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Verdict::Pass => "pass",
+            Verdict::Drop => "drop",
+        }
+    }
+}
+
+/// Why a verdict was reached. Each reason implies exactly one verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Reason {
+    /// No stage decided: the packet passed by default.
+    NoMatch = 0,
+    /// Not IPv4 or IPv6 (ARP, LLDP, ...): passed untouched.
+    NonIp = 1,
+    /// Source is in an allow list.
+    AllowList = 2,
+    /// Source is in a deny list.
+    DenyList = 3,
+    /// A header was cut short by the end of the packet.
+    Truncated = 4,
+    /// A header carried impossible values (IPv4 IHL < 5, bad TCP data offset, ...).
+    Malformed = 5,
+    /// More VLAN tags than the parser follows (two).
+    VlanDepth = 6,
+    /// More IPv6 extension headers than the parser follows.
+    Ipv6ExtChain = 7,
+    /// First fragment too small to carry the whole transport header.
+    TinyFragment = 8,
+}
+
+impl Reason {
+    /// Every reason, in numeric order.
+    pub const ALL: [Reason; 9] = [
+        Reason::NoMatch,
+        Reason::NonIp,
+        Reason::AllowList,
+        Reason::DenyList,
+        Reason::Truncated,
+        Reason::Malformed,
+        Reason::VlanDepth,
+        Reason::Ipv6ExtChain,
+        Reason::TinyFragment,
+    ];
+
+    pub const fn verdict(self) -> Verdict {
+        match self {
+            Reason::NoMatch | Reason::NonIp | Reason::AllowList => Verdict::Pass,
+            Reason::DenyList
+            | Reason::Truncated
+            | Reason::Malformed
+            | Reason::VlanDepth
+            | Reason::Ipv6ExtChain
+            | Reason::TinyFragment => Verdict::Drop,
+        }
+    }
+
+    /// Label value used in metrics and events (snake_case, stable).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::NoMatch => "no_match",
+            Reason::NonIp => "non_ip",
+            Reason::AllowList => "allow_list",
+            Reason::DenyList => "deny_list",
+            Reason::Truncated => "truncated",
+            Reason::Malformed => "malformed",
+            Reason::VlanDepth => "vlan_depth",
+            Reason::Ipv6ExtChain => "ipv6_ext_chain",
+            Reason::TinyFragment => "tiny_fragment",
+        }
+    }
+
+    pub const fn from_u8(v: u8) -> Option<Reason> {
+        if (v as usize) < Reason::ALL.len() {
+            Some(Reason::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbering_is_dense_and_round_trips() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+            assert_eq!(Reason::from_u8(i as u8), Some(*r));
+        }
+        assert_eq!(Reason::from_u8(Reason::ALL.len() as u8), None);
+        assert!(Reason::ALL.len() <= crate::maps::MAX_REASONS as usize);
+    }
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        for (i, a) in Reason::ALL.iter().enumerate() {
+            assert!(a.name().chars().all(|c| c.is_ascii_lowercase() || c == '_'));
+            for b in &Reason::ALL[i + 1..] {
+                assert_ne!(a.name(), b.name());
+            }
+        }
+    }
+
+    #[test]
+    fn only_pass_reasons_pass() {
+        assert_eq!(Reason::AllowList.verdict(), Verdict::Pass);
+        assert_eq!(Reason::NonIp.verdict(), Verdict::Pass);
+        assert_eq!(Reason::DenyList.verdict(), Verdict::Drop);
+        assert_eq!(Reason::Truncated.verdict(), Verdict::Drop);
+    }
+}

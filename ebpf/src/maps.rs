@@ -1,0 +1,62 @@
+//! Every map the kernel programs use, declared together. Names, sizes and
+//! value types come from `tierguard_common::maps`.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use tierguard_common::maps::{
+    Counter, IFINDEX_TABLE_SIZE, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListEntry, MAX_LISTS,
+    PolicyMeta, PrefixKeyV4, PrefixKeyV6, STATS_SIZE,
+};
+
+/// Allocate hash entries on insert: memory follows the configured lists, not
+/// the capacity. Lookups cost the same either way.
+const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// IPv4 list prefixes, both generations, keyed by (slot, stride, masked address).
+#[map(name = "TG_LIST_V4")]
+pub static LIST_V4: HashMap<PrefixKeyV4, ListEntry> =
+    HashMap::pinned(LIST_V4_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// IPv6 list prefixes, as above.
+#[map(name = "TG_LIST_V6")]
+pub static LIST_V6: HashMap<PrefixKeyV6, ListEntry> =
+    HashMap::pinned(LIST_V6_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Per-generation facts (which strides are in use), indexed by slot 0 or 1.
+#[map(name = "TG_POLICY_META")]
+pub static POLICY_META: Array<PolicyMeta> = Array::pinned(2, 0);
+
+/// Index 0 holds the live generation slot. The agent flips it with one write:
+/// that write is the policy transaction's commit.
+#[map(name = "TG_ACTIVE_SLOT")]
+pub static ACTIVE_SLOT: Array<u32> = Array::pinned(1, 0);
+
+/// ifindex → counter slot (0: not configured).
+#[map(name = "TG_IFACE_SLOTS")]
+pub static IFACE_SLOTS: Array<u32> = Array::pinned(IFINDEX_TABLE_SIZE, 0);
+
+/// Packets and bytes by interface slot, direction and reason.
+#[map(name = "TG_STATS")]
+pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_SIZE, 0);
+
+/// Packets and bytes that each list decided.
+#[map(name = "TG_LIST_HITS")]
+pub static LIST_HITS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_LISTS, 0);
+
+#[inline(always)]
+pub fn active_slot() -> u8 {
+    match ACTIVE_SLOT.get(0) {
+        Some(s) => (*s & 1) as u8,
+        None => 0,
+    }
+}
+
+#[inline(always)]
+pub fn policy_meta(slot: u8) -> PolicyMeta {
+    match POLICY_META.get(slot as u32) {
+        Some(m) => *m,
+        None => PolicyMeta::default(),
+    }
+}

@@ -1,0 +1,1 @@
+//! Shared helpers for tierguard's kernel and end-to-end tests.
