@@ -1,0 +1,306 @@
+//! The policy file: TOML schema, loading, validation.
+//!
+//! Loading never stops at the first semantic problem: every error found is
+//! returned, each with file, line and column (`tierguard check` prints them all).
+
+mod error;
+mod prefixes;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use error::{ConfigError, ConfigErrors, Source, line_col};
+pub use prefixes::{parse_list_text, parse_prefix};
+use tierguard_common::maps::{ListAction, MAX_LISTS};
+
+/// The default policy, embedded in the binary and used when no --config is given.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.toml");
+pub const EMBEDDED_NAME: &str = "<embedded default>";
+
+pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9642";
+pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tierguard";
+/// Longest accepted list or interface name; names appear in metric labels.
+pub const MAX_NAME_LEN: usize = 64;
+
+// ---- the file as written ----
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: RawAgent,
+    #[serde(default)]
+    lists: Vec<RawList>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    #[serde(default)]
+    interfaces: Vec<Spanned<String>>,
+    #[serde(default)]
+    xdp_mode: XdpModeSetting,
+    metrics_address: Option<Spanned<String>>,
+    pin_path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawList {
+    name: Spanned<String>,
+    action: ActionSetting,
+    #[serde(default)]
+    description: Option<String>,
+    #[serde(default)]
+    cidrs: Vec<Spanned<String>>,
+    #[serde(default)]
+    files: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum ActionSetting {
+    Allow,
+    Deny,
+}
+
+/// How the XDP program is attached.
+#[derive(Debug, Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpModeSetting {
+    /// Native (driver) mode where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    Native,
+    Generic,
+}
+
+impl XdpModeSetting {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "native" => Some(Self::Native),
+            "generic" => Some(Self::Generic),
+            _ => None,
+        }
+    }
+}
+
+// ---- the validated policy ----
+
+/// Where a value came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The config's path, or `<embedded default>`.
+    pub origin: String,
+    pub agent: AgentConfig,
+    pub lists: Vec<List>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub interfaces: Vec<String>,
+    pub xdp_mode: XdpModeSetting,
+    pub metrics_address: SocketAddr,
+    pub pin_path: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct List {
+    pub name: String,
+    pub action: ListAction,
+    pub description: Option<String>,
+    /// Inline CIDRs first, then each file's, in order.
+    pub prefixes: Vec<IpNetwork>,
+    /// Where the list was defined.
+    pub origin: Origin,
+    /// List files read, for `check`'s summary.
+    pub files: Vec<PathBuf>,
+}
+
+impl Config {
+    /// Loads and validates a config file. List files are relative to it.
+    pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                file: name.clone(),
+                line: 0,
+                column: 0,
+                message: format!("cannot read config: {e}"),
+            }])
+        })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Config::load_str(&text, &name, &base)
+    }
+
+    /// The embedded default policy.
+    pub fn embedded_default() -> Result<Config, ConfigErrors> {
+        Config::load_str(EMBEDDED_DEFAULT, EMBEDDED_NAME, Path::new("."))
+    }
+
+    /// Loads and validates config text named `name`; list files resolve against `base`.
+    pub fn load_str(text: &str, name: &str, base: &Path) -> Result<Config, ConfigErrors> {
+        let src = Source { name, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            ConfigErrors(vec![src.error_at(offset, e.message().trim().to_string())])
+        })?;
+        let mut errors = Vec::new();
+        let agent = validate_agent(&src, raw.agent, &mut errors);
+        let lists = validate_lists(&src, base, raw.lists, &mut errors);
+        if errors.is_empty() {
+            Ok(Config { origin: name.to_string(), agent, lists })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Number of IPv4 and IPv6 prefixes over all lists.
+    pub fn prefix_counts(&self) -> (usize, usize) {
+        let v4 = self.lists.iter().flat_map(|l| &l.prefixes).filter(|p| p.is_ipv4()).count();
+        let total: usize = self.lists.iter().map(|l| l.prefixes.len()).sum();
+        (v4, total - v4)
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME_LEN
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) -> AgentConfig {
+    let mut interfaces: Vec<String> = Vec::new();
+    for i in &raw.interfaces {
+        let name = i.get_ref();
+        if name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', ' ', '\0']) {
+            errors.push(src.error_span(&i.span(), format!("'{name}' is not a valid interface name")));
+        } else if interfaces.contains(name) {
+            errors.push(src.error_span(&i.span(), format!("interface '{name}' is listed twice")));
+        } else {
+            interfaces.push(name.clone());
+        }
+    }
+    let metrics_address = match &raw.metrics_address {
+        None => DEFAULT_METRICS_ADDRESS.parse().expect("default address parses"),
+        Some(a) => match parse_listen_address(a.get_ref()) {
+            Ok(addr) => addr,
+            Err(msg) => {
+                errors.push(src.error_span(&a.span(), msg));
+                DEFAULT_METRICS_ADDRESS.parse().expect("default address parses")
+            }
+        },
+    };
+    let pin_path = match &raw.pin_path {
+        None => PathBuf::from(DEFAULT_PIN_PATH),
+        Some(p) => {
+            let path = PathBuf::from(p.get_ref());
+            if !path.is_absolute() {
+                errors.push(src.error_span(&p.span(), "pin_path must be an absolute path under a bpffs mount"));
+            }
+            path
+        }
+    };
+    AgentConfig { interfaces, xdp_mode: raw.xdp_mode, metrics_address, pin_path }
+}
+
+/// Parses a metrics listen address: `host:port` with an IP host.
+pub fn parse_listen_address(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("'{s}' is not a listen address: expected IP:PORT, like 0.0.0.0:9642 or [::1]:9642")
+    })
+}
+
+fn validate_lists(
+    src: &Source,
+    base: &Path,
+    raw: Vec<RawList>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<List> {
+    let mut lists: Vec<List> = Vec::new();
+    if raw.len() > MAX_LISTS as usize {
+        errors.push(ConfigError {
+            file: src.name.to_string(),
+            line: 0,
+            column: 0,
+            message: format!("{} lists configured; at most {MAX_LISTS} are supported", raw.len()),
+        });
+    }
+    for r in raw {
+        let name = r.name.get_ref().clone();
+        let (line, column) = line_col(src.text, r.name.span().start);
+        let origin = Origin { file: src.name.to_string(), line, column };
+        if !valid_name(&name) {
+            errors.push(src.error_span(
+                &r.name.span(),
+                format!("list name '{name}' must be 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"),
+            ));
+        }
+        if let Some(first) = lists.iter().find(|l| l.name == name) {
+            errors.push(src.error_span(
+                &r.name.span(),
+                format!("duplicate list name '{name}' (first defined at line {})", first.origin.line),
+            ));
+        }
+        let mut prefixes = Vec::new();
+        for c in &r.cidrs {
+            match parse_prefix(c.get_ref()) {
+                Ok(n) => prefixes.push(n),
+                Err(msg) => errors.push(src.error_span(&c.span(), msg)),
+            }
+        }
+        let mut files = Vec::new();
+        for f in &r.files {
+            let path = base.join(f.get_ref());
+            match std::fs::read_to_string(&path) {
+                Ok(text) => {
+                    let (nets, line_errors) = parse_list_text(&text);
+                    prefixes.extend(nets);
+                    for e in line_errors {
+                        errors.push(ConfigError {
+                            file: path.display().to_string(),
+                            line: e.line,
+                            column: e.column,
+                            message: e.message,
+                        });
+                    }
+                }
+                Err(e) => errors.push(src.error_span(
+                    &f.span(),
+                    format!("cannot read list file '{}': {e}", path.display()),
+                )),
+            }
+            files.push(path);
+        }
+        if r.cidrs.is_empty() && r.files.is_empty() {
+            errors.push(src.error_span(&r.name.span(), format!("list '{name}' has neither cidrs nor files")));
+        }
+        let action = match r.action {
+            ActionSetting::Allow => ListAction::Allow,
+            ActionSetting::Deny => ListAction::Deny,
+        };
+        lists.push(List { name, action, description: r.description, prefixes, origin, files });
+    }
+    lists
+}
+
+#[cfg(test)]
+mod tests;

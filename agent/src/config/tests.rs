@@ -1,0 +1,170 @@
+use std::path::Path;
+
+use super::*;
+
+fn load(text: &str) -> Result<Config, ConfigErrors> {
+    Config::load_str(text, "p.toml", Path::new("/nonexistent"))
+}
+
+fn only_error(text: &str) -> ConfigError {
+    let errs = load(text).expect_err("config should be refused").0;
+    assert_eq!(errs.len(), 1, "expected one error, got {errs:?}");
+    errs.into_iter().next().unwrap()
+}
+
+#[test]
+fn embedded_default_is_valid() {
+    let c = Config::embedded_default().expect("default config loads");
+    assert_eq!(c.origin, EMBEDDED_NAME);
+    assert!(c.lists.iter().any(|l| l.action == ListAction::Deny));
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = load("").unwrap();
+    assert!(c.agent.interfaces.is_empty());
+    assert_eq!(c.agent.xdp_mode, XdpModeSetting::Auto);
+    assert_eq!(c.agent.metrics_address.to_string(), DEFAULT_METRICS_ADDRESS);
+    assert_eq!(c.agent.pin_path, Path::new(DEFAULT_PIN_PATH));
+}
+
+#[test]
+fn inline_lists_parse() {
+    let c = load(
+        r#"
+[agent]
+interfaces = ["eth0", "eth1"]
+xdp_mode = "generic"
+metrics_address = "127.0.0.1:9000"
+
+[[lists]]
+name = "blocked"
+action = "deny"
+cidrs = ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7"]
+
+[[lists]]
+name = "partners"
+action = "allow"
+description = "exceptions"
+cidrs = ["192.0.2.128/25"]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.agent.interfaces, ["eth0", "eth1"]);
+    assert_eq!(c.agent.xdp_mode, XdpModeSetting::Generic);
+    assert_eq!(c.lists.len(), 2);
+    assert_eq!(c.lists[0].prefixes.len(), 3);
+    assert_eq!(c.lists[1].action, ListAction::Allow);
+    assert_eq!(c.prefix_counts(), (3, 1));
+    assert_eq!(c.lists[0].origin.line, 8);
+}
+
+#[test]
+fn unknown_key_is_an_error_with_position() {
+    let e = only_error("[agent]\ninterfaces = []\ncolour = \"red\"\n");
+    assert_eq!((e.line, e.column), (3, 1));
+    assert!(e.message.contains("unknown field `colour`"), "{}", e.message);
+}
+
+#[test]
+fn unknown_top_level_table_is_an_error() {
+    let e = only_error("[agnet]\n");
+    assert_eq!(e.line, 1);
+    assert!(e.message.contains("agnet"), "{}", e.message);
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let e = only_error("[agent]\ninterfaces = [\"eth0\"\n");
+    assert!(e.line >= 2, "{e}");
+}
+
+#[test]
+fn bad_cidrs_are_all_reported() {
+    let errs = load(
+        "[[lists]]\nname = \"x\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\", \"ok\", \"10.0.0.0/8\", \"fe80::1/200\"]\n",
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_eq!((errs[0].line, errs[0].column), (4, 10));
+    assert!(errs[0].message.contains("0 to 32"));
+    assert!(errs[1].message.contains("'ok'"));
+    assert!(errs[2].message.contains("0 to 128"));
+}
+
+#[test]
+fn duplicate_list_names_are_refused() {
+    let e = only_error(
+        "[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/8\"]\n\
+         [[lists]]\nname = \"a\"\naction = \"allow\"\ncidrs = [\"10.1.0.0/16\"]\n",
+    );
+    assert_eq!(e.line, 6);
+    assert!(e.message.contains("duplicate list name 'a' (first defined at line 2)"), "{e}");
+}
+
+#[test]
+fn bad_action_is_refused() {
+    let e = only_error("[[lists]]\nname = \"a\"\naction = \"reject\"\ncidrs = [\"10.0.0.0/8\"]\n");
+    assert_eq!(e.line, 3);
+    assert!(e.message.contains("unknown variant `reject`"), "{e}");
+}
+
+#[test]
+fn missing_list_file_is_refused() {
+    let e = only_error("[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"nope.txt\"]\n");
+    assert_eq!((e.line, e.column), (4, 10));
+    assert!(e.message.contains("cannot read list file '/nonexistent/nope.txt'"), "{e}");
+}
+
+#[test]
+fn empty_list_is_refused() {
+    let e = only_error("[[lists]]\nname = \"a\"\naction = \"deny\"\n");
+    assert!(e.message.contains("neither cidrs nor files"), "{e}");
+}
+
+#[test]
+fn malformed_metrics_address_is_refused() {
+    for bad in ["localhost", "1.2.3.4", "1.2.3.4:99999", ":9642"] {
+        let e = only_error(&format!("[agent]\nmetrics_address = \"{bad}\"\n"));
+        assert_eq!(e.line, 2);
+        assert!(e.message.contains("not a listen address"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn bad_interface_names_are_refused() {
+    let e = only_error("[agent]\ninterfaces = [\"a/b\"]\n");
+    assert!(e.message.contains("not a valid interface name"));
+    let e = only_error("[agent]\ninterfaces = [\"eth0\", \"eth0\"]\n");
+    assert!(e.message.contains("listed twice"));
+    let e = only_error("[agent]\ninterfaces = [\"averyveryverylongname\"]\n");
+    assert!(e.message.contains("not a valid interface name"));
+}
+
+#[test]
+fn bad_xdp_mode_and_relative_pin_path_are_refused() {
+    let e = only_error("[agent]\nxdp_mode = \"turbo\"\n");
+    assert!(e.message.contains("turbo"));
+    let e = only_error("[agent]\npin_path = \"relative/dir\"\n");
+    assert!(e.message.contains("absolute"));
+}
+
+#[test]
+fn list_files_in_both_formats_load_and_bad_lines_name_the_file() {
+    let dir = std::env::temp_dir().join(format!("tg-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("drop.txt"), "; Spamhaus DROP\n1.10.16.0/20 ; SBL256894\n").unwrap();
+    std::fs::write(dir.join("plain.txt"), "# ours\n192.0.2.1\n2001:db8::/48\n").unwrap();
+    std::fs::write(dir.join("bad.txt"), "10.0.0.0/8\n10.0.0.0/40\n").unwrap();
+    let text = "[[lists]]\nname = \"feeds\"\naction = \"deny\"\nfiles = [\"drop.txt\", \"plain.txt\"]\n";
+    let c = Config::load_str(text, "p.toml", &dir).unwrap();
+    assert_eq!(c.lists[0].prefixes.len(), 3);
+
+    let text = "[[lists]]\nname = \"feeds\"\naction = \"deny\"\nfiles = [\"bad.txt\"]\n";
+    let errs = Config::load_str(text, "p.toml", &dir).unwrap_err().0;
+    assert_eq!(errs.len(), 1);
+    assert_eq!(errs[0].file, dir.join("bad.txt").display().to_string());
+    assert_eq!(errs[0].line, 2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
