@@ -1,4 +1,9 @@
 //! The tierguard agent: configuration, policy compilation, datapath loading,
 //! metrics. `main.rs` only wires these together.
+pub mod check;
+pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod metrics;
+pub mod policy;
+pub mod run;

@@ -37,7 +37,7 @@ pub const DIRECTIONS: u32 = 2;
 pub const STATS_SIZE: u32 = MAX_IFACE_SLOTS * DIRECTIONS * MAX_REASONS;
 
 /// Direction of a packet as the node sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum Direction {
     Ingress = 0,

@@ -1,4 +1,128 @@
-//! Loading, attaching and pinning the kernel programs.
+//! Loading, attaching and pinning the kernel programs; writing policy into
+//! their maps as a transaction; reading their counters.
+
+mod attach;
+mod error;
+mod stats;
+mod tables;
+
+use std::path::{Path, PathBuf};
+
+use aya::{Ebpf, EbpfLoader, programs::Xdp};
+use tierguard_common::maps::{names, programs};
+
+pub use attach::{AttachMode, Attachment, ifindex};
+pub use error::{DatapathError, Result};
+pub use stats::{Stats, StatsKey, StatsReader};
 
 /// The kernel object, built by build.rs.
-pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tierguard"));
+pub static EBPF_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tierguard"));
+
+/// bpffs magic number (statfs f_type).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The loaded programs and maps of one agent.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pin_dir: PathBuf,
+    attachments: Vec<Attachment>,
+    /// Map contents of the live generation this agent wrote, to delete them
+    /// after the next switch without scanning the maps.
+    live: Option<tables::Written>,
+    /// True when the maps were already pinned by an earlier agent.
+    adopted: bool,
+}
+
+impl Datapath {
+    /// Loads the programs, reusing maps pinned under `pin_dir` if an earlier
+    /// agent left them (so counters and the live policy carry over).
+    pub fn load(pin_dir: &Path) -> Result<Datapath> {
+        ensure_pin_dir(pin_dir)?;
+        let adopted = pin_dir.join(names::ACTIVE_SLOT).exists();
+        bump_memlock_rlimit();
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(pin_dir)
+            .load(EBPF_OBJECT)
+            .map_err(|e| {
+                if is_permission_error(&e) {
+                    DatapathError::PermissionDenied(e)
+                } else {
+                    DatapathError::Load(e)
+                }
+            })?;
+        load_xdp(&mut ebpf, programs::INGRESS)?;
+        let mut dp = Datapath { ebpf, pin_dir: pin_dir.to_path_buf(), attachments: Vec::new(), live: None, adopted };
+        if adopted {
+            // A crash between writing and switching can leave a half-written
+            // inactive generation; clear it before the next transaction.
+            tables::clear_inactive(&mut dp.ebpf)?;
+        }
+        Ok(dp)
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// Whether an earlier agent's pinned maps were adopted.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The live policy generation (0 before the first apply).
+    pub fn generation(&self) -> Result<u64> {
+        tables::live_generation(&self.ebpf)
+    }
+
+    pub fn attachments(&self) -> &[Attachment] {
+        &self.attachments
+    }
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    let prog: &mut Xdp = ebpf
+        .program_mut(name)
+        .ok_or_else(|| DatapathError::Program {
+            program: name.to_string(),
+            source: aya::programs::ProgramError::NotLoaded,
+        })?
+        .try_into()
+        .map_err(|source| DatapathError::Program { program: name.to_string(), source })?;
+    prog.load().map_err(|source| match source {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+            DatapathError::Verifier { program: name.to_string(), log: verifier_log.to_string() }
+        }
+        source => DatapathError::Program { program: name.to_string(), source },
+    })
+}
+
+fn ensure_pin_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)
+        .map_err(|source| DatapathError::PinDir { path: dir.to_path_buf(), source })?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| DatapathError::NotBpffs(dir.to_path_buf()))?;
+    // SAFETY: statfs writes into the zeroed struct we own.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    if rc != 0 || st.f_type as i64 != BPF_FS_MAGIC {
+        return Err(DatapathError::NotBpffs(dir.to_path_buf()));
+    }
+    Ok(())
+}
+
+fn is_permission_error(e: &aya::EbpfError) -> bool {
+    let text = format!("{e:?}");
+    text.contains("PermissionDenied") || text.contains("Operation not permitted")
+}
+
+/// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it there.
+fn bump_memlock_rlimit() {
+    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: plain syscall on a struct we own; failure only matters on old kernels.
+    let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}

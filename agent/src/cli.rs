@@ -1,0 +1,101 @@
+//! Command-line interface.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::XdpModeSetting;
+
+/// tierguard: network enforcement for Linux nodes with eBPF.
+///
+/// XDP programs decide every packet against a TOML policy (allow and deny
+/// lists); the agent keeps the policy current and exports metrics.
+#[derive(Debug, Parser)]
+#[command(name = "tierguard", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Enforce a policy: load it, attach to the interfaces, serve metrics.
+    ///
+    /// Reloads on SIGHUP and when the config file changes; an invalid new
+    /// policy is refused and the live one stays. SIGTERM or SIGINT detaches
+    /// and exits 0 (unless --persist).
+    Run(RunArgs),
+    /// Validate a policy and print a summary; on errors, print each with
+    /// file, line and column and exit non-zero.
+    Check(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Policy file (TOML). Without it, the embedded default policy is used.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interface to enforce on; repeat for several. Replaces the config's list.
+    #[arg(long = "iface", short = 'i', value_name = "IFACE")]
+    pub ifaces: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// XDP attach mode; overrides the config.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub xdp_mode: Option<XdpModeArg>,
+    /// Metrics listen address (IP:PORT); overrides the config.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_address: Option<SocketAddr>,
+    /// bpffs directory for pinned maps and links; overrides the config.
+    #[arg(long, value_name = "DIR")]
+    pub pin_path: Option<PathBuf>,
+    /// On SIGTERM/SIGINT, leave programs attached and maps pinned so the next
+    /// agent takes over without a gap in enforcement.
+    #[arg(long)]
+    pub persist: bool,
+    /// Seconds between checks of the config file for changes (0: only SIGHUP).
+    #[arg(long, value_name = "SECONDS", default_value_t = 2)]
+    pub watch_interval: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Do not require the interfaces to exist on this machine.
+    #[arg(long)]
+    pub skip_interface_check: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
+}
+
+impl From<XdpModeArg> for XdpModeSetting {
+    fn from(m: XdpModeArg) -> Self {
+        match m {
+            XdpModeArg::Auto => XdpModeSetting::Auto,
+            XdpModeArg::Native => XdpModeSetting::Native,
+            XdpModeArg::Generic => XdpModeSetting::Generic,
+        }
+    }
+}

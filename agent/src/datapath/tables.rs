@@ -1,0 +1,145 @@
+//! The policy transaction: write the new generation into the inactive slot,
+//! switch the active slot with one map write, then delete the old generation.
+//! See docs/design/policy-transaction.md.
+
+use std::time::Duration;
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData},
+};
+use tierguard_common::maps::{ListEntry, PolicyMeta, PrefixKeyV4, PrefixKeyV6, names};
+
+use super::{Datapath, DatapathError, Result};
+use crate::policy::CompiledPolicy;
+
+/// Keys of one generation, kept to delete it once it is no longer live.
+pub(super) struct Written {
+    v4: Vec<PrefixKeyV4>,
+    v6: Vec<PrefixKeyV6>,
+}
+
+/// Programs that read the old slot finish within microseconds (they run under
+/// RCU); this grace is generous.
+const GRACE: Duration = Duration::from_millis(20);
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+fn hash<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<HashMap<&'a mut MapData, K, V>> {
+    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+    HashMap::try_from(map).map_err(map_err(name))
+}
+
+fn array<'a, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<Array<&'a mut MapData, V>> {
+    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+    Array::try_from(map).map_err(map_err(name))
+}
+
+fn active_slot(ebpf: &mut Ebpf) -> Result<u8> {
+    let a: Array<_, u32> = array(ebpf, names::ACTIVE_SLOT)?;
+    Ok((a.get(&0, 0).map_err(map_err(names::ACTIVE_SLOT))? & 1) as u8)
+}
+
+pub(super) fn live_generation(ebpf: &Ebpf) -> Result<u64> {
+    let name = names::ACTIVE_SLOT;
+    let a: Array<_, u32> =
+        Array::try_from(ebpf.map(name).ok_or(DatapathError::MissingMap { map: name })?).map_err(map_err(name))?;
+    let slot = a.get(&0, 0).map_err(map_err(name))? & 1;
+    let name = names::POLICY_META;
+    let m: Array<_, PolicyMeta> =
+        Array::try_from(ebpf.map(name).ok_or(DatapathError::MissingMap { map: name })?).map_err(map_err(name))?;
+    Ok(m.get(&slot, 0).map_err(map_err(name))?.generation)
+}
+
+/// Deletes every entry of the inactive slot (left by a crash mid-transaction).
+pub(super) fn clear_inactive(ebpf: &mut Ebpf) -> Result<()> {
+    let inactive = 1 - active_slot(ebpf)?;
+    sweep::<PrefixKeyV4>(ebpf, names::LIST_V4, inactive, |k| k.slot)?;
+    sweep::<PrefixKeyV6>(ebpf, names::LIST_V6, inactive, |k| k.slot)
+}
+
+fn sweep<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, slot: u8, slot_of: fn(&K) -> u8) -> Result<()> {
+    let mut m: HashMap<_, K, ListEntry> = hash(ebpf, name)?;
+    let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| slot_of(k) == slot).collect();
+    for k in &stale {
+        let _ = m.remove(k);
+    }
+    Ok(())
+}
+
+impl Datapath {
+    /// Applies `policy` as one transaction and returns its generation number.
+    /// On error the live policy is untouched and nothing of the new one remains.
+    pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<u64> {
+        let ebpf = &mut self.ebpf;
+        let old = active_slot(ebpf)?;
+        let new = 1 - old;
+        let generation = live_generation(ebpf)? + 1;
+
+        let mut written = Written { v4: Vec::with_capacity(policy.v4.len()), v6: Vec::with_capacity(policy.v6.len()) };
+        if let Err(e) = write_generation(ebpf, policy, new, &mut written) {
+            delete(ebpf, &written);
+            return Err(e);
+        }
+        let meta = PolicyMeta { v4_strides: policy.v4_strides, v6_strides: policy.v6_strides, generation };
+        let commit = (|| {
+            array::<PolicyMeta>(ebpf, names::POLICY_META)?
+                .set(u32::from(new), meta, 0)
+                .map_err(map_err(names::POLICY_META))?;
+            // The commit: one write switches every CPU to the new generation.
+            array::<u32>(ebpf, names::ACTIVE_SLOT)?
+                .set(0, u32::from(new), 0)
+                .map_err(map_err(names::ACTIVE_SLOT))
+        })();
+        if let Err(e) = commit {
+            delete(ebpf, &written);
+            return Err(e);
+        }
+
+        std::thread::sleep(GRACE);
+        match self.live.take() {
+            Some(previous) => delete(&mut self.ebpf, &previous),
+            // Written by an earlier agent (or nothing): find it by slot.
+            None => {
+                sweep::<PrefixKeyV4>(&mut self.ebpf, names::LIST_V4, old, |k| k.slot)?;
+                sweep::<PrefixKeyV6>(&mut self.ebpf, names::LIST_V6, old, |k| k.slot)?;
+            }
+        }
+        self.live = Some(written);
+        Ok(generation)
+    }
+}
+
+fn write_generation(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u8, written: &mut Written) -> Result<()> {
+    let mut v4: HashMap<_, PrefixKeyV4, ListEntry> = hash(ebpf, names::LIST_V4)?;
+    for (&(len, addr), entry) in &policy.v4 {
+        let key = PrefixKeyV4 { slot, len, _pad: [0; 2], addr };
+        v4.insert(key, *entry, 0).map_err(map_err(names::LIST_V4))?;
+        written.v4.push(key);
+    }
+    let mut v6: HashMap<_, PrefixKeyV6, ListEntry> = hash(ebpf, names::LIST_V6)?;
+    for (&(len, addr), entry) in &policy.v6 {
+        let key = PrefixKeyV6 { slot, len, _pad: [0; 2], addr };
+        v6.insert(key, *entry, 0).map_err(map_err(names::LIST_V6))?;
+        written.v6.push(key);
+    }
+    Ok(())
+}
+
+fn delete(ebpf: &mut Ebpf, w: &Written) {
+    if let Ok(mut m) = hash::<PrefixKeyV4, ListEntry>(ebpf, names::LIST_V4) {
+        for k in &w.v4 {
+            let _ = m.remove(k);
+        }
+    }
+    if let Ok(mut m) = hash::<PrefixKeyV6, ListEntry>(ebpf, names::LIST_V6) {
+        for k in &w.v6 {
+            let _ = m.remove(k);
+        }
+    }
+}

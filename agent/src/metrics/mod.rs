@@ -1,0 +1,209 @@
+//! Prometheus metrics: agent state in a registry, kernel counters rendered at
+//! scrape time from a fresh read of the maps (so they are true counters that
+//! survive agent restarts, because the maps are pinned). docs/metrics.md lists them.
+
+mod http;
+
+use prometheus::{
+    Encoder, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    proto::{Counter as PCounter, LabelPair, Metric, MetricFamily, MetricType},
+};
+
+pub use http::{Endpoint, serve};
+
+use crate::datapath::Stats;
+use crate::policy::ListInfo;
+
+pub const PREFIX: &str = "tierguard";
+
+/// Agent-side metrics; kernel counters are added at render time.
+pub struct Metrics {
+    registry: Registry,
+    pub generation: IntGauge,
+    pub load_seconds: Gauge,
+    pub reloads: IntCounterVec,
+    pub list_prefixes: IntGaugeVec,
+    pub attach_mode: IntGaugeVec,
+    pub policy_info: IntGaugeVec,
+    pub scrape_errors: IntCounterVec,
+}
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace(PREFIX)
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let generation = IntGauge::with_opts(opts("policy_generation", "Generation number of the live policy.")).expect("valid metric");
+        let load_seconds = Gauge::with_opts(opts(
+            "policy_load_duration_seconds",
+            "Time the last successful policy change took, from reading the config to the switch.",
+        ))
+        .expect("valid metric");
+        let reloads = IntCounterVec::new(
+            opts("policy_reloads_total", "Policy loads attempted, by result (success, failure)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        let list_prefixes = IntGaugeVec::new(
+            opts("policy_list_prefixes", "Prefixes configured in each list, by address family."),
+            &["list", "action", "family"],
+        )
+        .expect("valid metric");
+        let attach_mode = IntGaugeVec::new(
+            opts("xdp_attach_mode", "1 for the XDP mode in use on each interface (native or generic)."),
+            &["interface", "mode"],
+        )
+        .expect("valid metric");
+        let policy_info = IntGaugeVec::new(
+            opts("policy_info", "1, labelled with the live policy's hash and where it came from."),
+            &["hash", "source"],
+        )
+        .expect("valid metric");
+        let scrape_errors = IntCounterVec::new(
+            opts("scrape_errors_total", "Scrapes in which kernel counters could not be read, by map."),
+            &["map"],
+        )
+        .expect("valid metric");
+        let build = IntGaugeVec::new(opts("build_info", "1, labelled with the agent's version."), &["version"])
+            .expect("valid metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        for c in [
+            Box::new(generation.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(load_seconds.clone()),
+            Box::new(reloads.clone()),
+            Box::new(list_prefixes.clone()),
+            Box::new(attach_mode.clone()),
+            Box::new(policy_info.clone()),
+            Box::new(scrape_errors.clone()),
+            Box::new(build),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
+        // Both results exist from the start, so rate() works before the first failure.
+        reloads.with_label_values(&["success"]);
+        reloads.with_label_values(&["failure"]);
+        Metrics { registry, generation, load_seconds, reloads, list_prefixes, attach_mode, policy_info, scrape_errors }
+    }
+
+    /// Records the lists of a newly applied policy.
+    pub fn set_policy(&self, generation: u64, hash: &str, source: &str, lists: &[ListInfo]) {
+        self.generation.set(generation as i64);
+        self.policy_info.reset();
+        self.policy_info.with_label_values(&[hash, source]).set(1);
+        self.list_prefixes.reset();
+        for l in lists {
+            let action = l.action.name();
+            self.list_prefixes.with_label_values(&[l.name.as_str(), action, "ipv4"]).set(l.v4_prefixes as i64);
+            self.list_prefixes.with_label_values(&[l.name.as_str(), action, "ipv6"]).set(l.v6_prefixes as i64);
+        }
+    }
+
+    /// The text exposition: registry metrics plus kernel counters.
+    pub fn render(&self, stats: Option<&Stats>, lists: &[ListInfo]) -> String {
+        let mut families = self.registry.gather();
+        if let Some(s) = stats {
+            families.extend(kernel_families(s, lists));
+        }
+        families.sort_by(|a, b| a.name().cmp(b.name()));
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&families, &mut buf).expect("text encoding of valid families");
+        String::from_utf8(buf).expect("text encoder writes UTF-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn label(name: &str, value: &str) -> LabelPair {
+    let mut l = LabelPair::default();
+    l.set_name(name.to_string());
+    l.set_value(value.to_string());
+    l
+}
+
+fn counter(labels: Vec<LabelPair>, value: u64) -> Metric {
+    let mut c = PCounter::default();
+    c.set_value(value as f64);
+    let mut m = Metric::from_label(labels);
+    m.set_counter(c);
+    m
+}
+
+fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
+    let mut f = MetricFamily::default();
+    f.set_name(format!("{PREFIX}_{name}"));
+    f.set_help(help.to_string());
+    f.set_field_type(MetricType::COUNTER);
+    f.set_metric(metrics);
+    f
+}
+
+fn kernel_families(s: &Stats, lists: &[ListInfo]) -> Vec<MetricFamily> {
+    let mut packets = Vec::new();
+    let mut bytes = Vec::new();
+    for (k, c) in &s.packets {
+        let labels = || {
+            vec![
+                label("direction", k.direction.name()),
+                label("interface", &k.iface),
+                label("reason", k.reason.name()),
+                label("verdict", k.reason.verdict().name()),
+            ]
+        };
+        packets.push(counter(labels(), c.packets));
+        bytes.push(counter(labels(), c.bytes));
+    }
+    let mut hits = Vec::new();
+    let mut hit_bytes = Vec::new();
+    for (l, c) in lists.iter().zip(&s.lists) {
+        let labels = || vec![label("action", l.action.name()), label("list", &l.name)];
+        hits.push(counter(labels(), c.packets));
+        hit_bytes.push(counter(labels(), c.bytes));
+    }
+    vec![
+        family("packets_total", "Packets seen by the datapath, by interface, direction, verdict and reason.", packets),
+        family("bytes_total", "Bytes seen by the datapath, by interface, direction, verdict and reason.", bytes),
+        family("list_hits_total", "Packets whose source matched a list (the list that decided).", hits),
+        family("list_hit_bytes_total", "Bytes of packets whose source matched a list.", hit_bytes),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use tierguard_common::{
+        maps::{Counter, Direction, ListAction},
+        reason::Reason,
+    };
+
+    use super::*;
+    use crate::datapath::StatsKey;
+
+    #[test]
+    fn renders_kernel_counters_with_labels() {
+        let m = Metrics::new();
+        let lists = vec![ListInfo { name: "bogons".into(), action: ListAction::Deny, v4_prefixes: 2, v6_prefixes: 1 }];
+        m.set_policy(3, "abc", "p.toml", &lists);
+        let stats = Stats {
+            packets: vec![(
+                StatsKey { iface: "eth0".into(), direction: Direction::Ingress, reason: Reason::DenyList },
+                Counter { packets: 7, bytes: 420 },
+            )],
+            lists: vec![Counter { packets: 7, bytes: 420 }],
+        };
+        let text = m.render(Some(&stats), &lists);
+        assert!(text.contains(
+            "tierguard_packets_total{direction=\"ingress\",interface=\"eth0\",reason=\"deny_list\",verdict=\"drop\"} 7"
+        ), "{text}");
+        assert!(text.contains("tierguard_bytes_total{direction=\"ingress\",interface=\"eth0\",reason=\"deny_list\",verdict=\"drop\"} 420"));
+        assert!(text.contains("tierguard_list_hits_total{action=\"deny\",list=\"bogons\"} 7"));
+        assert!(text.contains("# TYPE tierguard_packets_total counter"));
+        assert!(text.contains("tierguard_policy_generation 3"));
+        assert!(text.contains("tierguard_policy_list_prefixes{action=\"deny\",family=\"ipv4\",list=\"bogons\"} 2"));
+        assert!(text.contains("tierguard_policy_reloads_total{result=\"failure\"} 0"));
+    }
+}

@@ -1,0 +1,254 @@
+//! `tierguard run`: the enforcement daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::check::{interface_errors, load};
+use crate::cli::RunArgs;
+use crate::config::{Config, ConfigErrors};
+use crate::datapath::{Datapath, StatsReader};
+use crate::metrics::{self, Metrics};
+use crate::policy::{CompiledPolicy, ListInfo};
+
+/// What the metrics endpoint reads.
+struct Shared {
+    metrics: Metrics,
+    stats: Mutex<Option<StatsReader>>,
+    lists: RwLock<Vec<ListInfo>>,
+    ready: AtomicBool,
+}
+
+impl metrics::Endpoint for Shared {
+    fn metrics(&self) -> String {
+        let lists = self.lists.read().map(|l| l.clone()).unwrap_or_default();
+        let stats = self.stats.lock().ok().and_then(|r| {
+            r.as_ref().and_then(|r| match r.read(lists.len()) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read kernel counters");
+                    self.metrics.scrape_errors.with_label_values(&["counters"]).inc();
+                    None
+                }
+            })
+        });
+        self.metrics.render(stats.as_ref(), &lists)
+    }
+
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+}
+
+fn report(errors: &ConfigErrors) {
+    for e in &errors.0 {
+        eprintln!("error: {e}");
+    }
+}
+
+/// Loads and compiles the policy; config errors are printed, not logged, so
+/// they read the same as `tierguard check`.
+fn prepare(args: &RunArgs) -> Result<(Config, CompiledPolicy), ConfigErrors> {
+    let mut config = load(&args.config)?;
+    if let Some(m) = args.xdp_mode {
+        config.agent.xdp_mode = m.into();
+    }
+    if let Some(a) = args.metrics_address {
+        config.agent.metrics_address = a;
+    }
+    if let Some(p) = &args.pin_path {
+        config.agent.pin_path = p.clone();
+    }
+    let errors = interface_errors(&config, !args.config.ifaces.is_empty());
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let policy = CompiledPolicy::compile(&config)?;
+    Ok((config, policy))
+}
+
+pub async fn run(args: RunArgs) -> ExitCode {
+    let started = Instant::now();
+    let (config, policy) = match prepare(&args) {
+        Ok(p) => p,
+        Err(e) => {
+            report(&e);
+            eprintln!("policy refused; nothing was attached");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.agent.metrics_address).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: cannot listen for metrics on {}: {e}; nothing was attached", config.agent.metrics_address);
+            return ExitCode::FAILURE;
+        }
+    };
+
+    let mut datapath = match Datapath::load(&config.agent.pin_path) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    };
+    let adopted = datapath.adopted();
+    // Policy first, then attach: the program never runs on an empty policy.
+    let generation = match datapath.apply(&policy) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("error: cannot write the policy into the kernel maps: {}", error_chain(&e));
+            abandon(datapath, adopted);
+            return ExitCode::FAILURE;
+        }
+    };
+    let shared = Arc::new(Shared {
+        metrics: Metrics::new(),
+        stats: Mutex::new(None),
+        lists: RwLock::new(policy.lists.clone()),
+        ready: AtomicBool::new(false),
+    });
+    for iface in &config.agent.interfaces {
+        match datapath.attach(iface, config.agent.xdp_mode) {
+            Ok(mode) => {
+                tracing::info!(iface, mode = mode.name(), "XDP ingress program attached");
+                shared.metrics.attach_mode.with_label_values(&[iface.as_str(), mode.name()]).set(1);
+            }
+            Err(e) => {
+                eprintln!("error: {}", error_chain(&e));
+                eprintln!("detaching from every interface; nothing stays attached");
+                abandon(datapath, adopted);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    match datapath.stats_reader() {
+        Ok(r) => *shared.stats.lock().expect("stats lock") = Some(r),
+        Err(e) => tracing::warn!(error = %e, "kernel counters unavailable to metrics"),
+    }
+    shared.metrics.set_policy(generation, &policy.hash, &config.origin, &policy.lists);
+    shared.metrics.load_seconds.set(started.elapsed().as_secs_f64());
+    shared.metrics.reloads.with_label_values(&["success"]).inc();
+    shared.ready.store(true, Ordering::SeqCst);
+    tracing::info!(
+        generation,
+        hash = policy.hash,
+        source = config.origin,
+        adopted,
+        metrics = %format!("http://{}/metrics", config.agent.metrics_address),
+        "enforcing"
+    );
+    tokio::spawn(metrics::serve(listener, shared.clone()));
+
+    let outcome = event_loop(&args, &config, &mut datapath, &shared, policy.hash).await;
+    shared.ready.store(false, Ordering::SeqCst);
+    if args.persist {
+        tracing::info!(pin_path = %datapath.pin_dir().display(), "leaving programs attached and maps pinned");
+        datapath.leave_pinned();
+    } else {
+        tracing::info!("detaching and removing pins");
+        datapath.detach_and_unpin();
+    }
+    outcome
+}
+
+/// On a failed start: remove what this agent created, but never tear down
+/// enforcement that an earlier agent left pinned.
+fn abandon(datapath: Datapath, adopted: bool) {
+    if adopted {
+        datapath.leave_pinned();
+    } else {
+        datapath.detach_and_unpin();
+    }
+}
+
+async fn event_loop(
+    args: &RunArgs,
+    config: &Config,
+    datapath: &mut Datapath,
+    shared: &Shared,
+    mut live_hash: String,
+) -> ExitCode {
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            eprintln!("error: cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let watch_path: Option<PathBuf> = args.config.config.clone().filter(|_| args.watch_interval > 0);
+    let mut last_text = watch_path.as_ref().and_then(|p| std::fs::read(p).ok());
+    let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let trigger = tokio::select! {
+            _ = term.recv() => return ExitCode::SUCCESS,
+            _ = int.recv() => return ExitCode::SUCCESS,
+            _ = hup.recv() => "SIGHUP",
+            _ = tick.tick() => {
+                let Some(p) = &watch_path else { continue };
+                let now = std::fs::read(p).ok();
+                if now.is_none() || now == last_text {
+                    continue;
+                }
+                last_text = now;
+                "config file changed"
+            }
+        };
+        reload(args, config, datapath, shared, &mut live_hash, trigger);
+    }
+}
+
+fn reload(args: &RunArgs, started_with: &Config, datapath: &mut Datapath, shared: &Shared, live_hash: &mut String, trigger: &str) {
+    let t = Instant::now();
+    let (config, policy) = match prepare(args) {
+        Ok(p) => p,
+        Err(e) => {
+            shared.metrics.reloads.with_label_values(&["failure"]).inc();
+            tracing::error!(trigger, errors = %e, "new policy refused; the live policy stays");
+            return;
+        }
+    };
+    if config.agent.interfaces != started_with.agent.interfaces {
+        tracing::warn!("interface changes take effect on restart; enforcing the new policy on the current interfaces");
+    }
+    if policy.hash == *live_hash {
+        tracing::info!(trigger, hash = policy.hash, "policy unchanged");
+        return;
+    }
+    match datapath.apply(&policy) {
+        Ok(generation) => {
+            if let Ok(mut l) = shared.lists.write() {
+                *l = policy.lists.clone();
+            }
+            shared.metrics.set_policy(generation, &policy.hash, &config.origin, &policy.lists);
+            shared.metrics.load_seconds.set(t.elapsed().as_secs_f64());
+            shared.metrics.reloads.with_label_values(&["success"]).inc();
+            tracing::info!(trigger, generation, old_hash = %live_hash, new_hash = policy.hash, "policy applied");
+            *live_hash = policy.hash;
+        }
+        Err(e) => {
+            shared.metrics.reloads.with_label_values(&["failure"]).inc();
+            tracing::error!(trigger, error = %error_chain(&e), "cannot apply the new policy; the live policy stays");
+        }
+    }
+}
+
+/// An error with its sources, one per line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!("\n  caused by: {c}"));
+        cur = c.source();
+    }
+    s
+}
