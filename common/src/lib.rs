@@ -4,6 +4,8 @@
 //! kernel, `tierguard explain` and the unit tests run the very same code.
 #![cfg_attr(target_arch = "bpf", no_std)]
 
+#[cfg(not(target_arch = "bpf"))]
+pub mod build;
 pub mod counters;
 pub mod decide;
 pub mod maps;

@@ -208,3 +208,6 @@ fn parse_l4<B: Bytes + ?Sized>(b: &B, off: usize, p: &mut Packet) -> Result<(), 
     p.flags |= FLAG_L4;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
