@@ -1,0 +1,27 @@
+//! `cargo xtask bench`: run the benchmark binary and write docs/benchmarks.md.
+
+use anyhow::Result;
+
+use crate::cmd::Cmd;
+
+pub fn run(extra: &[String]) -> Result<()> {
+    crate::setup::run()?;
+    if !crate::setup::is_root() {
+        println!("warning: not running as root; the benchmarks load eBPF programs and will fail");
+    }
+    println!("bench: running the benchmarks; results go to docs/benchmarks.md");
+    Cmd::new("cargo")
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "tierguard-tests",
+            "--bin",
+            "tierguard-bench",
+            "--",
+        ])
+        .args(["--write", "docs/benchmarks.md"])
+        .args(extra)
+        .dir(crate::workspace_root())
+        .run()
+}
