@@ -1,1 +1,40 @@
-//! Shared helpers for tierguard's kernel and end-to-end tests.
+//! Shared helpers for tierguard's kernel and end-to-end tests. Tests panic
+//! with context instead of returning errors, so failures keep their place.
+
+pub mod agent;
+pub mod http;
+pub mod lab;
+pub mod pins;
+
+/// Deterministic xorshift generator: reproducible random tests without a crate.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        for b in &mut out {
+            *b = self.next() as u8;
+        }
+        out
+    }
+}
+
+/// Fails loudly when not root: these tests load eBPF programs.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "this test loads eBPF programs and needs root (CI runs as root); run `cargo xtask test` as root");
+}

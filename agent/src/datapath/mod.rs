@@ -5,6 +5,7 @@ mod attach;
 mod error;
 mod stats;
 mod tables;
+mod test_run;
 
 use std::path::{Path, PathBuf};
 
@@ -14,6 +15,7 @@ use tierguard_common::maps::{names, programs};
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use error::{DatapathError, Result};
 pub use stats::{Stats, StatsKey, StatsReader};
+pub use test_run::{RunResult, XDP_DROP, XDP_PASS};
 
 /// The kernel object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] =

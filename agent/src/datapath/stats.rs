@@ -67,6 +67,25 @@ impl Datapath {
 }
 
 impl StatsReader {
+    /// One counter, summed over CPUs. Slot 0 collects interfaces the agent
+    /// did not attach to (and BPF_PROG_TEST_RUN runs).
+    pub fn counter(&self, slot: u32, dir: Direction, reason: Reason) -> Result<Counter> {
+        let v = self
+            .stats
+            .get(&stats_index(slot, dir, reason as u8), 0)
+            .map_err(|source| DatapathError::Map { map: names::STATS, source })?;
+        Ok(sum(v.iter()))
+    }
+
+    /// Hits of one list, summed over CPUs.
+    pub fn list_counter(&self, list_id: u16) -> Result<Counter> {
+        let v = self
+            .lists
+            .get(&u32::from(list_id), 0)
+            .map_err(|source| DatapathError::Map { map: names::LIST_HITS, source })?;
+        Ok(sum(v.iter()))
+    }
+
     /// Reads every counter of the attached interfaces and of `list_count` lists.
     pub fn read(&self, list_count: usize) -> Result<Stats> {
         let mut out = Stats::default();

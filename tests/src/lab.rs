@@ -1,0 +1,119 @@
+//! Network namespaces joined to the root namespace by veth pairs. The agent
+//! runs in the root namespace on the node-side end; traffic comes from the
+//! peer namespace. Everything is removed on drop.
+
+use std::process::{Command, Output};
+
+/// Runs a command, panicking with its output if it fails.
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs a command and returns whether it succeeded (for traffic that may be dropped).
+pub fn try_sh(args: &[&str]) -> bool {
+    Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+/// One peer namespace with a veth to the root namespace.
+///
+/// Node side: `{name}n`, 10.{net}.0.1/24 and fd00:{net}::1/64.
+/// Peer side: `{name}p` in namespace `{name}`, 10.{net}.0.2/24 and fd00:{net}::2/64.
+pub struct Lab {
+    pub ns: String,
+    pub node_if: String,
+    pub net: u8,
+}
+
+impl Lab {
+    pub fn new(name: &str, net: u8) -> Lab {
+        crate::require_root();
+        assert!(name.len() <= 12, "interface names must stay short");
+        let lab = Lab { ns: name.to_string(), node_if: format!("{name}n"), net };
+        lab.remove();
+        let peer = format!("{name}p");
+        sh(&["ip", "netns", "add", name]);
+        sh(&["ip", "link", "add", &lab.node_if, "type", "veth", "peer", "name", &peer]);
+        sh(&["ip", "link", "set", &peer, "netns", name]);
+        for (dev, ns) in [(&lab.node_if, None), (&peer, Some(name))] {
+            let mut cmd: Vec<&str> = Vec::new();
+            if let Some(ns) = ns {
+                cmd.extend(["ip", "netns", "exec", ns]);
+            }
+            let key = format!("net.ipv6.conf.{dev}.accept_dad=0");
+            let mut c = cmd.clone();
+            c.extend(["sysctl", "-qw", &key]);
+            sh(&c);
+        }
+        sh(&["ip", "addr", "add", &format!("10.{net}.0.1/24"), "dev", &lab.node_if]);
+        sh(&["ip", "addr", "add", &format!("fd00:{net}::1/64"), "dev", &lab.node_if, "nodad"]);
+        sh(&["ip", "link", "set", &lab.node_if, "up"]);
+        lab.exec_ok(&["ip", "addr", "add", &format!("10.{net}.0.2/24"), "dev", &peer]);
+        lab.exec_ok(&["ip", "addr", "add", &format!("fd00:{net}::2/64"), "dev", &peer, "nodad"]);
+        lab.exec_ok(&["ip", "link", "set", &peer, "up"]);
+        lab.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        lab
+    }
+
+    pub fn peer_if(&self) -> String {
+        format!("{}p", self.ns)
+    }
+
+    pub fn node_v4(&self) -> String {
+        format!("10.{}.0.1", self.net)
+    }
+
+    pub fn peer_v4(&self) -> String {
+        format!("10.{}.0.2", self.net)
+    }
+
+    pub fn node_v6(&self) -> String {
+        format!("fd00:{}::1", self.net)
+    }
+
+    /// Adds an extra source address on the peer, routed back from the node.
+    pub fn add_peer_source(&self, addr: &str) {
+        let v6 = addr.contains(':');
+        let plen = if v6 { "128" } else { "32" };
+        self.exec_ok(&["ip", "addr", "add", &format!("{addr}/{plen}"), "dev", &self.peer_if(), "nodad"]);
+        let mut route = vec!["ip"];
+        if v6 {
+            route.push("-6");
+        }
+        route.extend(["route", "replace", addr, "dev", &self.node_if]);
+        sh(&route);
+    }
+
+    fn exec_args<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["ip", "netns", "exec", self.ns.as_str()];
+        v.extend_from_slice(args);
+        v
+    }
+
+    /// Runs a command in the peer namespace; panics on failure.
+    pub fn exec_ok(&self, args: &[&str]) -> Output {
+        sh(&self.exec_args(args))
+    }
+
+    /// Runs a command in the peer namespace; returns success.
+    pub fn exec(&self, args: &[&str]) -> bool {
+        try_sh(&self.exec_args(args))
+    }
+
+    fn remove(&self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &self.node_if]).output();
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
