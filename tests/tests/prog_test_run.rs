@@ -179,7 +179,11 @@ fn kernel_matches_user_space_on_random_policies() {
         let mut anchors4: Vec<[u8; 4]> = Vec::new();
         let mut anchors6: Vec<[u8; 16]> = Vec::new();
         for l in 0..3 {
-            let action = if rng.below(2) == 0 { "deny" } else { "allow" };
+            // One of each for sure, the third by chance.
+            let action = match (l, rng.below(2)) {
+                (0, _) | (2, 0) => "deny",
+                _ => "allow",
+            };
             let mut cidrs = Vec::new();
             for _ in 0..40 {
                 if rng.below(3) == 0 {
@@ -193,7 +197,7 @@ fn kernel_matches_user_space_on_random_policies() {
                     let mut a: [u8; 4] = rng.bytes();
                     a[0] = 10;
                     a[1] &= 0x0f;
-                    let len = 8 + rng.below(25) as u8;
+                    let len = 14 + rng.below(19) as u8;
                     anchors4.push(a);
                     cidrs.push(ipnet(IpAddr::from(a), len));
                 }
@@ -204,7 +208,14 @@ fn kernel_matches_user_space_on_random_policies() {
         let mut f = fixture(&format!("prop{round}"), &lists);
         let mut seen = [0usize; 3];
         for _ in 0..400 {
-            let frame = if rng.below(2) == 0 {
+            let frame = if rng.below(5) == 0 {
+                // Anywhere at all: mostly misses.
+                if rng.below(2) == 0 {
+                    v4_frame(rng.bytes(), NODE4, PROTO_UDP, &udp(1, 2, 0))
+                } else {
+                    v6_frame(rng.bytes(), NODE6, PROTO_UDP, &udp(1, 2, 0))
+                }
+            } else if rng.below(2) == 0 {
                 let mut src = anchors4[rng.below(anchors4.len() as u64) as usize];
                 src[3] ^= rng.below(4) as u8;
                 src[2] ^= (rng.below(2) as u8) << rng.below(8);
