@@ -562,18 +562,19 @@ fn drops_total(text: &str) -> u64 {
 fn show_metrics(text: &str) {
     let samples = parse_metrics(text);
     println!("\ndemo: dropped packets (tierguard_packets_total, verdict=\"drop\")");
-    let drops: Vec<_> = samples
+    let all: Vec<_> = samples
         .iter()
         .filter(|s| s.name == "tierguard_packets_total" && s.label("verdict") == Some("drop"))
         .collect();
+    let drops: Vec<_> = all.iter().filter(|s| s.value > 0.0).collect();
     if drops.is_empty() {
-        println!("  (no samples)");
+        println!("  (no drops counted)");
     } else {
         println!(
             "  {:<12} {:<10} {:<24} {:>10}",
             "interface", "direction", "reason", "packets"
         );
-        for s in drops {
+        for s in &drops {
             println!(
                 "  {:<12} {:<10} {:<24} {:>10}",
                 s.label("interface").unwrap_or("-"),
@@ -582,6 +583,12 @@ fn show_metrics(text: &str) {
                 s.value
             );
         }
+    }
+    if all.len() > drops.len() {
+        println!(
+            "  ({} other drop reasons counted 0 packets)",
+            all.len() - drops.len()
+        );
     }
     println!("\ndemo: list hits (tierguard_list_hits_total)");
     let hits: Vec<_> = samples
