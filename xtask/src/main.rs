@@ -34,7 +34,7 @@ enum Task {
     },
     /// Setup, then run every test (host, BPF_PROG_TEST_RUN, network namespaces); needs root
     Test {
-        /// Extra arguments for `cargo test --workspace`, e.g. `-- -p tierguard-common -- --nocapture`
+        /// Extra arguments for `cargo test --workspace`, e.g. `-- --test e2e -- --nocapture`
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
