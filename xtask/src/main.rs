@@ -86,7 +86,12 @@ fn run(task: Task) -> Result<()> {
             if release {
                 cmd = cmd.arg("--release");
             }
-            cmd.args(["-p", "tierguard"]).dir(workspace_root()).run()
+            cmd.args(["-p", "tierguard"]).dir(workspace_root()).run()?;
+            let bin = target_dir()
+                .join(if release { "release" } else { "debug" })
+                .join("tierguard");
+            println!("build: done: {}", bin.display());
+            Ok(())
         }
         Task::Test { args } => test::run(&args),
         Task::Demo { keep } => demo::run(keep),
