@@ -106,6 +106,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = datapath.install() {
+        eprintln!("error: {}", error_chain(&e));
+        abandon(datapath, adopted);
+        return ExitCode::FAILURE;
+    }
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
         stats: Mutex::new(None),
@@ -115,7 +120,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
     for iface in &config.agent.interfaces {
         match datapath.attach(iface, config.agent.xdp_mode) {
             Ok(mode) => {
-                tracing::info!(iface, mode = mode.name(), "XDP ingress program attached");
+                let kept = datapath.attachments().last().is_some_and(|a| a.adopted);
+                if kept {
+                    tracing::info!(iface, mode = mode.name(), "kept the existing link; enforcement handed over through the program array");
+                } else {
+                    tracing::info!(iface, mode = mode.name(), "XDP dispatcher attached");
+                }
                 shared.metrics.attach_mode.with_label_values(&[iface.as_str(), mode.name()]).set(1);
             }
             Err(e) => {

@@ -11,10 +11,15 @@ pub mod names {
     pub const IFACE_SLOTS: &str = "TG_IFACE_SLOTS";
     pub const STATS: &str = "TG_STATS";
     pub const LIST_HITS: &str = "TG_LIST_HITS";
+    pub const PROGRAMS: &str = "TG_PROGRAMS";
 }
 
 /// Program names in the kernel object.
 pub mod programs {
+    /// Attached to interfaces; never changes between agent versions in
+    /// normal operation. It tail-calls the enforcement program.
+    pub const DISPATCH: &str = "tierguard_dispatch";
+    /// The enforcement program, installed in `TG_PROGRAMS[PROG_INGRESS]`.
     pub const INGRESS: &str = "tierguard_ingress";
     /// Does nothing but pass: the baseline the benchmark subtracts.
     pub const BASELINE: &str = "tierguard_baseline";
@@ -24,6 +29,10 @@ pub mod programs {
 /// generation beside the live one before switching).
 pub const LIST_V4_CAPACITY: u32 = 4 * 1024 * 1024;
 pub const LIST_V6_CAPACITY: u32 = 1024 * 1024;
+/// Slot of the ingress program in the dispatcher's program array.
+pub const PROG_INGRESS: u32 = 0;
+/// Entries in the program array.
+pub const PROGRAM_SLOTS: u32 = 4;
 /// Distinct list ids (and so per-list counters).
 pub const MAX_LISTS: u32 = 256;
 /// Interfaces the agent can count separately; slot 0 collects unknown ifindexes.

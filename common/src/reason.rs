@@ -42,11 +42,15 @@ pub enum Reason {
     Ipv6ExtChain = 7,
     /// First fragment too small to carry the whole transport header.
     TinyFragment = 8,
+    /// The dispatcher found no enforcement program installed (only between
+    /// attaching and installing, or if the program array was emptied by
+    /// hand): passed, so a broken install never cuts a node off.
+    NoProgram = 9,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::NoMatch,
         Reason::NonIp,
         Reason::AllowList,
@@ -56,11 +60,12 @@ impl Reason {
         Reason::VlanDepth,
         Reason::Ipv6ExtChain,
         Reason::TinyFragment,
+        Reason::NoProgram,
     ];
 
     pub const fn verdict(self) -> Verdict {
         match self {
-            Reason::NoMatch | Reason::NonIp | Reason::AllowList => Verdict::Pass,
+            Reason::NoMatch | Reason::NonIp | Reason::AllowList | Reason::NoProgram => Verdict::Pass,
             Reason::DenyList
             | Reason::Truncated
             | Reason::Malformed
@@ -82,6 +87,7 @@ impl Reason {
             Reason::VlanDepth => "vlan_depth",
             Reason::Ipv6ExtChain => "ipv6_ext_chain",
             Reason::TinyFragment => "tiny_fragment",
+            Reason::NoProgram => "no_program",
         }
     }
 

@@ -10,12 +10,30 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use tierguard_common::{
-    decide, maps::Direction, parse::parse, Reason, Verdict,
+    decide,
+    maps::{Direction, PROG_INGRESS},
+    parse::parse,
+    Reason, Verdict,
 };
 
 use crate::bytes::XdpBytes;
 
-/// Ingress enforcement on each configured interface.
+/// Attached to each configured interface. It only tail-calls the installed
+/// enforcement program, so a new agent swaps enforcement with one map write
+/// and never re-attaches: re-attaching (even an atomic link update) lets a
+/// few packets bypass XDP on some drivers. See docs/design/pinning-and-restarts.md.
+#[xdp]
+pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
+    // SAFETY: on success the tail call does not return.
+    unsafe { maps::PROGRAMS.tail_call(&ctx, PROG_INGRESS) };
+    // Nothing installed: fail open (never cut a node off), but count it.
+    let len = (ctx.data_end() - ctx.data()) as u32;
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    stats::count(ifindex, Direction::Ingress, &decide::Decision::new(Reason::NoProgram), len);
+    xdp_action::XDP_PASS
+}
+
+/// Ingress enforcement: parse, decide, count.
 #[xdp]
 pub fn tierguard_ingress(ctx: XdpContext) -> u32 {
     let bytes = XdpBytes::new(&ctx);

@@ -3,16 +3,21 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
 };
 use tierguard_common::maps::{
     Counter, IFINDEX_TABLE_SIZE, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListEntry, MAX_LISTS,
-    PolicyMeta, PrefixKeyV4, PrefixKeyV6, STATS_SIZE,
+    PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6, STATS_SIZE,
 };
 
 /// Allocate hash entries on insert: memory follows the configured lists, not
 /// the capacity. Lookups cost the same either way.
 const BPF_F_NO_PREALLOC: u32 = 1;
+
+/// Programs the dispatcher tail-calls. Replacing an entry is how a new agent
+/// installs its enforcement program without touching the interface.
+#[map(name = "TG_PROGRAMS")]
+pub static PROGRAMS: ProgramArray = ProgramArray::pinned(PROGRAM_SLOTS, 0);
 
 /// IPv4 list prefixes, both generations, keyed by (slot, stride, masked address).
 #[map(name = "TG_LIST_V4")]

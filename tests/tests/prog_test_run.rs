@@ -77,6 +77,22 @@ impl Fixture {
 }
 
 #[test]
+fn the_dispatcher_runs_the_installed_program_and_fails_open_without_one() {
+    let mut f = fixture("dispatch", POLICY);
+    let denied = v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0));
+    let reader = f.dp.stats_reader().unwrap();
+    let action = f.dp.test_run(programs::DISPATCH, &denied, 1).unwrap().action;
+    assert_eq!(action, XDP_PASS, "nothing installed yet: pass");
+    assert_eq!(reader.counter(0, Direction::Ingress, Reason::NoProgram).unwrap().packets, 1);
+    f.dp.install().unwrap();
+    assert_eq!(f.dp.test_run(programs::DISPATCH, &denied, 1).unwrap().action, XDP_DROP);
+    assert_eq!(reader.counter(0, Direction::Ingress, Reason::DenyList).unwrap().packets, 1);
+    let other = v4_frame(OTHER4, NODE4, PROTO_UDP, &udp(1, 2, 0));
+    assert_eq!(f.dp.test_run(programs::DISPATCH, &other, 1).unwrap().action, XDP_PASS);
+    assert_eq!(reader.counter(0, Direction::Ingress, Reason::NoMatch).unwrap().packets, 1);
+}
+
+#[test]
 fn ipv4_deny_allow_and_miss() {
     let mut f = fixture("v4", POLICY);
     f.expect(&v4_frame(DENIED4, NODE4, PROTO_TCP, &tcp(40000, 443, TCP_SYN, 0)), Reason::DenyList);

@@ -69,69 +69,105 @@ pub fn ifindex(iface: &str) -> Option<u32> {
     (i != 0).then_some(i)
 }
 
+/// A link is pinned as `links/<ifindex>@<iface>@<mode>@<dispatcher tag>`:
+/// bpffs holds only BPF objects, so what the next agent must know about the
+/// link is kept in its name, where it cannot drift from the link itself.
+/// bpffs refuses dots in names, so dots in interface names become `_`; the
+/// ifindex is what identifies the interface.
+struct LinkPin {
+    path: PathBuf,
+    mode: AttachMode,
+    tag: u64,
+}
+
+impl LinkPin {
+    fn path(dir: &std::path::Path, ifindex: u32, iface: &str, mode: AttachMode, tag: u64) -> PathBuf {
+        dir.join(format!("{ifindex}@{}@{}@{tag:016x}", iface.replace('.', "_"), mode.name()))
+    }
+
+    /// Pins left for the interface `ifindex` (normally at most one).
+    fn find(dir: &std::path::Path, ifindex: u32) -> Vec<LinkPin> {
+        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        entries
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                let name = path.file_name()?.to_str()?.to_string();
+                let mut parts = name.split('@');
+                let index: u32 = parts.next()?.parse().ok()?;
+                let _iface = parts.next()?;
+                let mode = AttachMode::from_name(parts.next()?)?;
+                let tag = u64::from_str_radix(parts.next()?, 16).ok()?;
+                (index == ifindex).then_some(LinkPin { path, mode, tag })
+            })
+            .collect()
+    }
+}
+
 impl Datapath {
-    /// Attaches the ingress program to `iface`. If an earlier agent left a
-    /// pinned link there, the program inside it is replaced atomically (no
-    /// moment without enforcement); otherwise a new link is made and pinned.
+    /// Attaches the dispatcher to `iface`.
+    ///
+    /// If an earlier agent left a pinned link there with the same dispatcher,
+    /// the link is kept exactly as it is: enforcement changed hands when
+    /// `install` swapped the program array entry. Only a different dispatcher
+    /// (a rare upgrade) is swapped into the link, atomically.
     pub fn attach(&mut self, iface: &str, setting: XdpModeSetting) -> Result<AttachMode> {
         let ifindex = ifindex(iface).ok_or_else(|| DatapathError::UnknownInterface(iface.to_string()))?;
         let slot = self.attachments.len() as u32 + 1;
         if slot >= MAX_IFACE_SLOTS {
-            return Err(DatapathError::Attach {
-                iface: iface.to_string(),
-                mode: "any",
-                source: ProgramError::UnexpectedProgramType,
-            });
+            return Err(DatapathError::TooManyInterfaces(MAX_IFACE_SLOTS - 1));
         }
         let links_dir = self.pin_dir.join("links");
         std::fs::create_dir_all(&links_dir)
             .map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
-        let link_path = links_dir.join(format!("xdp_{iface}"));
-        let mode_path = links_dir.join(format!("xdp_{iface}.mode"));
 
         self.set_iface_slot(ifindex, slot)?;
-        let prog = ingress(&mut self.ebpf)?;
+        let prog = program(&mut self.ebpf, programs::DISPATCH)?;
+        let tag = prog
+            .info()
+            .map_err(|source| DatapathError::Program { program: programs::DISPATCH.into(), source })?
+            .tag();
 
-        let mut adopted = None;
-        if link_path.exists() {
-            let previous_mode = std::fs::read_to_string(&mode_path).ok().and_then(|s| AttachMode::from_name(&s));
-            match (PinnedLink::from_pin(&link_path), previous_mode) {
-                (Ok(pinned), Some(mode)) if setting_allows(setting, mode) => {
-                    let link = XdpLink::try_from(FdLink::from(pinned));
-                    match link.map(|l| prog.attach_to_link(l)) {
-                        Ok(Ok(id)) => adopted = Some((id, mode)),
-                        Ok(Err(e)) => tracing::warn!(iface, error = %e, "cannot take over pinned XDP link; attaching anew"),
-                        Err(e) => tracing::warn!(iface, error = %e, "pinned XDP link is not usable; attaching anew"),
+        let mut adopted: Option<(PinnedLink, AttachMode, PathBuf)> = None;
+        for old in LinkPin::find(&links_dir, ifindex) {
+            if adopted.is_none() && setting_allows(setting, old.mode) {
+                match PinnedLink::from_pin(&old.path) {
+                    Ok(pinned) if old.tag == tag => {
+                        adopted = Some((pinned, old.mode, old.path));
+                        continue;
                     }
+                    Ok(pinned) => {
+                        let path = LinkPin::path(&links_dir, ifindex, iface, old.mode, tag);
+                        if let Some(p) = replace_in_link(prog, pinned, iface, &old.path, &path)? {
+                            adopted = Some((p, old.mode, path));
+                            continue;
+                        }
+                    }
+                    Err(e) => tracing::warn!(iface, error = %e, "cannot open pinned XDP link"),
                 }
-                _ => {}
             }
-            if adopted.is_none() {
-                // Stale or of another mode: remove it so the new attach can take its place.
-                let _ = std::fs::remove_file(&link_path);
-            }
+            tracing::warn!(iface, pin = %old.path.display(), "removing a pinned XDP link that cannot be adopted");
+            let _ = std::fs::remove_file(&old.path);
         }
-        let (id, mode, was_adopted) = match adopted {
-            Some((id, mode)) => (id, mode, true),
+        let (link, mode, link_path, was_adopted) = match adopted {
+            Some((link, mode, path)) => (link, mode, path, true),
             None => {
                 let (id, mode) = attach_fresh(prog, iface, setting)?;
-                (id, mode, false)
+                let link = prog.take_link(id).map_err(|source| DatapathError::Attach {
+                    iface: iface.to_string(),
+                    mode: mode.name(),
+                    source,
+                })?;
+                let path = LinkPin::path(&links_dir, ifindex, iface, mode, tag);
+                (pin_link(link, iface, &path)?, mode, path, false)
             }
         };
-        let link = prog.take_link(id).map_err(|source| DatapathError::Attach {
-            iface: iface.to_string(),
-            mode: mode.name(),
-            source,
-        })?;
-        let pinned = pin_link(link, iface, &link_path)?;
-        let _ = std::fs::write(&mode_path, mode.name());
         self.attachments.push(Attachment {
             iface: iface.to_string(),
             ifindex,
             slot,
             mode,
             adopted: was_adopted,
-            link: Some(pinned),
+            link: Some(link),
             link_path,
         });
         Ok(mode)
@@ -159,7 +195,6 @@ impl Datapath {
                     Err(e) => tracing::warn!(iface = a.iface, error = %e, "cannot unpin XDP link"),
                 }
             }
-            let _ = std::fs::remove_file(a.link_path.with_extension("mode"));
             let _ = std::fs::remove_file(&a.link_path);
         }
         let pin_dir = self.pin_dir.clone();
@@ -187,12 +222,45 @@ fn setting_allows(setting: XdpModeSetting, mode: AttachMode) -> bool {
     }
 }
 
-fn ingress(ebpf: &mut aya::Ebpf) -> Result<&mut Xdp> {
-    let name = programs::INGRESS;
+fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
         .ok_or_else(|| DatapathError::Program { program: name.to_string(), source: ProgramError::NotLoaded })?
         .try_into()
         .map_err(|source| DatapathError::Program { program: name.to_string(), source })
+}
+
+/// Swaps our dispatcher into an existing link (pinned at `old`) and re-pins
+/// it at `new`; `None` if the link is unusable.
+fn replace_in_link(
+    prog: &mut Xdp,
+    pinned: PinnedLink,
+    iface: &str,
+    old: &std::path::Path,
+    new: &std::path::Path,
+) -> Result<Option<PinnedLink>> {
+    let link = match XdpLink::try_from(FdLink::from(pinned)) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(iface, error = %e, "pinned XDP link is not usable; attaching anew");
+            return Ok(None);
+        }
+    };
+    let id = match prog.attach_to_link(link) {
+        Ok(id) => id,
+        Err(e) => {
+            tracing::warn!(iface, error = %e, "cannot update the pinned XDP link; attaching anew");
+            return Ok(None);
+        }
+    };
+    tracing::info!(iface, "dispatcher changed: swapped into the existing link");
+    let link = prog
+        .take_link(id)
+        .map_err(|source| DatapathError::Attach { iface: iface.to_string(), mode: "existing", source })?;
+    // Pin under the new name first, then drop the old name: the link always
+    // has at least one pin, so it stays attached throughout.
+    let pinned = pin_link(link, iface, new)?;
+    let _ = std::fs::remove_file(old);
+    Ok(Some(pinned))
 }
 
 fn attach_fresh(

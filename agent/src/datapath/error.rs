@@ -23,6 +23,10 @@ pub enum DatapathError {
     Verifier { program: String, log: String },
     #[error("cannot prepare program {program}: {source}")]
     Program { program: String, source: aya::programs::ProgramError },
+    #[error("at most {0} interfaces can be enforced on")]
+    TooManyInterfaces(u32),
+    #[error("cannot install the enforcement program in {map}: {source}")]
+    Install { map: &'static str, source: aya::maps::MapError },
     #[error("no such interface: {0}")]
     UnknownInterface(String),
     #[error("cannot attach XDP to {iface} in {mode} mode: {source}")]

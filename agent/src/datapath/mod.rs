@@ -10,7 +10,7 @@ mod test_run;
 use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
-use tierguard_common::maps::{names, programs};
+use tierguard_common::maps::{PROG_INGRESS, names, programs};
 
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use error::{DatapathError, Result};
@@ -53,6 +53,7 @@ impl Datapath {
                     DatapathError::Load(e)
                 }
             })?;
+        load_xdp(&mut ebpf, programs::DISPATCH)?;
         load_xdp(&mut ebpf, programs::INGRESS)?;
         let mut dp = Datapath { ebpf, pin_dir: pin_dir.to_path_buf(), attachments: Vec::new(), live: None, adopted };
         if adopted {
@@ -61,6 +62,29 @@ impl Datapath {
             tables::clear_inactive(&mut dp.ebpf)?;
         }
         Ok(dp)
+    }
+
+    /// Installs this agent's enforcement program in the dispatcher's program
+    /// array: one atomic map write. Call after `apply` (the policy is in
+    /// place) and before `attach`. For an adopted datapath this is the
+    /// moment enforcement passes from the old agent's program to ours.
+    pub fn install(&mut self) -> Result<()> {
+        let name = names::PROGRAMS;
+        let fd = {
+            let prog: &Xdp = self
+                .ebpf
+                .program(programs::INGRESS)
+                .ok_or(DatapathError::MissingMap { map: name })?
+                .try_into()
+                .map_err(|source| DatapathError::Program { program: programs::INGRESS.into(), source })?;
+            prog.fd()
+                .map_err(|source| DatapathError::Program { program: programs::INGRESS.into(), source })?
+                .try_clone()
+                .map_err(|e| DatapathError::Program { program: programs::INGRESS.into(), source: aya::programs::ProgramError::IOError(e) })?
+        };
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+        let mut array = aya::maps::ProgramArray::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
+        array.set(PROG_INGRESS, &fd, 0).map_err(|source| DatapathError::Install { map: name, source })
     }
 
     pub fn pin_dir(&self) -> &Path {

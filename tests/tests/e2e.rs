@@ -1,0 +1,393 @@
+//! End to end: the agent binary enforcing on a veth, real traffic from a peer
+//! namespace, counters read back through /metrics.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tierguard_tests::{
+    agent::{Agent, free_addr, run_cli},
+    http::{get, sample},
+    lab::{Lab, sh},
+    pins::PinDir,
+};
+
+const DENIED_V4: &str = "203.0.113.7";
+const FLOOD_V4: &str = "203.0.113.66";
+const DENIED_V6: &str = "2001:db8::7";
+
+fn write_config(dir: &Path, iface: &str, pins: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("policy.toml");
+    let text = format!(
+        "[agent]\ninterfaces = [\"{iface}\"]\npin_path = \"{}\"\n\n\
+         [[lists]]\nname = \"blocked\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\", \"2001:db8::/32\"]\n{extra}",
+        pins.display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tierguard-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn drops(metrics: &str, iface: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"deny_list\",verdict=\"drop\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+fn list_hits(metrics: &str, list: &str) -> f64 {
+    sample(metrics, &format!("tierguard_list_hits_total{{action=\"deny\",list=\"{list}\"}}")).unwrap_or(0.0)
+}
+
+fn xdp_attached(iface: &str) -> bool {
+    let out = sh(&["ip", "link", "show", "dev", iface]);
+    String::from_utf8_lossy(&out.stdout).contains(" xdp")
+}
+
+/// A TCP server on the node that echoes one line back, for `accepts` connections.
+fn echo_server(addr: &str) -> (u16, std::thread::JoinHandle<Vec<String>>) {
+    let l = TcpListener::bind(format!("{addr}:0")).unwrap();
+    let port = l.local_addr().unwrap().port();
+    let h = std::thread::spawn(move || {
+        let mut got = Vec::new();
+        l.set_nonblocking(false).unwrap();
+        if let Ok((s, _)) = l.accept() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            if r.read_line(&mut line).is_ok() {
+                let mut w = s;
+                let _ = w.write_all(format!("echo {line}").as_bytes());
+                got.push(line.trim().to_string());
+            }
+        }
+        got
+    });
+    (port, h)
+}
+
+#[test]
+fn lists_are_enforced_on_real_traffic_and_counted_exactly() {
+    let lab = Lab::new("tge1", 211);
+    lab.add_peer_source(DENIED_V4);
+    lab.add_peer_source(FLOOD_V4);
+    lab.add_peer_source(DENIED_V6);
+    let pins = PinDir::new("e2e1");
+    let dir = tmpdir("lists");
+    let config = write_config(&dir, &lab.node_if, pins.path(), "");
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    assert!(xdp_attached(&lab.node_if), "XDP program attached");
+    let m = agent.scrape();
+    assert_eq!(
+        sample(&m, &format!("tierguard_xdp_attach_mode{{interface=\"{}\",mode=\"native\"}}", lab.node_if)),
+        Some(1.0),
+        "veth supports native XDP"
+    );
+
+    // Allowed: ICMP both families, TCP with data both ways, UDP.
+    assert!(lab.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &lab.node_v4()]), "allowed IPv4 ping");
+    assert!(lab.exec(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &lab.node_v6()]), "allowed IPv6 ping");
+    let (port, server) = echo_server(&lab.node_v4());
+    let reply = lab.exec_ok(&[
+        "bash",
+        "-c",
+        &format!("exec 3<>/dev/tcp/{}/{port}; echo hello >&3; read -t 5 r <&3; echo \"$r\"", lab.node_v4()),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "echo hello");
+    assert_eq!(server.join().unwrap(), ["hello"]);
+    let udp = UdpSocket::bind(format!("{}:0", lab.node_v4())).unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let uport = udp.local_addr().unwrap().port();
+    lab.exec_ok(&["bash", "-c", &format!("echo datagram > /dev/udp/{}/{uport}", lab.node_v4())]);
+    let mut buf = [0u8; 64];
+    let (n, _) = udp.recv_from(&mut buf).expect("allowed UDP datagram arrives");
+    assert_eq!(&buf[..n], b"datagram\n");
+    assert_eq!(drops(&agent.scrape(), &lab.node_if), 0.0, "nothing allowed was dropped");
+
+    // Denied IPv4 ping: exactly 4 requests, all dropped, all counted.
+    let before = agent.scrape();
+    assert!(!lab.exec(&["ping", "-c", "4", "-i", "0.2", "-W", "1", "-I", DENIED_V4, &lab.node_v4()]), "denied ping must fail");
+    let after = agent.scrape();
+    assert_eq!(drops(&after, &lab.node_if) - drops(&before, &lab.node_if), 4.0, "drops rose by the packets sent");
+    assert_eq!(list_hits(&after, "blocked") - list_hits(&before, "blocked"), 4.0);
+
+    // Denied IPv6 ping (the neighbour entry exists from the allowed ping).
+    let before = agent.scrape();
+    assert!(!lab.exec(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", "-I", DENIED_V6, &lab.node_v6()]));
+    let after = agent.scrape();
+    assert_eq!(drops(&after, &lab.node_if) - drops(&before, &lab.node_if), 3.0);
+
+    // Denied TCP connection: never completes.
+    let (port, _server) = echo_server(&lab.node_v4());
+    assert!(
+        !lab.exec(&["nc", "-z", "-w", "2", "-s", DENIED_V4, &lab.node_v4(), &port.to_string()]),
+        "denied TCP connect must time out"
+    );
+    // Unblock the echo server's accept with an allowed connection.
+    lab.exec(&["nc", "-z", "-w", "2", &lab.node_v4(), &port.to_string()]);
+
+    // A flood from a denied source: every packet dropped and counted.
+    let before = agent.scrape();
+    lab.exec(&["hping3", "--udp", "-p", "9999", "-a", FLOOD_V4, "-c", "500", "-i", "u500", "-q", &lab.node_v4()]);
+    let after = agent.scrape();
+    assert_eq!(drops(&after, &lab.node_if) - drops(&before, &lab.node_if), 500.0);
+
+    // promtool accepts the exposition.
+    let mut p = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool is installed by `cargo xtask setup`");
+    p.stdin.take().unwrap().write_all(after.as_bytes()).unwrap();
+    let out = p.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let status = agent.stop();
+    assert!(status.success(), "SIGTERM exits 0: {status}");
+    assert!(!xdp_attached(&lab.node_if), "detached on SIGTERM");
+    assert!(!pins.path().exists(), "pins removed on SIGTERM");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_real_prometheus_server_scrapes_the_drop_counter() {
+    let lab = Lab::new("tge2", 212);
+    lab.add_peer_source(DENIED_V4);
+    let pins = PinDir::new("e2e2");
+    let dir = tmpdir("prom");
+    let config = write_config(&dir, &lab.node_if, pins.path(), "");
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    assert!(!lab.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", DENIED_V4, &lab.node_v4()]));
+
+    let prom_addr = free_addr();
+    std::fs::write(
+        dir.join("prometheus.yml"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tierguard\n    static_configs:\n      - targets: ['{}']\n",
+            agent.metrics
+        ),
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={prom_addr}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("prometheus is installed by `cargo xtask setup`");
+    let query = format!(
+        "/api/v1/query?query=tierguard_packets_total%7Breason%3D%22deny_list%22%2Cinterface%3D%22{}%22%7D",
+        lab.node_if
+    );
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let value = loop {
+        if let Some((200, body)) = get(prom_addr, &query) {
+            let v: serde_json::Value = serde_json::from_str(&body).expect("query API answers JSON");
+            if let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first()) {
+                assert_eq!(r["metric"]["job"], "tierguard");
+                assert_eq!(r["metric"]["verdict"], "drop");
+                break r["value"][1].as_str().unwrap().to_string();
+            }
+        }
+        assert!(Instant::now() < deadline, "Prometheus never returned the drop counter");
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    let _ = prom.kill();
+    let _ = prom.wait();
+    assert_eq!(value, "3", "Prometheus sees the 3 dropped packets");
+    drop(agent);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn invalid_configs_are_refused_and_nothing_is_attached() {
+    let lab = Lab::new("tge3", 213);
+    let pins = PinDir::new("e2e3");
+    let dir = tmpdir("invalid");
+    let head = format!("[agent]\ninterfaces = [\"{}\"]\npin_path = \"{}\"\n", lab.node_if, pins.path().display());
+    let list = "[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/8\"]\n";
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("unknown key", format!("{head}colour = \"red\"\n"), "policy.toml:4:1: unknown field `colour`"),
+        ("bad CIDR", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n"), "policy.toml:7:10: '10.0.0.0/33' is not a CIDR"),
+        ("host bits", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.1.2.3/8\"]\n"), "did you mean 10.0.0.0/8"),
+        ("duplicate list", format!("{head}{list}{list}"), "duplicate list name 'a' (first defined at line 5)"),
+        ("missing list file", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"absent.txt\"]\n"), "cannot read list file"),
+        ("bad list file line", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"bad.txt\"]\n"), "bad.txt:2:1: 'not-an-address' is not an IP address or CIDR"),
+        ("unknown interface", format!("[agent]\ninterfaces = [\"tgnosuch0\"]\npin_path = \"{}\"\n{list}", pins.path().display()), "no such interface: 'tgnosuch0'"),
+        ("no interface", format!("[agent]\ninterfaces = []\npin_path = \"{}\"\n{list}", pins.path().display()), "no interface to enforce on"),
+        ("malformed metrics address", format!("[agent]\ninterfaces = [\"{}\"]\nmetrics_address = \"localhost:http\"\n", lab.node_if), "'localhost:http' is not a listen address"),
+    ];
+    std::fs::write(dir.join("bad.txt"), "192.0.2.0/24\nnot-an-address\n").unwrap();
+    for (what, text, want) in cases {
+        let path = dir.join("policy.toml");
+        std::fs::write(&path, &text).unwrap();
+        let p = path.to_str().unwrap();
+        let check = run_cli(&["check", "--config", p]);
+        let err = String::from_utf8_lossy(&check.stderr);
+        assert_eq!(check.status.code(), Some(2), "{what}: check exits 2; stderr: {err}");
+        assert!(err.contains(want), "{what}: check names the problem ({want}); stderr: {err}");
+
+        let metrics = free_addr().to_string();
+        let run = run_cli(&["run", "--config", p, "--metrics-address", &metrics]);
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert!(!run.status.success(), "{what}: run refuses");
+        assert!(err.contains(want), "{what}: run names the problem; stderr: {err}");
+        assert!(err.contains("nothing was attached"), "{what}: says nothing was attached; stderr: {err}");
+        assert!(!xdp_attached(&lab.node_if), "{what}: nothing attached");
+        assert!(!pins.path().exists(), "{what}: nothing pinned");
+    }
+    // A bad --metrics-address on the command line is refused by the argument parser.
+    let run = run_cli(&["run", "--iface", &lab.node_if, "--metrics-address", "nope"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("invalid value 'nope' for '--metrics-address"));
+    // A valid policy checks clean and says what it holds.
+    let path = dir.join("policy.toml");
+    std::fs::write(&path, format!("{head}{list}")).unwrap();
+    let ok = run_cli(&["check", "--config", path.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    assert!(out.contains("policy OK") && out.contains("a ") && out.contains("1 IPv4, 0 IPv6 prefixes"), "{out}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn reload_applies_valid_changes_and_refuses_invalid_ones() {
+    let lab = Lab::new("tge4", 214);
+    lab.add_peer_source("192.0.2.9");
+    let pins = PinDir::new("e2e4");
+    let dir = tmpdir("reload");
+    let config = write_config(&dir, &lab.node_if, pins.path(), "");
+    let agent = Agent::start(&["--config", config.to_str().unwrap(), "--watch-interval", "1"], free_addr());
+    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", "-I", "192.0.2.9", &lab.node_v4()]), "not yet denied");
+
+    let generation = |a: &Agent| sample(&a.scrape(), "tierguard_policy_generation").unwrap();
+    let wait_for = |a: &Agent, what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(&a.scrape()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", a.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert_eq!(generation(&agent), 1.0);
+    // A valid change, picked up from the file.
+    write_config(&dir, &lab.node_if, pins.path(), "[[lists]]\nname = \"more\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/24\"]\n");
+    wait_for(&agent, "generation 2", &|m| sample(m, "tierguard_policy_generation") == Some(2.0));
+    assert!(!lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", "192.0.2.9", &lab.node_v4()]), "now denied");
+    assert_eq!(list_hits(&agent.scrape(), "more"), 2.0);
+
+    // An invalid change is refused; the live policy stays.
+    std::fs::write(&config, "[[lists]]\nname = \"broken\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/40\"]\n").unwrap();
+    wait_for(&agent, "a reload failure", &|m| sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0));
+    assert_eq!(generation(&agent), 2.0);
+    assert!(!lab.exec(&["ping", "-c", "1", "-W", "1", "-I", "192.0.2.9", &lab.node_v4()]), "still denied");
+    assert!(agent.log().contains("new policy refused; the live policy stays"), "{}", agent.log());
+
+    // SIGHUP reloads too (after a fix).
+    write_config(&dir, &lab.node_if, pins.path(), "");
+    agent.signal(libc::SIGHUP);
+    wait_for(&agent, "generation 3", &|m| sample(m, "tierguard_policy_generation") == Some(3.0));
+    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", "-I", "192.0.2.9", &lab.node_v4()]), "allowed again");
+    assert!(agent.stop().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn restarts_and_crashes_leave_no_gap_in_enforcement() {
+    let lab = Lab::new("tge5", 215);
+    lab.add_peer_source(FLOOD_V4);
+    let pins = PinDir::new("e2e5");
+    let dir = tmpdir("restart");
+    let config = write_config(&dir, &lab.node_if, pins.path(), "");
+    let cfg = config.to_str().unwrap().to_string();
+    let addr = free_addr();
+    let first = Agent::start(&["--config", &cfg, "--persist"], addr);
+
+    // Resolve the node's MAC first: the sender's stack discards packets
+    // queued behind an unresolved neighbour, which would look like loss here.
+    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
+    // Anything that slipped past enforcement would reach this socket.
+    let sink = UdpSocket::bind(format!("{}:9", lab.node_v4())).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let delivered = std::thread::spawn(move || {
+        let mut n = 0;
+        let mut buf = [0u8; 64];
+        let until = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < until {
+            if sink.recv_from(&mut buf).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    });
+    // A steady stream of denied packets runs across a clean restart and a crash.
+    let sent = 3000;
+    let mut stream = Command::new("ip")
+        .args(["netns", "exec", &lab.ns, "hping3", "--udp", "-p", "9", "-a", FLOOD_V4, "-c", &sent.to_string(), "-i", "u2000", "-q", &lab.node_v4()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    assert!(first.stop().success(), "persisting agent exits 0");
+    assert!(xdp_attached(&lab.node_if), "still attached with no agent running");
+    std::thread::sleep(Duration::from_millis(500));
+    let second = Agent::start(&["--config", &cfg, "--persist"], addr);
+    assert!(second.log().contains("adopted=true"), "second agent adopts the pinned state:\n{}", second.log());
+    assert!(second.log().contains("kept the existing link"), "the link is not re-attached:\n{}", second.log());
+    std::thread::sleep(Duration::from_millis(500));
+    second.kill();
+    assert!(xdp_attached(&lab.node_if), "still attached after a crash");
+    let third = Agent::start(&["--config", &cfg], addr);
+    let _ = stream.wait();
+    // Counters live in pinned maps, so the third agent sees every drop since the first started.
+    let m = third.scrape();
+    let passed_ipv4 = sample(
+        &m,
+        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{}\",reason=\"no_match\",verdict=\"pass\"}}", lab.node_if),
+    );
+    assert_eq!(drops(&m, &lab.node_if), f64::from(sent), "every packet of the stream was dropped; passed: {passed_ipv4:?}");
+    assert_eq!(delivered.join().unwrap(), 0, "no denied datagram reached the node's stack");
+    assert_eq!(sample(&m, "tierguard_policy_generation"), Some(3.0), "each agent applied one generation");
+    assert!(third.stop().success());
+    assert!(!xdp_attached(&lab.node_if), "a non-persisting stop detaches");
+    assert!(!pins.path().exists());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn generic_mode_is_used_when_asked_and_reported() {
+    let lab = Lab::new("tge6", 216);
+    lab.add_peer_source(DENIED_V4);
+    let pins = PinDir::new("e2e6");
+    let agent = Agent::start(
+        &["--iface", &lab.node_if, "--xdp-mode", "generic", "--pin-path", pins.path().to_str().unwrap()],
+        free_addr(),
+    );
+    let out = String::from_utf8_lossy(&sh(&["ip", "link", "show", "dev", &lab.node_if]).stdout).to_string();
+    assert!(out.contains("xdpgeneric"), "{out}");
+    let m = agent.scrape();
+    assert_eq!(sample(&m, &format!("tierguard_xdp_attach_mode{{interface=\"{}\",mode=\"generic\"}}", lab.node_if)), Some(1.0));
+    // The embedded default policy denies documentation ranges.
+    assert!(!lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", DENIED_V4, &lab.node_v4()]));
+    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
+    assert_eq!(list_hits(&agent.scrape(), "bogons"), 2.0);
+    assert!(agent.stop().success());
+}
