@@ -87,6 +87,12 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
             l.v6_prefixes
         );
     }
-    let _ = writeln!(s, "  table entries: {} IPv4, {} IPv6", policy.v4.len(), policy.v6.len());
+    let _ = writeln!(
+        s,
+        "  table entries: {} IPv4 /24 blocks, {} IPv4 host entries, {} IPv6",
+        policy.v4_blocks.len(),
+        policy.v4_long.len(),
+        policy.v6.len()
+    );
     s
 }

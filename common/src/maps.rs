@@ -12,6 +12,9 @@ pub mod names {
     pub const STATS: &str = "TG_STATS";
     pub const LIST_HITS: &str = "TG_LIST_HITS";
     pub const PROGRAMS: &str = "TG_PROGRAMS";
+    pub const BENCH_SOURCES: &str = "TG_BENCH_SOURCES";
+    pub const V4_DIRECT: &str = "TG_V4_DIRECT";
+    pub const V4_CODES: &str = "TG_V4_CODES";
 }
 
 /// Program names in the kernel object.
@@ -21,14 +24,26 @@ pub mod programs {
     pub const DISPATCH: &str = "tierguard_dispatch";
     /// The enforcement program, installed in `TG_PROGRAMS[PROG_INGRESS]`.
     pub const INGRESS: &str = "tierguard_ingress";
-    /// Does nothing but pass: the baseline the benchmark subtracts.
+    /// Does nothing but pass: the empty program the benchmark compares with.
     pub const BASELINE: &str = "tierguard_baseline";
+    /// Benchmark only: ingress with rotating source addresses.
+    pub const BENCH_INGRESS: &str = "tierguard_bench_ingress";
+    /// Benchmark only: the rotation alone, subtracted from `BENCH_INGRESS`.
+    pub const BENCH_BASELINE: &str = "tierguard_bench_baseline";
 }
 
 /// Prefix-table capacity, both generations together (a reload writes the new
 /// generation beside the live one before switching).
 pub const LIST_V4_CAPACITY: u32 = 4 * 1024 * 1024;
-pub const LIST_V6_CAPACITY: u32 = 1024 * 1024;
+pub const LIST_V6_CAPACITY: u32 = 4 * 1024 * 1024;
+/// IPv4 direct table: one code byte per /24, in 64-byte blocks, per slot.
+pub const V4_DIRECT_PER_BLOCK: u32 = 64;
+pub const V4_DIRECT_BLOCKS: u32 = (1 << 24) / V4_DIRECT_PER_BLOCK;
+/// Codes per slot (code 0 means "nothing here").
+pub const V4_CODES_PER_SLOT: u32 = 256;
+/// Sources the benchmark rotates through. The agent loads the table with one
+/// entry (`Datapath::load`); only the benchmark uses the full size.
+pub const BENCH_SOURCES_CAPACITY: u32 = 65536;
 /// Slot of the ingress program in the dispatcher's program array.
 pub const PROG_INGRESS: u32 = 0;
 /// Entries in the program array.
@@ -125,12 +140,46 @@ impl ListAction {
     }
 }
 
+/// 64 consecutive /24s of the IPv4 direct table: one code each.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DirectBlock {
+    pub codes: [u8; V4_DIRECT_PER_BLOCK as usize],
+}
+const _: () = assert!(core::mem::size_of::<DirectBlock>() == 64);
+
+impl DirectBlock {
+    pub const EMPTY: DirectBlock = DirectBlock { codes: [0; V4_DIRECT_PER_BLOCK as usize] };
+}
+
+/// What a direct-table code means.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DirectCode {
+    /// The winning entry among prefixes of /24 or shorter (if `CODE_ENTRY`).
+    pub entry: ListEntry,
+    /// `CODE_*` bits.
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<DirectCode>() == 8);
+
+/// `DirectCode::entry` is valid.
+pub const CODE_ENTRY: u32 = 1;
+/// Prefixes longer than /24 exist inside this /24: consult the /32 table first.
+pub const CODE_LONGER: u32 = 2;
+
+impl Default for ListEntry {
+    fn default() -> Self {
+        ListEntry { list_id: 0, action: 0, orig_len: 0 }
+    }
+}
+
 /// Per-generation policy facts the kernel needs besides the tables.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyMeta {
-    /// Bit i set: the IPv4 table holds entries of stride length `(i + 1) * 8`.
-    pub v4_strides: u32,
+    /// Unused (IPv4 is matched through the direct table); kept for layout.
+    pub reserved: u32,
     /// Bit i set: the IPv6 table holds entries of stride length `(i + 1) * 8`.
     pub v6_strides: u32,
     /// Policy generation number (increments on every applied change).
@@ -155,6 +204,8 @@ mod pod {
     unsafe impl aya::Pod for super::ListEntry {}
     unsafe impl aya::Pod for super::PolicyMeta {}
     unsafe impl aya::Pod for super::Counter {}
+    unsafe impl aya::Pod for super::DirectBlock {}
+    unsafe impl aya::Pod for super::DirectCode {}
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! 4 for IPv4, 16 for IPv6), never on how many prefixes there are. See
 //! docs/design/map-layout.md.
 
-use crate::maps::{ListAction, ListEntry};
+use crate::maps::{CODE_ENTRY, CODE_LONGER, DirectCode, ListAction, ListEntry};
 
 pub const STRIDE_BITS: u8 = 8;
 pub const V4_STRIDES: u32 = 4;
@@ -82,6 +82,26 @@ pub fn expand<const N: usize>(addr: &[u8; N], len: u8, mut f: impl FnMut([u8; N]
     }
 }
 
+/// IPv4 lookup semantics over the direct table, shared by kernel and agent:
+/// `code` is the decoded code of the source's /24 (`None` for code 0), and
+/// `longer` looks the full address up among prefixes longer than /24.
+#[inline(always)]
+pub fn resolve_v4(code: Option<DirectCode>, longer: impl FnOnce() -> Option<ListEntry>) -> Option<ListEntry> {
+    let code = code?;
+    if code.flags & CODE_LONGER != 0 {
+        if let Some(e) = longer() {
+            return Some(e);
+        }
+    }
+    (code.flags & CODE_ENTRY != 0).then_some(code.entry)
+}
+
+/// Index of the /24 that holds an IPv4 address.
+#[inline(always)]
+pub fn slash24(addr: &[u8; 4]) -> u32 {
+    (addr[0] as u32) << 16 | (addr[1] as u32) << 8 | addr[2] as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +154,19 @@ mod tests {
             n += 1;
         });
         assert_eq!(n, 1);
+    }
+
+    #[test]
+    fn direct_resolution_prefers_longer_prefixes() {
+        let short = entry(1, ListAction::Deny, 16);
+        let long = entry(2, ListAction::Allow, 32);
+        let both = DirectCode { entry: short, flags: CODE_ENTRY | CODE_LONGER };
+        assert_eq!(resolve_v4(Some(both), || Some(long)), Some(long));
+        assert_eq!(resolve_v4(Some(both), || None), Some(short));
+        let only_longer = DirectCode { entry: ListEntry::default(), flags: CODE_LONGER };
+        assert_eq!(resolve_v4(Some(only_longer), || None), None);
+        assert_eq!(resolve_v4(None, || Some(long)), None);
+        assert_eq!(slash24(&[10, 1, 2, 3]), 0x0a0102);
     }
 
     #[test]

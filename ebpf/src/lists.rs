@@ -1,33 +1,37 @@
 //! Source-address lookup in the allow/deny prefix tables.
 
 use tierguard_common::{
-    maps::{ListEntry, PrefixKeyV4, PrefixKeyV6},
+    maps::{ListEntry, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V4_DIRECT_PER_BLOCK},
     packet::Packet,
-    prefix::{mask, stride_len, V4_STRIDES, V6_STRIDES},
+    prefix::{mask, resolve_v4, slash24, stride_len, V6_STRIDES},
 };
 
-use crate::maps::{policy_meta, LIST_V4, LIST_V6};
+use crate::maps::{policy_meta, LIST_V4, LIST_V6, V4_CODES, V4_DIRECT};
 
-/// The winning list entry for the packet's source, if any: strides in use are
-/// tried longest first, so the first hit is the longest match.
+/// The winning list entry for the packet's source, if any. IPv4: one read of
+/// the direct table, plus the /32 table only where longer prefixes exist.
+/// IPv6: the strides in use, longest first, so the first hit is the longest match.
 #[inline(always)]
 pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
-    let meta = policy_meta(slot);
     if p.family == 4 {
         let src = p.src_v4();
-        let mut i = V4_STRIDES;
-        while i > 0 {
-            i -= 1;
-            if meta.v4_strides & (1 << i) != 0 {
-                let len = stride_len(i);
-                let key = PrefixKeyV4 { slot, len, _pad: [0; 2], addr: mask(&src, len) };
-                // SAFETY: the value is copied out before the map can change it.
-                if let Some(e) = unsafe { LIST_V4.get(&key) } {
-                    return Some(*e);
-                }
-            }
+        let idx = slash24(&src);
+        let block = u32::from(slot) * V4_DIRECT_BLOCKS + idx / V4_DIRECT_PER_BLOCK;
+        let code = match V4_DIRECT.get(block) {
+            Some(b) => b.codes[(idx % V4_DIRECT_PER_BLOCK) as usize],
+            None => 0,
+        };
+        if code == 0 {
+            return None;
         }
+        let code = V4_CODES.get(u32::from(slot) * V4_CODES_PER_SLOT + u32::from(code)).copied();
+        return resolve_v4(code, || {
+            let key = PrefixKeyV4 { slot, len: 32, _pad: [0; 2], addr: src };
+            // SAFETY: the value is copied out before the map can change it.
+            unsafe { LIST_V4.get(&key) }.copied()
+        });
     } else {
+        let meta = policy_meta(slot);
         let mut i = V6_STRIDES;
         while i > 0 {
             i -= 1;

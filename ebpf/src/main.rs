@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+mod bench;
 mod bytes;
 mod lists;
 mod maps;
@@ -36,13 +37,23 @@ pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
 /// Ingress enforcement: parse, decide, count.
 #[xdp]
 pub fn tierguard_ingress(ctx: XdpContext) -> u32 {
-    let bytes = XdpBytes::new(&ctx);
+    enforce(&ctx, None)
+}
+
+/// The ingress path, shared by the production and benchmark entry points.
+/// `src_override` (benchmark only) replaces the parsed source address.
+#[inline(always)]
+fn enforce(ctx: &XdpContext, src_override: Option<[u8; 16]>) -> u32 {
+    let bytes = XdpBytes::new(ctx);
     let len = bytes.frame_len();
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let decision = match parse(&bytes) {
         Err(reason) => decide::Decision::new(reason),
         Ok(p) if p.family == 0 => decide::Decision::new(Reason::NonIp),
-        Ok(p) => {
+        Ok(mut p) => {
+            if let Some(src) = src_override {
+                p.src = src;
+            }
             let slot = maps::active_slot();
             let hit = lists::lookup_source(slot, &p);
             decide::ingress(hit)
@@ -53,6 +64,24 @@ pub fn tierguard_ingress(ctx: XdpContext) -> u32 {
         Verdict::Pass => xdp_action::XDP_PASS,
         Verdict::Drop => xdp_action::XDP_DROP,
     }
+}
+
+/// Benchmark only: the ingress path with the source address taken from a
+/// rotating table, so one BPF_PROG_TEST_RUN covers many keys.
+#[xdp]
+pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
+    enforce(&ctx, Some(bench::next_source()))
+}
+
+/// Benchmark only: the same rotation, then pass. Subtracted from the above.
+#[xdp]
+pub fn tierguard_bench_baseline(_ctx: XdpContext) -> u32 {
+    let src = bench::next_source();
+    // Depend on the value so the rotation is not optimised away.
+    if src[0] == 0xff && src[15] == 0xfe {
+        return xdp_action::XDP_DROP;
+    }
+    xdp_action::XDP_PASS
 }
 
 /// Passes everything: loaded beside the real program so the benchmark can

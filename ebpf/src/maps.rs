@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
 };
 use tierguard_common::maps::{
-    Counter, IFINDEX_TABLE_SIZE, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListEntry, MAX_LISTS,
+    Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListEntry, MAX_LISTS,
     PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6, STATS_SIZE,
 };
 
@@ -19,7 +19,17 @@ const BPF_F_NO_PREALLOC: u32 = 1;
 #[map(name = "TG_PROGRAMS")]
 pub static PROGRAMS: ProgramArray = ProgramArray::pinned(PROGRAM_SLOTS, 0);
 
-/// IPv4 list prefixes, both generations, keyed by (slot, stride, masked address).
+/// IPv4 prefixes of /24 or shorter: one code byte per /24, 64 to a block,
+/// both generations (slot 0 blocks, then slot 1). A lookup reads one cache line.
+#[map(name = "TG_V4_DIRECT")]
+pub static V4_DIRECT: Array<DirectBlock> = Array::pinned(2 * V4_DIRECT_BLOCKS, 0);
+
+/// What each direct-table code means, per slot.
+#[map(name = "TG_V4_CODES")]
+pub static V4_CODES: Array<DirectCode> = Array::pinned(2 * V4_CODES_PER_SLOT, 0);
+
+/// IPv4 prefixes longer than /24, expanded to /32, both generations, keyed by
+/// (slot, 32, address).
 #[map(name = "TG_LIST_V4")]
 pub static LIST_V4: HashMap<PrefixKeyV4, ListEntry> =
     HashMap::pinned(LIST_V4_CAPACITY, BPF_F_NO_PREALLOC);

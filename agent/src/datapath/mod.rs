@@ -40,11 +40,18 @@ impl Datapath {
     /// Loads the programs, reusing maps pinned under `pin_dir` if an earlier
     /// agent left them (so counters and the live policy carry over).
     pub fn load(pin_dir: &Path) -> Result<Datapath> {
+        Datapath::load_with(pin_dir, 1)
+    }
+
+    /// As `load`, with the benchmark's source table sized to `bench_sources`
+    /// (the agent uses 1: the table is unused outside the benchmark).
+    pub fn load_with(pin_dir: &Path, bench_sources: u32) -> Result<Datapath> {
         ensure_pin_dir(pin_dir)?;
         let adopted = pin_dir.join(names::ACTIVE_SLOT).exists();
         bump_memlock_rlimit();
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
+            .map_max_entries(names::BENCH_SOURCES, bench_sources.max(1))
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_permission_error(&e) {

@@ -8,13 +8,18 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData},
 };
-use tierguard_common::maps::{ListEntry, PolicyMeta, PrefixKeyV4, PrefixKeyV6, names};
+use tierguard_common::maps::{
+    DirectBlock, DirectCode, ListEntry, PolicyMeta, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
+    names,
+};
 
 use super::{Datapath, DatapathError, Result};
 use crate::policy::CompiledPolicy;
 
 /// Keys of one generation, kept to delete it once it is no longer live.
 pub(super) struct Written {
+    /// Direct-table blocks written (absolute indexes, slot included).
+    blocks: Vec<u32>,
     v4: Vec<PrefixKeyV4>,
     v6: Vec<PrefixKeyV6>,
 }
@@ -59,8 +64,22 @@ pub(super) fn live_generation(ebpf: &Ebpf) -> Result<u64> {
 /// Deletes every entry of the inactive slot (left by a crash mid-transaction).
 pub(super) fn clear_inactive(ebpf: &mut Ebpf) -> Result<()> {
     let inactive = 1 - active_slot(ebpf)?;
-    sweep::<PrefixKeyV4>(ebpf, names::LIST_V4, inactive, |k| k.slot)?;
-    sweep::<PrefixKeyV6>(ebpf, names::LIST_V6, inactive, |k| k.slot)
+    sweep_slot(ebpf, inactive)
+}
+
+/// Deletes every table entry of `slot`, found by scanning (used when the
+/// entries were written by an earlier agent).
+fn sweep_slot(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
+    sweep::<PrefixKeyV4>(ebpf, names::LIST_V4, slot, |k| k.slot)?;
+    sweep::<PrefixKeyV6>(ebpf, names::LIST_V6, slot, |k| k.slot)?;
+    let mut direct: Array<_, DirectBlock> = array(ebpf, names::V4_DIRECT)?;
+    let base = u32::from(slot) * V4_DIRECT_BLOCKS;
+    for i in base..base + V4_DIRECT_BLOCKS {
+        if direct.get(&i, 0).is_ok_and(|b| b != DirectBlock::EMPTY) {
+            direct.set(i, DirectBlock::EMPTY, 0).map_err(map_err(names::V4_DIRECT))?;
+        }
+    }
+    Ok(())
 }
 
 fn sweep<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, slot: u8, slot_of: fn(&K) -> u8) -> Result<()> {
@@ -81,12 +100,16 @@ impl Datapath {
         let new = 1 - old;
         let generation = live_generation(ebpf)? + 1;
 
-        let mut written = Written { v4: Vec::with_capacity(policy.v4.len()), v6: Vec::with_capacity(policy.v6.len()) };
+        let mut written = Written {
+            blocks: Vec::with_capacity(policy.v4_blocks.len()),
+            v4: Vec::with_capacity(policy.v4_long.len()),
+            v6: Vec::with_capacity(policy.v6.len()),
+        };
         if let Err(e) = write_generation(ebpf, policy, new, &mut written) {
             delete(ebpf, &written);
             return Err(e);
         }
-        let meta = PolicyMeta { v4_strides: policy.v4_strides, v6_strides: policy.v6_strides, generation };
+        let meta = PolicyMeta { reserved: 0, v6_strides: policy.v6_strides, generation };
         let commit = (|| {
             array::<PolicyMeta>(ebpf, names::POLICY_META)?
                 .set(u32::from(new), meta, 0)
@@ -105,10 +128,7 @@ impl Datapath {
         match self.live.take() {
             Some(previous) => delete(&mut self.ebpf, &previous),
             // Written by an earlier agent (or nothing): find it by slot.
-            None => {
-                sweep::<PrefixKeyV4>(&mut self.ebpf, names::LIST_V4, old, |k| k.slot)?;
-                sweep::<PrefixKeyV6>(&mut self.ebpf, names::LIST_V6, old, |k| k.slot)?;
-            }
+            None => sweep_slot(&mut self.ebpf, old)?,
         }
         self.live = Some(written);
         Ok(generation)
@@ -116,9 +136,19 @@ impl Datapath {
 }
 
 fn write_generation(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u8, written: &mut Written) -> Result<()> {
+    let mut codes: Array<_, DirectCode> = array(ebpf, names::V4_CODES)?;
+    for (i, code) in policy.v4_codes.iter().enumerate() {
+        codes.set(u32::from(slot) * V4_CODES_PER_SLOT + i as u32, *code, 0).map_err(map_err(names::V4_CODES))?;
+    }
+    let mut direct: Array<_, DirectBlock> = array(ebpf, names::V4_DIRECT)?;
+    for (&block, b) in &policy.v4_blocks {
+        let i = u32::from(slot) * V4_DIRECT_BLOCKS + block;
+        direct.set(i, *b, 0).map_err(map_err(names::V4_DIRECT))?;
+        written.blocks.push(i);
+    }
     let mut v4: HashMap<_, PrefixKeyV4, ListEntry> = hash(ebpf, names::LIST_V4)?;
-    for (&(len, addr), entry) in &policy.v4 {
-        let key = PrefixKeyV4 { slot, len, _pad: [0; 2], addr };
+    for (&addr, entry) in &policy.v4_long {
+        let key = PrefixKeyV4 { slot, len: 32, _pad: [0; 2], addr };
         v4.insert(key, *entry, 0).map_err(map_err(names::LIST_V4))?;
         written.v4.push(key);
     }
@@ -132,6 +162,11 @@ fn write_generation(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u8, written:
 }
 
 fn delete(ebpf: &mut Ebpf, w: &Written) {
+    if let Ok(mut a) = array::<DirectBlock>(ebpf, names::V4_DIRECT) {
+        for i in &w.blocks {
+            let _ = a.set(*i, DirectBlock::EMPTY, 0);
+        }
+    }
     if let Ok(mut m) = hash::<PrefixKeyV4, ListEntry>(ebpf, names::LIST_V4) {
         for k in &w.v4 {
             let _ = m.remove(k);

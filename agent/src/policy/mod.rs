@@ -4,14 +4,17 @@
 //! `lookup_source` answers from it with the same precedence code the kernel
 //! runs, which is what `tierguard explain` relies on.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
 use tierguard_common::{
-    maps::{LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListAction, ListEntry},
-    prefix::{V4_STRIDES, V6_STRIDES, expand, mask, stride_bit, stride_for, stride_len, wins},
+    maps::{
+        CODE_ENTRY, CODE_LONGER, DirectBlock, DirectCode, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListAction,
+        ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK,
+    },
+    prefix::{V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len, wins},
 };
 
 use crate::config::{Config, ConfigError, ConfigErrors};
@@ -29,10 +32,14 @@ pub struct ListInfo {
 #[derive(Debug, Clone, Default)]
 pub struct CompiledPolicy {
     pub lists: Vec<ListInfo>,
+    /// IPv4 direct table: non-empty 64-entry blocks by block index.
+    pub v4_blocks: BTreeMap<u32, DirectBlock>,
+    /// What each code of the direct table means (index = code; 0 is unused).
+    pub v4_codes: Vec<DirectCode>,
+    /// IPv4 prefixes longer than /24, expanded to /32.
+    pub v4_long: HashMap<[u8; 4], ListEntry>,
     /// (stride length, masked address) → winning entry.
-    pub v4: HashMap<(u8, [u8; 4]), ListEntry>,
     pub v6: HashMap<(u8, [u8; 16]), ListEntry>,
-    pub v4_strides: u32,
     pub v6_strides: u32,
     /// Stable hash of what is enforced (hex), for audit and metrics.
     pub hash: String,
@@ -42,6 +49,7 @@ impl CompiledPolicy {
     /// Compiles `config`. Fails only when the tables would not fit the maps.
     pub fn compile(config: &Config) -> Result<CompiledPolicy, ConfigErrors> {
         let mut p = CompiledPolicy::default();
+        let mut short_v4: Vec<(u8, u32, ListEntry)> = Vec::new();
         for (id, list) in config.lists.iter().enumerate() {
             let id = u16::try_from(id).expect("list count validated");
             let mut info = ListInfo {
@@ -55,20 +63,32 @@ impl CompiledPolicy {
                 match net {
                     IpNetwork::V4(n) => {
                         info.v4_prefixes += 1;
-                        insert(&mut p.v4, &mut p.v4_strides, n.network().octets(), n.prefix(), entry);
+                        if n.prefix() <= 24 {
+                            short_v4.push((n.prefix(), slash24(&n.network().octets()), entry));
+                        } else {
+                            expand(&mask(&n.network().octets(), n.prefix()), n.prefix(), |a| {
+                                upsert(&mut p.v4_long, a, entry);
+                            });
+                        }
                     }
                     IpNetwork::V6(n) => {
                         info.v6_prefixes += 1;
-                        insert(&mut p.v6, &mut p.v6_strides, n.network().octets(), n.prefix(), entry);
+                        let len = n.prefix();
+                        let stride = stride_for(len);
+                        p.v6_strides |= 1 << stride_bit(stride);
+                        expand(&mask(&n.network().octets(), len), len, |a| upsert(&mut p.v6, (stride, a), entry));
                     }
                 }
             }
             p.lists.push(info);
         }
-        // Both generations share a map during a reload, so one may use half.
         let mut errors = Vec::new();
+        if let Err(message) = p.build_direct_table(short_v4) {
+            errors.push(ConfigError { file: config.origin.clone(), line: 0, column: 0, message });
+        }
+        // Both generations share a map during a reload, so one may use half.
         for (what, used, cap) in [
-            ("IPv4", p.v4.len(), LIST_V4_CAPACITY / 2),
+            ("IPv4 (longer than /24)", p.v4_long.len(), LIST_V4_CAPACITY / 2),
             ("IPv6", p.v6.len(), LIST_V6_CAPACITY / 2),
         ] {
             if used > cap as usize {
@@ -77,8 +97,8 @@ impl CompiledPolicy {
                     line: 0,
                     column: 0,
                     message: format!(
-                        "{what} lists expand to {used} table entries; at most {cap} fit \
-                         (prefixes are stored at multiples of 8 bits: prefer /8, /16, /24, /32 for IPv4)"
+                        "{what} prefixes expand to {used} table entries; at most {cap} fit \
+                         (they are stored at multiples of 8 bits: prefer lengths that are multiples of 8)"
                     ),
                 });
             }
@@ -93,31 +113,95 @@ impl CompiledPolicy {
     /// The winning list entry for a source address, exactly as the kernel finds it.
     pub fn lookup_source(&self, addr: IpAddr) -> Option<ListEntry> {
         match addr {
-            IpAddr::V4(a) => lookup(&self.v4, self.v4_strides, V4_STRIDES, &a.octets()),
+            IpAddr::V4(a) => {
+                let a = a.octets();
+                let idx = slash24(&a);
+                let code = self
+                    .v4_blocks
+                    .get(&(idx / V4_DIRECT_PER_BLOCK))
+                    .map_or(0, |b| b.codes[(idx % V4_DIRECT_PER_BLOCK) as usize]);
+                let code = (code != 0).then(|| self.v4_codes[code as usize]);
+                resolve_v4(code, || self.v4_long.get(&a).copied())
+            }
             IpAddr::V6(a) => lookup(&self.v6, self.v6_strides, V6_STRIDES, &a.octets()),
         }
     }
+
+    /// Paints prefixes of /24 or shorter into a /24-indexed table, shortest
+    /// first so that longer ones overwrite them (at equal length allow is
+    /// painted before deny, and later lists before earlier ones, matching
+    /// `prefix::wins`); then turns each /24's (list, has-longer) pair into a code.
+    fn build_direct_table(&mut self, mut short: Vec<(u8, u32, ListEntry)>) -> Result<(), String> {
+        const CELLS: usize = 1 << 24;
+        short.sort_by_key(|(len, _, e)| (*len, e.action, std::cmp::Reverse(e.list_id)));
+        // 0: nothing; otherwise list id + 1.
+        let mut paint = vec![0u16; CELLS];
+        for (len, start, e) in &short {
+            let start = *start as usize & !((1usize << (24 - len)) - 1);
+            paint[start..start + (1 << (24 - len))].fill(e.list_id + 1);
+        }
+        let mut longer = vec![0u64; CELLS / 64];
+        for a in self.v4_long.keys() {
+            let i = slash24(a) as usize;
+            longer[i / 64] |= 1 << (i % 64);
+        }
+        let entries: Vec<ListEntry> = self
+            .lists
+            .iter()
+            .enumerate()
+            .map(|(id, l)| ListEntry { list_id: id as u16, action: l.action as u8, orig_len: 0 })
+            .collect();
+        self.v4_codes = vec![DirectCode::default()];
+        let mut codes: HashMap<(u16, bool), u8> = HashMap::new();
+        let per = V4_DIRECT_PER_BLOCK as usize;
+        for block in 0..CELLS / per {
+            let cells = &paint[block * per..(block + 1) * per];
+            let marks = longer[block * per / 64];
+            if marks == 0 && cells.iter().all(|&c| c == 0) {
+                continue;
+            }
+            let mut b = DirectBlock::EMPTY;
+            for (j, &cell) in cells.iter().enumerate() {
+                let long = marks & (1 << j) != 0;
+                if cell == 0 && !long {
+                    continue;
+                }
+                let next = self.v4_codes.len();
+                let code = *codes.entry((cell, long)).or_insert_with(|| next as u8);
+                if code as usize == next {
+                    if next >= V4_CODES_PER_SLOT as usize {
+                        return Err(format!(
+                            "too many distinct IPv4 list outcomes: at most {} (list, has-longer-prefixes) pairs fit",
+                            V4_CODES_PER_SLOT - 1
+                        ));
+                    }
+                    let mut flags = if long { CODE_LONGER } else { 0 };
+                    let entry = if cell == 0 {
+                        ListEntry::default()
+                    } else {
+                        flags |= CODE_ENTRY;
+                        entries[cell as usize - 1]
+                    };
+                    self.v4_codes.push(DirectCode { entry, flags });
+                }
+                b.codes[j] = code;
+            }
+            self.v4_blocks.insert(block as u32, b);
+        }
+        Ok(())
+    }
 }
 
-fn insert<const N: usize>(
-    table: &mut HashMap<(u8, [u8; N]), ListEntry>,
-    strides: &mut u32,
-    addr: [u8; N],
-    len: u8,
-    entry: ListEntry,
-) {
-    let stride = stride_for(len);
-    *strides |= 1 << stride_bit(stride);
-    expand(&mask(&addr, len), len, |a| {
-        table
-            .entry((stride, a))
-            .and_modify(|old| {
-                if wins(&entry, old) {
-                    *old = entry;
-                }
-            })
-            .or_insert(entry);
-    });
+/// Keeps the winner of `entry` and what is already at `key` (`prefix::wins`).
+fn upsert<K: std::hash::Hash + Eq>(table: &mut HashMap<K, ListEntry>, key: K, entry: ListEntry) {
+    table
+        .entry(key)
+        .and_modify(|old| {
+            if wins(&entry, old) {
+                *old = entry;
+            }
+        })
+        .or_insert(entry);
 }
 
 fn lookup<const N: usize>(
@@ -209,21 +293,30 @@ cidrs = ["10.1.2.0/23"]
     #[test]
     fn edges_of_prefixes() {
         let p = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.1.2.0/23\", \"0.0.0.0/0\"]\n");
-        // /0 matches everything not more specific; the /23 covers exactly 10.1.2.0-10.1.3.255.
-        assert_eq!(p.lookup_source("10.1.1.255".parse().unwrap()).unwrap().orig_len, 0);
-        assert_eq!(p.lookup_source("10.1.2.0".parse().unwrap()).unwrap().orig_len, 23);
-        assert_eq!(p.lookup_source("10.1.3.255".parse().unwrap()).unwrap().orig_len, 23);
-        assert_eq!(p.lookup_source("10.1.4.0".parse().unwrap()).unwrap().orig_len, 0);
+        // /0 matches everything; the /23 covers exactly 10.1.2.0-10.1.3.255.
+        for a in ["10.1.1.255", "10.1.2.0", "10.1.3.255", "10.1.4.0", "255.255.255.255", "0.0.0.0"] {
+            assert!(p.lookup_source(a.parse().unwrap()).is_some(), "{a}");
+        }
         assert!(p.lookup_source("::1".parse().unwrap()).is_none());
+        let q = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.1.2.0/23\"]\n[[lists]]\nname = \"a\"\naction = \"allow\"\ncidrs = [\"10.0.0.0/8\"]\n");
+        let list = |a: &str| q.lookup_source(a.parse().unwrap()).map(|e| e.list_id);
+        assert_eq!(list("10.1.1.255"), Some(1));
+        assert_eq!(list("10.1.2.0"), Some(0));
+        assert_eq!(list("10.1.3.255"), Some(0));
+        assert_eq!(list("10.1.4.0"), Some(1));
+        assert_eq!(list("11.0.0.0"), None);
     }
 
     #[test]
     fn strides_and_expansion_sizes() {
-        let p = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/22\", \"192.0.2.1\", \"2001:db8::/33\"]\n");
-        assert_eq!(p.v4_strides, (1 << stride_bit(24)) | (1 << stride_bit(32)));
-        assert_eq!(p.v4.len(), 4 + 1);
+        let p = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/22\", \"192.0.2.1\", \"192.0.2.128/25\", \"2001:db8::/33\"]\n");
+        // 10.0.0.0/22 paints 4 /24s in one block; 192.0.2.0/24 is marked as holding longer prefixes.
+        assert_eq!(p.v4_blocks.len(), 2);
+        assert_eq!(p.v4_long.len(), 1 + 128);
+        // Codes: unused 0, (d, no longer), (none, longer).
+        assert_eq!(p.v4_codes.len(), 3);
         assert_eq!(p.v6.len(), 128);
-        assert_eq!(p.lists[0].v4_prefixes, 2);
+        assert_eq!(p.lists[0].v4_prefixes, 3);
         assert_eq!(p.lists[0].v6_prefixes, 1);
     }
 

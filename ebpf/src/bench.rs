@@ -1,0 +1,31 @@
+//! Source rotation for the benchmark entry points. The agent sizes the table
+//! to one entry; only the benchmark loads it with many sources.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, PerCpuArray},
+};
+use tierguard_common::maps::BENCH_SOURCES_CAPACITY;
+
+/// Source addresses to rotate through (IPv4 in the first four bytes).
+#[map(name = "TG_BENCH_SOURCES")]
+static BENCH_SOURCES: Array<[u8; 16]> = Array::with_max_entries(BENCH_SOURCES_CAPACITY, 0);
+
+/// Per-CPU position in the rotation.
+#[map(name = "TG_BENCH_CURSOR")]
+static BENCH_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+#[inline(always)]
+pub fn next_source() -> [u8; 16] {
+    let Some(cursor) = BENCH_CURSOR.get_ptr_mut(0) else { return [0; 16] };
+    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    let i = unsafe {
+        let i = *cursor;
+        *cursor = i.wrapping_add(1);
+        i
+    };
+    match BENCH_SOURCES.get(i % BENCH_SOURCES_CAPACITY) {
+        Some(s) => *s,
+        None => [0; 16],
+    }
+}
