@@ -93,6 +93,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
+            eprintln!("nothing was attached");
             return ExitCode::FAILURE;
         }
     };

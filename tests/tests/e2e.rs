@@ -269,6 +269,28 @@ fn invalid_configs_are_refused_and_nothing_is_attached() {
 }
 
 #[test]
+fn missing_capabilities_are_named_and_nothing_is_attached() {
+    let lab = Lab::new("tge7", 217);
+    let pins = PinDir::new("e2e7");
+    let bin = tierguard_tests::agent::binary();
+    let metrics = free_addr().to_string();
+    // As an unprivileged user with no capabilities at all.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(&bin)
+        .args(["run", "--iface", &lab.node_if, "--metrics-address", &metrics, "--pin-path"])
+        .arg(pins.path())
+        .output()
+        .expect("setpriv (util-linux) runs the agent unprivileged");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("missing capabilities: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"), "{err}");
+    assert!(err.contains("nothing was attached"), "{err}");
+    assert!(!xdp_attached(&lab.node_if));
+    assert!(!pins.path().exists());
+}
+
+#[test]
 fn reload_applies_valid_changes_and_refuses_invalid_ones() {
     let lab = Lab::new("tge4", 214);
     lab.add_peer_source("192.0.2.9");

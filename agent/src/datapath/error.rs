@@ -10,6 +10,11 @@ pub enum DatapathError {
          (mount one with `mount -t bpf bpf /sys/fs/bpf`)"
     )]
     NotBpffs(PathBuf),
+    #[error(
+        "missing capabilities: {0}; run as root, or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON \
+         (systemd: AmbientCapabilities=; Kubernetes: securityContext.capabilities.add)"
+    )]
+    MissingCapabilities(String),
     #[error("cannot create pin directory {path}: {source}")]
     PinDir { path: PathBuf, source: std::io::Error },
     #[error(

@@ -2,6 +2,7 @@
 //! their maps as a transaction; reading their counters.
 
 mod attach;
+mod caps;
 mod error;
 mod stats;
 mod tables;
@@ -46,6 +47,10 @@ impl Datapath {
     /// As `load`, with the benchmark's source table sized to `bench_sources`
     /// (the agent uses 1: the table is unused outside the benchmark).
     pub fn load_with(pin_dir: &Path, bench_sources: u32) -> Result<Datapath> {
+        let missing = caps::missing();
+        if !missing.is_empty() {
+            return Err(DatapathError::MissingCapabilities(missing.join(", ")));
+        }
         ensure_pin_dir(pin_dir)?;
         let adopted = pin_dir.join(names::ACTIVE_SLOT).exists();
         bump_memlock_rlimit();
