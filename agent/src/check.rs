@@ -27,13 +27,15 @@ pub fn interface_errors(config: &Config, from_cli: bool) -> Vec<ConfigError> {
     if config.agent.interfaces.is_empty() {
         return vec![err("no interface to enforce on: set agent.interfaces or pass --iface".into())];
     }
-    config
-        .agent
-        .interfaces
-        .iter()
-        .filter(|i| ifindex(i).is_none())
-        .map(|i| err(format!("no such interface: '{i}'")))
-        .collect()
+    let mut errors = Vec::new();
+    for (n, i) in config.agent.interfaces.iter().enumerate() {
+        if config.agent.interfaces[..n].contains(i) {
+            errors.push(err(format!("interface '{i}' is given twice")));
+        } else if ifindex(i).is_none() {
+            errors.push(err(format!("no such interface: '{i}'")));
+        }
+    }
+    errors
 }
 
 pub fn check(args: &CheckArgs) -> ExitCode {

@@ -131,11 +131,23 @@ pub async fn run(args: RunArgs) -> ExitCode {
             }
             Err(e) => {
                 eprintln!("error: {}", error_chain(&e));
-                eprintln!("detaching from every interface; nothing stays attached");
+                if adopted {
+                    eprintln!("the links pinned by the earlier agent stay attached and enforce the policy just applied");
+                } else {
+                    eprintln!("detaching from every interface; nothing stays attached");
+                }
                 abandon(datapath, adopted);
                 return ExitCode::FAILURE;
             }
         }
+    }
+    match datapath.remove_stale_links() {
+        Ok(removed) => {
+            for pin in removed {
+                tracing::info!(pin = %pin.display(), "detached an interface no longer in the policy");
+            }
+        }
+        Err(e) => tracing::warn!(error = %error_chain(&e), "cannot clean up links of removed interfaces"),
     }
     match datapath.stats_reader() {
         Ok(r) => *shared.stats.lock().expect("stats lock") = Some(r),

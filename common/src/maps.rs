@@ -15,6 +15,7 @@ pub mod names {
     pub const BENCH_SOURCES: &str = "TG_BENCH_SOURCES";
     pub const V4_DIRECT: &str = "TG_V4_DIRECT";
     pub const V4_CODES: &str = "TG_V4_CODES";
+    pub const LIST_NAMES: &str = "TG_LIST_NAMES";
 }
 
 /// Program names in the kernel object.
@@ -50,6 +51,8 @@ pub const PROG_INGRESS: u32 = 0;
 pub const PROGRAM_SLOTS: u32 = 4;
 /// Distinct list ids (and so per-list counters).
 pub const MAX_LISTS: u32 = 256;
+/// Bytes of a list name kept beside its counters (names are at most 64 bytes).
+pub const LIST_NAME_LEN: usize = 64;
 /// Interfaces the agent can count separately; slot 0 collects unknown ifindexes.
 pub const MAX_IFACE_SLOTS: u32 = 64;
 /// ifindex values below this are mapped to a slot by a direct array lookup.

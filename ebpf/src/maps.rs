@@ -6,7 +6,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
 };
 use tierguard_common::maps::{
-    Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListEntry, MAX_LISTS,
+    Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, LIST_NAME_LEN, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListEntry, MAX_LISTS,
     PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6, STATS_SIZE,
 };
 
@@ -55,6 +55,11 @@ pub static IFACE_SLOTS: Array<u32> = Array::pinned(IFINDEX_TABLE_SIZE, 0);
 /// Packets and bytes by interface slot, direction and reason.
 #[map(name = "TG_STATS")]
 pub static STATS: PerCpuArray<Counter> = PerCpuArray::pinned(STATS_SIZE, 0);
+
+/// Name of the list each `TG_LIST_HITS` entry counts for. Only the agent
+/// uses it: when a list id changes meaning, its counter is reset.
+#[map(name = "TG_LIST_NAMES")]
+pub static LIST_NAMES: Array<[u8; LIST_NAME_LEN]> = Array::pinned(MAX_LISTS, 0);
 
 /// Packets and bytes that each list decided.
 #[map(name = "TG_LIST_HITS")]

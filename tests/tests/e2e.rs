@@ -254,6 +254,12 @@ fn invalid_configs_are_refused_and_nothing_is_attached() {
         assert!(!xdp_attached(&lab.node_if), "{what}: nothing attached");
         assert!(!pins.path().exists(), "{what}: nothing pinned");
     }
+    // The same interface twice on the command line.
+    let run = run_cli(&["run", "--iface", &lab.node_if, "-i", &lab.node_if, "--pin-path", pins.path().to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{err}");
+    assert!(err.contains(&format!("interface '{}' is given twice", lab.node_if)), "{err}");
+    assert!(!xdp_attached(&lab.node_if));
     // A bad --metrics-address on the command line is refused by the argument parser.
     let run = run_cli(&["run", "--iface", &lab.node_if, "--metrics-address", "nope"]);
     assert_eq!(run.status.code(), Some(2));
@@ -392,6 +398,35 @@ fn restarts_and_crashes_leave_no_gap_in_enforcement() {
     assert!(!xdp_attached(&lab.node_if), "a non-persisting stop detaches");
     assert!(!pins.path().exists());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn removed_interfaces_are_detached_and_counters_stay_with_their_interface() {
+    let a = Lab::new("tge8", 218);
+    let b = Lab::new("tge9", 219);
+    // Distinct sources: routes back to them live in the shared root namespace.
+    let (src_a, src_b) = ("203.0.113.218", "203.0.113.219");
+    a.add_peer_source(src_a);
+    b.add_peer_source(src_b);
+    let pins = PinDir::new("e2e8");
+    let pin = pins.path().to_str().unwrap().to_string();
+    let addr = free_addr();
+    let first = Agent::start(&["-i", &a.node_if, "-i", &b.node_if, "--pin-path", &pin, "--persist"], addr);
+    assert!(!a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", src_a, &a.node_v4()]));
+    assert!(!b.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", src_b, &b.node_v4()]));
+    assert!(first.stop().success());
+
+    // The next agent enforces on the second interface only, now listed first.
+    let second = Agent::start(&["-i", &b.node_if, "--pin-path", &pin], addr);
+    assert!(!xdp_attached(&a.node_if), "an interface removed from the policy is detached");
+    assert!(xdp_attached(&b.node_if));
+    assert!(second.log().contains("detached an interface no longer in the policy"), "{}", second.log());
+    let m = second.scrape();
+    assert_eq!(drops(&m, &b.node_if), 2.0, "the counters stayed with their interface");
+    assert!(!m.contains(&format!("interface=\"{}\"", a.node_if)), "no series for the removed interface");
+    assert!(a.exec(&["ping", "-c", "1", "-W", "2", "-I", src_a, &a.node_v4()]), "no longer enforced");
+    assert!(second.stop().success());
+    assert!(!xdp_attached(&b.node_if));
 }
 
 #[test]

@@ -5,16 +5,18 @@ use std::ffi::CString;
 use std::path::PathBuf;
 
 use aya::{
-    maps::Array,
+    maps::{Array, PerCpuArray},
     programs::{
         ProgramError, Xdp,
         links::{FdLink, LinkError, PinnedLink},
         xdp::{XdpLink, XdpMode},
     },
 };
-use tierguard_common::maps::{IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, names, programs};
+use tierguard_common::maps::{
+    Counter, Direction, IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, MAX_REASONS, names, programs, stats_index,
+};
 
-use super::{Datapath, DatapathError, Result};
+use super::{Datapath, DatapathError, Result, tables::zero_per_cpu};
 use crate::config::XdpModeSetting;
 
 /// The XDP mode actually in use on an interface.
@@ -112,10 +114,7 @@ impl Datapath {
     /// (a rare upgrade) is swapped into the link, atomically.
     pub fn attach(&mut self, iface: &str, setting: XdpModeSetting) -> Result<AttachMode> {
         let ifindex = ifindex(iface).ok_or_else(|| DatapathError::UnknownInterface(iface.to_string()))?;
-        let slot = self.attachments.len() as u32 + 1;
-        if slot >= MAX_IFACE_SLOTS {
-            return Err(DatapathError::TooManyInterfaces(MAX_IFACE_SLOTS - 1));
-        }
+        let slot = self.slot_for(ifindex)?;
         let links_dir = self.pin_dir.join("links");
         std::fs::create_dir_all(&links_dir)
             .map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
@@ -173,15 +172,95 @@ impl Datapath {
         Ok(mode)
     }
 
-    fn set_iface_slot(&mut self, ifindex: u32, slot: u32) -> Result<()> {
-        if ifindex >= IFINDEX_TABLE_SIZE {
-            tracing::warn!(ifindex, "ifindex too large for per-interface counters; counted as 'other'");
-            return Ok(());
-        }
+    fn iface_slots(&mut self) -> Result<Array<&mut aya::maps::MapData, u32>> {
         let name = names::IFACE_SLOTS;
         let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
-        let mut a: Array<_, u32> = Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
-        a.set(ifindex, slot, 0).map_err(|source| DatapathError::Map { map: name, source })
+        Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
+    }
+
+    /// (ifindex, slot) pairs recorded in the slot table.
+    fn recorded_slots(&mut self) -> Result<Vec<(u32, u32)>> {
+        let a = self.iface_slots()?;
+        Ok((0..IFINDEX_TABLE_SIZE)
+            .filter_map(|i| a.get(&i, 0).ok().filter(|s| *s != 0).map(|s| (i, s)))
+            .collect())
+    }
+
+    /// The counter slot for `ifindex`: the one it already has (so its
+    /// counters go on across restarts), or else the lowest free one, zeroed.
+    fn slot_for(&mut self, ifindex: u32) -> Result<u32> {
+        if ifindex >= IFINDEX_TABLE_SIZE {
+            tracing::warn!(ifindex, "ifindex too large for per-interface counters; counted with unconfigured interfaces");
+            return Ok(0);
+        }
+        let taken: Vec<u32> = self.attachments.iter().map(|a| a.slot).collect();
+        let recorded = self.recorded_slots()?;
+        if let Some(&(_, s)) = recorded.iter().find(|(i, _)| *i == ifindex) {
+            if s < MAX_IFACE_SLOTS && !taken.contains(&s) {
+                return Ok(s);
+            }
+        }
+        let slot = (1..MAX_IFACE_SLOTS)
+            .find(|s| !taken.contains(s) && !recorded.iter().any(|(_, r)| r == s))
+            .ok_or(DatapathError::TooManyInterfaces(MAX_IFACE_SLOTS - 1))?;
+        self.zero_slot_counters(slot)?;
+        Ok(slot)
+    }
+
+    fn zero_slot_counters(&mut self, slot: u32) -> Result<()> {
+        let name = names::STATS;
+        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+        let mut stats: PerCpuArray<_, Counter> =
+            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for reason in 0..MAX_REASONS as u8 {
+                stats
+                    .set(stats_index(slot, dir, reason), zero_per_cpu()?, 0)
+                    .map_err(|source| DatapathError::Map { map: name, source })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn set_iface_slot(&mut self, ifindex: u32, slot: u32) -> Result<()> {
+        if ifindex >= IFINDEX_TABLE_SIZE {
+            return Ok(());
+        }
+        self.iface_slots()?
+            .set(ifindex, slot, 0)
+            .map_err(|source| DatapathError::Map { map: names::IFACE_SLOTS, source })
+    }
+
+    /// Detaches links pinned for interfaces this agent does not enforce on
+    /// (removed from the config since an earlier agent) and frees their
+    /// counter slots. Returns the pins removed. Call after every `attach`.
+    pub fn remove_stale_links(&mut self) -> Result<Vec<PathBuf>> {
+        let keep: Vec<u32> = self.attachments.iter().map(|a| a.ifindex).collect();
+        let links_dir = self.pin_dir.join("links");
+        let mut removed = Vec::new();
+        if let Ok(entries) = std::fs::read_dir(&links_dir) {
+            for e in entries.flatten() {
+                let path = e.path();
+                let index = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.split('@').next())
+                    .and_then(|i| i.parse::<u32>().ok());
+                if index.is_some_and(|i| keep.contains(&i)) {
+                    continue;
+                }
+                // The pin held the last reference: removing it detaches the link.
+                if std::fs::remove_file(&path).is_ok() {
+                    removed.push(path);
+                }
+            }
+        }
+        for (ifindex, _) in self.recorded_slots()? {
+            if !keep.contains(&ifindex) {
+                self.set_iface_slot(ifindex, 0)?;
+            }
+        }
+        Ok(removed)
     }
 
     /// Detaches from every interface and removes all pins: the node is left

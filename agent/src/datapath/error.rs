@@ -43,6 +43,8 @@ pub enum DatapathError {
          cannot be pinned to survive agent restarts: {source}"
     )]
     LinkNotPinnable { iface: String, source: aya::programs::links::LinkError },
+    #[error("cannot count the possible CPUs: {0}")]
+    Cpus(std::io::Error),
     #[error("map {map} is missing from the eBPF object")]
     MissingMap { map: &'static str },
     #[error("map {map}: {source}")]

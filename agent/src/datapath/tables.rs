@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData},
+    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
 use tierguard_common::maps::{
-    DirectBlock, DirectCode, ListEntry, PolicyMeta, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
+    Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
     names,
 };
 
@@ -131,8 +131,47 @@ impl Datapath {
             None => sweep_slot(&mut self.ebpf, old)?,
         }
         self.live = Some(written);
+        reset_renamed_list_counters(&mut self.ebpf, policy)?;
         Ok(generation)
     }
+}
+
+/// Keeps `TG_LIST_HITS[id]` about one list: where the name at an id changed
+/// (lists added, removed or reordered, now or since an earlier agent), the
+/// counter starts again from zero, which Prometheus reads as a reset.
+fn reset_renamed_list_counters(ebpf: &mut Ebpf, policy: &CompiledPolicy) -> Result<()> {
+    let mut changed = Vec::new();
+    {
+        let mut names_map: Array<_, [u8; LIST_NAME_LEN]> = array(ebpf, names::LIST_NAMES)?;
+        for id in 0..MAX_LISTS {
+            let mut want = [0u8; LIST_NAME_LEN];
+            if let Some(l) = policy.lists.get(id as usize) {
+                let b = l.name.as_bytes();
+                want[..b.len().min(LIST_NAME_LEN)].copy_from_slice(&b[..b.len().min(LIST_NAME_LEN)]);
+            }
+            let have = names_map.get(&id, 0).map_err(map_err(names::LIST_NAMES))?;
+            if have != want {
+                names_map.set(id, want, 0).map_err(map_err(names::LIST_NAMES))?;
+                changed.push(id);
+            }
+        }
+    }
+    if changed.is_empty() {
+        return Ok(());
+    }
+    let name = names::LIST_HITS;
+    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+    let mut hits: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).map_err(map_err(name))?;
+    for id in changed {
+        hits.set(id, zero_per_cpu()?, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// A zero counter for every possible CPU.
+pub(super) fn zero_per_cpu() -> Result<PerCpuValues<Counter>> {
+    let n = aya::util::nr_cpus().map_err(|(_, e)| DatapathError::Cpus(e))?;
+    PerCpuValues::try_from(vec![Counter::default(); n]).map_err(DatapathError::Cpus)
 }
 
 fn write_generation(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u8, written: &mut Written) -> Result<()> {

@@ -62,8 +62,8 @@ impl Metrics {
         )
         .expect("valid metric");
         let scrape_errors = IntCounterVec::new(
-            opts("scrape_errors_total", "Scrapes in which kernel counters could not be read, by map."),
-            &["map"],
+            opts("scrape_errors_total", "Scrapes that could not read or encode everything, by stage (counters, encode)."),
+            &["stage"],
         )
         .expect("valid metric");
         let build = IntGaugeVec::new(opts("build_info", "1, labelled with the agent's version."), &["version"])
@@ -106,10 +106,16 @@ impl Metrics {
         if let Some(s) = stats {
             families.extend(kernel_families(s, lists));
         }
+        // The text encoder refuses a family without samples (a policy with no
+        // lists has no list-hit series): leave such families out.
+        families.retain(|f| !f.get_metric().is_empty());
         families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&families, &mut buf).expect("text encoding of valid families");
-        String::from_utf8(buf).expect("text encoder writes UTF-8")
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+            self.scrape_errors.with_label_values(&["encode"]).inc();
+        }
+        String::from_utf8_lossy(&buf).into_owned()
     }
 }
 
@@ -182,6 +188,16 @@ mod tests {
 
     use super::*;
     use crate::datapath::StatsKey;
+
+    #[test]
+    fn renders_a_policy_without_lists() {
+        let m = Metrics::new();
+        m.set_policy(1, "h", "p.toml", &[]);
+        let stats = Stats { packets: Vec::new(), lists: Vec::new() };
+        let text = m.render(Some(&stats), &[]);
+        assert!(text.contains("tierguard_policy_generation 1"), "{text}");
+        assert!(!text.contains("tierguard_list_hits_total"));
+    }
 
     #[test]
     fn renders_kernel_counters_with_labels() {
