@@ -60,10 +60,19 @@ fn prepare(args: &RunArgs) -> Result<(Config, CompiledPolicy), ConfigErrors> {
     if let Some(a) = args.metrics_address {
         config.agent.metrics_address = a;
     }
+    let mut errors = Vec::new();
     if let Some(p) = &args.pin_path {
+        if !p.is_absolute() {
+            errors.push(crate::config::ConfigError {
+                file: "command line".into(),
+                line: 0,
+                column: 0,
+                message: format!("--pin-path '{}' must be an absolute path under a bpffs mount", p.display()),
+            });
+        }
         config.agent.pin_path = p.clone();
     }
-    let errors = interface_errors(&config, !args.config.ifaces.is_empty());
+    errors.extend(interface_errors(&config, !args.config.ifaces.is_empty()));
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -209,6 +218,9 @@ async fn event_loop(
     };
     let watch_path: Option<PathBuf> = args.config.config.clone().filter(|_| args.watch_interval > 0);
     let mut last_text = watch_path.as_ref().and_then(|p| std::fs::read(p).ok());
+    // List files are watched by size and modification time (they can be large).
+    let mut list_files: Vec<PathBuf> = config.lists.iter().flat_map(|l| l.files.clone()).collect();
+    let mut last_lists = file_stamps(&list_files);
     let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -219,33 +231,66 @@ async fn event_loop(
             _ = tick.tick() => {
                 let Some(p) = &watch_path else { continue };
                 let now = std::fs::read(p).ok();
-                if now.is_none() || now == last_text {
+                let lists_now = file_stamps(&list_files);
+                if now.is_some() && now != last_text {
+                    last_text = now;
+                    "config file changed"
+                } else if lists_now != last_lists {
+                    last_lists = lists_now;
+                    "list file changed"
+                } else {
                     continue;
                 }
-                last_text = now;
-                "config file changed"
             }
         };
-        reload(args, config, datapath, shared, &mut live_hash, trigger);
+        if let Some(files) = reload(args, config, datapath, shared, &mut live_hash, trigger) {
+            list_files = files;
+            last_lists = file_stamps(&list_files);
+        }
     }
 }
 
-fn reload(args: &RunArgs, started_with: &Config, datapath: &mut Datapath, shared: &Shared, live_hash: &mut String, trigger: &str) {
+/// Size and modification time of each file (None where it cannot be read).
+fn file_stamps(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
+    files
+        .iter()
+        .map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.len(), m.modified().ok()?))))
+        .collect()
+}
+
+/// Reloads the policy; returns the list files of the loaded config, to watch.
+fn reload(
+    args: &RunArgs,
+    started_with: &Config,
+    datapath: &mut Datapath,
+    shared: &Shared,
+    live_hash: &mut String,
+    trigger: &str,
+) -> Option<Vec<PathBuf>> {
     let t = Instant::now();
     let (config, policy) = match prepare(args) {
         Ok(p) => p,
         Err(e) => {
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!(trigger, errors = %e, "new policy refused; the live policy stays");
-            return;
+            return None;
         }
     };
-    if config.agent.interfaces != started_with.agent.interfaces {
-        tracing::warn!("interface changes take effect on restart; enforcing the new policy on the current interfaces");
+    let files = config.lists.iter().flat_map(|l| l.files.clone()).collect();
+    let (old, new) = (&started_with.agent, &config.agent);
+    for (what, changed) in [
+        ("interfaces", old.interfaces != new.interfaces),
+        ("xdp_mode", old.xdp_mode != new.xdp_mode),
+        ("metrics_address", old.metrics_address != new.metrics_address),
+        ("pin_path", old.pin_path != new.pin_path),
+    ] {
+        if changed {
+            tracing::warn!(setting = what, "this [agent] setting takes effect on restart; the running agent keeps the old value");
+        }
     }
     if policy.hash == *live_hash {
         tracing::info!(trigger, hash = policy.hash, "policy unchanged");
-        return;
+        return Some(files);
     }
     match datapath.apply(&policy) {
         Ok(generation) => {
@@ -257,10 +302,12 @@ fn reload(args: &RunArgs, started_with: &Config, datapath: &mut Datapath, shared
             shared.metrics.reloads.with_label_values(&["success"]).inc();
             tracing::info!(trigger, generation, old_hash = %live_hash, new_hash = policy.hash, "policy applied");
             *live_hash = policy.hash;
+            Some(files)
         }
         Err(e) => {
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!(trigger, error = %error_chain(&e), "cannot apply the new policy; the live policy stays");
+            None
         }
     }
 }

@@ -12,8 +12,6 @@ use crate::maps::{CODE_ENTRY, CODE_LONGER, DirectCode, ListAction, ListEntry};
 pub const STRIDE_BITS: u8 = 8;
 pub const V4_STRIDES: u32 = 4;
 pub const V6_STRIDES: u32 = 16;
-/// Expanding a prefix to its stride multiplies it by at most this.
-pub const MAX_EXPANSION: u32 = 1 << (STRIDE_BITS - 1);
 
 /// Stride length a prefix of `len` bits is stored at (0 → 8, 9 → 16, 32 → 32).
 pub const fn stride_for(len: u8) -> u8 {

@@ -46,11 +46,13 @@ pub enum Reason {
     /// attaching and installing, or if the program array was emptied by
     /// hand): passed, so a broken install never cuts a node off.
     NoProgram = 9,
+    /// IP inside an encapsulation the parser does not open (MPLS, PPPoE).
+    UnsupportedEncap = 10,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::NoMatch,
         Reason::NonIp,
         Reason::AllowList,
@@ -61,6 +63,7 @@ impl Reason {
         Reason::Ipv6ExtChain,
         Reason::TinyFragment,
         Reason::NoProgram,
+        Reason::UnsupportedEncap,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -71,7 +74,8 @@ impl Reason {
             | Reason::Malformed
             | Reason::VlanDepth
             | Reason::Ipv6ExtChain
-            | Reason::TinyFragment => Verdict::Drop,
+            | Reason::TinyFragment
+            | Reason::UnsupportedEncap => Verdict::Drop,
         }
     }
 
@@ -88,6 +92,7 @@ impl Reason {
             Reason::Ipv6ExtChain => "ipv6_ext_chain",
             Reason::TinyFragment => "tiny_fragment",
             Reason::NoProgram => "no_program",
+            Reason::UnsupportedEncap => "unsupported_encap",
         }
     }
 

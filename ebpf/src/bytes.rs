@@ -1,12 +1,7 @@
 //! The one bounds-check primitive: every packet read goes through here.
 
 use aya_ebpf::programs::XdpContext;
-use tierguard_common::parse::Bytes;
-
-/// Offsets beyond this are never read; bounding them keeps the verifier's
-/// range tracking simple and covers two VLAN tags, IPv4 options and eight
-/// IPv6 extension headers.
-const MAX_OFFSET: usize = 1024;
+use tierguard_common::parse::{Bytes, MAX_OFFSET};
 
 pub struct XdpBytes {
     start: usize,

@@ -260,6 +260,10 @@ fn invalid_configs_are_refused_and_nothing_is_attached() {
     assert_eq!(run.status.code(), Some(2), "{err}");
     assert!(err.contains(&format!("interface '{}' is given twice", lab.node_if)), "{err}");
     assert!(!xdp_attached(&lab.node_if));
+    // A relative --pin-path is refused.
+    let run = run_cli(&["run", "--iface", &lab.node_if, "--pin-path", "relative/pins"]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&run.stderr).contains("--pin-path 'relative/pins' must be an absolute path"));
     // A bad --metrics-address on the command line is refused by the argument parser.
     let run = run_cli(&["run", "--iface", &lab.node_if, "--metrics-address", "nope"]);
     assert_eq!(run.status.code(), Some(2));
@@ -329,10 +333,17 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
     assert!(agent.log().contains("new policy refused; the live policy stays"), "{}", agent.log());
 
     // SIGHUP reloads too (after a fix).
-    write_config(&dir, &lab.node_if, pins.path(), "");
+    std::fs::write(dir.join("feed.txt"), "; feed\n198.51.100.0/24 ; SBL1\n").unwrap();
+    write_config(&dir, &lab.node_if, pins.path(), "[[lists]]\nname = \"feed\"\naction = \"deny\"\nfiles = [\"feed.txt\"]\n");
     agent.signal(libc::SIGHUP);
     wait_for(&agent, "generation 3", &|m| sample(m, "tierguard_policy_generation") == Some(3.0));
     assert!(lab.exec(&["ping", "-c", "1", "-W", "2", "-I", "192.0.2.9", &lab.node_v4()]), "allowed again");
+
+    // A refreshed list file is picked up without touching the config.
+    std::thread::sleep(Duration::from_millis(1100)); // a new modification time
+    std::fs::write(dir.join("feed.txt"), "; feed\n198.51.100.0/24 ; SBL1\n192.0.2.0/24 ; SBL2\n").unwrap();
+    wait_for(&agent, "generation 4", &|m| sample(m, "tierguard_policy_generation") == Some(4.0));
+    assert!(!lab.exec(&["ping", "-c", "1", "-W", "1", "-I", "192.0.2.9", &lab.node_v4()]), "denied by the refreshed feed");
     assert!(agent.stop().success());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -184,6 +184,12 @@ fn malformed_headers_are_dropped_and_non_ip_passes() {
     bad_v6[14] = 0x70;
     f.expect(&bad_v6, Reason::Malformed);
     f.expect(&ether(&[], 0x0806, &[0u8; 28]), Reason::NonIp);
+    // IP inside MPLS or PPPoE is refused, not passed unread.
+    let inner = V4::new(DENIED4, NODE4, PROTO_UDP).packet(&udp(1, 2, 0));
+    let mut mpls = vec![0x00, 0x01, 0x01, 0x40];
+    mpls.extend_from_slice(&inner);
+    f.expect(&ether(&[], 0x8847, &mpls), Reason::UnsupportedEncap);
+    f.expect(&ether(&[ETH_P_8021Q], 0x8864, &[0u8; 48]), Reason::UnsupportedEncap);
     f.expect(&ether(&[ETH_P_8021Q], 0x88cc, &[0u8; 40]), Reason::NonIp);
 }
 

@@ -65,8 +65,14 @@ impl Datapath {
                     DatapathError::Load(e)
                 }
             })?;
-        load_xdp(&mut ebpf, programs::DISPATCH)?;
-        load_xdp(&mut ebpf, programs::INGRESS)?;
+        let loaded = load_xdp(&mut ebpf, programs::DISPATCH).and_then(|()| load_xdp(&mut ebpf, programs::INGRESS));
+        if let Err(e) = loaded {
+            if !adopted {
+                // The maps were pinned by this load: leave nothing behind.
+                let _ = std::fs::remove_dir_all(pin_dir);
+            }
+            return Err(e);
+        }
         let mut dp = Datapath { ebpf, pin_dir: pin_dir.to_path_buf(), attachments: Vec::new(), live: None, adopted };
         if adopted {
             // A crash between writing and switching can leave a half-written
@@ -132,7 +138,8 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
         .try_into()
         .map_err(|source| DatapathError::Program { program: name.to_string(), source })?;
     prog.load().map_err(|source| match source {
-        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+        // An empty log means the kernel said no before verifying (EPERM, ENOMEM...).
+        aya::programs::ProgramError::LoadError { ref verifier_log, .. } if !verifier_log.to_string().trim().is_empty() => {
             DatapathError::Verifier { program: name.to_string(), log: verifier_log.to_string() }
         }
         source => DatapathError::Program { program: name.to_string(), source },

@@ -24,14 +24,24 @@ pub trait Bytes {
     fn array_at<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
 }
 
+/// Headers are read within the first `MAX_OFFSET` bytes of a frame; anything
+/// further counts as missing (`truncated`). Bounding offsets keeps the
+/// verifier's range tracking simple; it covers two VLAN tags, IPv4 options
+/// and eight IPv6 extension headers. Every `Bytes` implementation applies it,
+/// so the kernel and the host agree.
+pub const MAX_OFFSET: usize = 1024;
+
 impl Bytes for [u8] {
     fn len(&self) -> usize {
         <[u8]>::len(self)
     }
     fn has(&self, end: usize) -> bool {
-        end <= <[u8]>::len(self)
+        end <= MAX_OFFSET && end <= <[u8]>::len(self)
     }
     fn array_at<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        if off > MAX_OFFSET {
+            return None;
+        }
         let b = self.get(off..off.checked_add(N)?)?;
         let mut out = [0u8; N];
         out.copy_from_slice(b);
@@ -49,6 +59,11 @@ pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_IPV6: u16 = 0x86DD;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88A8;
+/// Pre-standard QinQ TPID still used by some switches.
+pub const ETH_P_QINQ_9100: u16 = 0x9100;
+pub const ETH_P_MPLS_UC: u16 = 0x8847;
+pub const ETH_P_MPLS_MC: u16 = 0x8848;
+pub const ETH_P_PPPOE_SESSION: u16 = 0x8864;
 /// VLAN tags followed; a third is refused (`Reason::VlanDepth`).
 pub const MAX_VLAN_TAGS: usize = 2;
 /// IPv6 extension headers followed; one more is refused (`Reason::Ipv6ExtChain`).
@@ -71,7 +86,7 @@ pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Packet, Reason> {
     let mut ethertype = be16(&eth, 12);
     let mut off = ETH_HLEN;
     let mut tags = 0usize;
-    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+    while ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD || ethertype == ETH_P_QINQ_9100 {
         if tags == MAX_VLAN_TAGS {
             return Err(Reason::VlanDepth);
         }
@@ -86,6 +101,9 @@ pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Packet, Reason> {
     match ethertype {
         ETH_P_IPV4 => parse_ipv4(b, off, &mut p)?,
         ETH_P_IPV6 => parse_ipv6(b, off, &mut p)?,
+        // They carry IP that lists would have to match, but a node's host
+        // interfaces do not terminate them: refused rather than passed unread.
+        ETH_P_MPLS_UC | ETH_P_MPLS_MC | ETH_P_PPPOE_SESSION => return Err(Reason::UnsupportedEncap),
         _ => {}
     }
     Ok(p)

@@ -209,3 +209,25 @@ fn garbage_never_panics() {
         let _ = parse(&f[..]);
     }
 }
+
+#[test]
+fn mpls_and_pppoe_are_refused_and_old_qinq_is_followed() {
+    assert_eq!(parse(&ether(&[], ETH_P_MPLS_UC, &[0u8; 40])[..]), Err(Reason::UnsupportedEncap));
+    assert_eq!(parse(&ether(&[ETH_P_8021Q], ETH_P_PPPOE_SESSION, &[0u8; 40])[..]), Err(Reason::UnsupportedEncap));
+    let inner = V4::new(A4, B4, PROTO_UDP).packet(&udp(1, 53, 0));
+    let p = ok(&ether(&[ETH_P_QINQ_9100, ETH_P_8021Q], ETH_P_IPV4, &inner));
+    assert_eq!((p.vlan_depth, p.dport), (2, 53));
+}
+
+#[test]
+fn headers_past_the_read_limit_count_as_truncated() {
+    // 127 eight-byte destination-options headers would end past MAX_OFFSET;
+    // the chain limit stops first, and a long options header past the limit is truncated.
+    let mut e = vec![17u8, 255];
+    e.resize(256 * 8, 0);
+    let mut v6 = ipv6(A6, B6, &[], 60, &e);
+    v6.extend_from_slice(&udp(1, 2, 0));
+    let frame = ether(&[], ETH_P_IPV6, &v6);
+    assert!(frame.len() > MAX_OFFSET);
+    assert_eq!(parse(&frame[..]), Err(Reason::Truncated));
+}
