@@ -1,6 +1,6 @@
 //! Command-line interface.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -11,6 +11,8 @@ use crate::config::XdpModeSetting;
 ///
 /// XDP programs decide every packet against a TOML policy (allow and deny
 /// lists); the agent keeps the policy current and exports metrics.
+///
+/// Without --config, commands use the policy embedded in the binary.
 #[derive(Debug, Parser)]
 #[command(name = "tierguard", version, propagate_version = true)]
 pub struct Cli {
@@ -40,6 +42,50 @@ pub enum Command {
     /// Validate a policy and print a summary; on errors, print each with
     /// file, line and column and exit non-zero.
     Check(CheckArgs),
+    /// Show what the policy does with a packet and which list decides,
+    /// computed by the same code the kernel runs.
+    Explain(ExplainArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Source address.
+    #[arg(long)]
+    pub src: IpAddr,
+    /// Destination address.
+    #[arg(long)]
+    pub dst: IpAddr,
+    /// Transport protocol (icmp/icmpv6 send an echo request).
+    #[arg(long, value_enum, default_value_t = Proto::Tcp)]
+    pub proto: Proto,
+    /// Destination port (tcp, udp).
+    #[arg(long)]
+    pub dport: Option<u16>,
+    /// Source port (tcp, udp).
+    #[arg(long)]
+    pub sport: Option<u16>,
+    /// Direction as the node sees the packet.
+    #[arg(long, value_enum, default_value_t = Direction::Ingress)]
+    pub direction: Direction,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Proto {
+    Tcp,
+    Udp,
+    Icmp,
+    Icmpv6,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Direction {
+    Ingress,
+    Egress,
 }
 
 #[derive(Debug, Args)]

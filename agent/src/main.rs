@@ -8,6 +8,7 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Check(args) => tierguard::check::check(&args),
+        Command::Explain(args) => tierguard::explain::run(&args),
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
                 Ok(rt) => rt,

@@ -142,6 +142,17 @@ fn lists_are_enforced_on_real_traffic_and_counted_exactly() {
     let after = agent.scrape();
     assert_eq!(drops(&after, &lab.node_if) - drops(&before, &lab.node_if), 500.0);
 
+    // explain agrees with what the kernel just did, and names the list.
+    let e = run_cli(&["explain", "--config", config.to_str().unwrap(), "--src", DENIED_V4, "--dst", &lab.node_v4(), "--proto", "icmp", "--json"]);
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&e.stdout).expect("explain --json prints JSON");
+    assert_eq!(v["verdict"], "drop");
+    assert_eq!(v["reason"], "deny_list");
+    assert_eq!(v["list"], "blocked");
+    assert_eq!(v["matched_prefix"], "203.0.113.0/24");
+    let e = run_cli(&["explain", "--config", config.to_str().unwrap(), "--src", &lab.peer_v4(), "--dst", &lab.node_v4(), "--dport", "22"]);
+    assert!(String::from_utf8_lossy(&e.stdout).contains("verdict: pass"));
+
     // promtool accepts the exposition.
     let mut p = Command::new("promtool")
         .args(["check", "metrics"])
@@ -268,6 +279,13 @@ fn invalid_configs_are_refused_and_nothing_is_attached() {
     let run = run_cli(&["run", "--iface", &lab.node_if, "--metrics-address", "nope"]);
     assert_eq!(run.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&run.stderr).contains("invalid value 'nope' for '--metrics-address"));
+    // explain refuses what it cannot answer, with the reason.
+    let e = run_cli(&["explain", "--src", "10.0.0.1", "--dst", "::1"]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("different address families"));
+    let e = run_cli(&["explain", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "icmp", "--dport", "22"]);
+    assert_eq!(e.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("--dport and --sport apply to tcp and udp only"));
     // A valid policy checks clean and says what it holds.
     let path = dir.join("policy.toml");
     std::fs::write(&path, format!("{head}{list}")).unwrap();
