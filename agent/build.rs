@@ -11,7 +11,11 @@ fn main() -> anyhow::Result<()> {
         .join("ebpf");
     let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?;
     aya_build::build_ebpf(
-        [Package { name: "tierguard-ebpf", root_dir: root, ..Default::default() }],
+        [Package {
+            name: "tierguard-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

@@ -22,10 +22,21 @@ pub fn load(args: &ConfigArgs) -> Result<Config, ConfigErrors> {
 
 /// Errors for a missing or unknown interface.
 pub fn interface_errors(config: &Config, from_cli: bool) -> Vec<ConfigError> {
-    let file = if from_cli { "command line".to_string() } else { config.origin.clone() };
-    let err = |message: String| ConfigError { file: file.clone(), line: 0, column: 0, message };
+    let file = if from_cli {
+        "command line".to_string()
+    } else {
+        config.origin.clone()
+    };
+    let err = |message: String| ConfigError {
+        file: file.clone(),
+        line: 0,
+        column: 0,
+        message,
+    };
     if config.agent.interfaces.is_empty() {
-        return vec![err("no interface to enforce on: set agent.interfaces or pass --iface".into())];
+        return vec![err(
+            "no interface to enforce on: set agent.interfaces or pass --iface".into(),
+        )];
     }
     let mut errors = Vec::new();
     for (n, i) in config.agent.interfaces.iter().enumerate() {
@@ -77,7 +88,11 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
     let _ = writeln!(s, "  hash: {}", policy.hash);
     let _ = writeln!(s, "  interfaces: {}", config.agent.interfaces.join(", "));
     let _ = writeln!(s, "  xdp mode: {:?}", config.agent.xdp_mode);
-    let _ = writeln!(s, "  metrics: http://{}/metrics", config.agent.metrics_address);
+    let _ = writeln!(
+        s,
+        "  metrics: http://{}/metrics",
+        config.agent.metrics_address
+    );
     let _ = writeln!(s, "  lists: {}", config.lists.len());
     for l in &policy.lists {
         let _ = writeln!(

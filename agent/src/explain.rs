@@ -51,7 +51,10 @@ pub struct Query {
 impl Query {
     pub fn from_args(a: &ExplainArgs) -> Result<Query, String> {
         if a.src.is_ipv4() != a.dst.is_ipv4() {
-            return Err(format!("--src {} and --dst {} are of different address families", a.src, a.dst));
+            return Err(format!(
+                "--src {} and --dst {} are of different address families",
+                a.src, a.dst
+            ));
         }
         let v4 = a.src.is_ipv4();
         let proto = match a.proto {
@@ -59,17 +62,29 @@ impl Query {
             Proto::Udp => PROTO_UDP,
             Proto::Icmp if v4 => PROTO_ICMP,
             Proto::Icmpv6 if !v4 => PROTO_ICMPV6,
-            Proto::Icmp => return Err("--proto icmp needs IPv4 addresses (use icmpv6 for IPv6)".into()),
-            Proto::Icmpv6 => return Err("--proto icmpv6 needs IPv6 addresses (use icmp for IPv4)".into()),
+            Proto::Icmp => {
+                return Err("--proto icmp needs IPv4 addresses (use icmpv6 for IPv6)".into());
+            }
+            Proto::Icmpv6 => {
+                return Err("--proto icmpv6 needs IPv6 addresses (use icmp for IPv4)".into());
+            }
         };
         let ports = matches!(a.proto, Proto::Tcp | Proto::Udp);
         if !ports && (a.dport.is_some() || a.sport.is_some()) {
             return Err("--dport and --sport apply to tcp and udp only".into());
         }
         if a.direction == Direction::Egress {
-            return Err("egress is not enforced yet: only --direction ingress can be explained".into());
+            return Err(
+                "egress is not enforced yet: only --direction ingress can be explained".into(),
+            );
         }
-        Ok(Query { src: a.src, dst: a.dst, proto, sport: a.sport.unwrap_or(40000), dport: a.dport.unwrap_or(0) })
+        Ok(Query {
+            src: a.src,
+            dst: a.dst,
+            proto,
+            sport: a.sport.unwrap_or(40000),
+            dport: a.dport.unwrap_or(0),
+        })
     }
 
     /// The frame the kernel would see (a TCP SYN, a UDP datagram, an echo request).
@@ -95,7 +110,10 @@ impl Query {
             _ => "icmpv6 echo-request",
         };
         if matches!(self.proto, PROTO_TCP | PROTO_UDP) {
-            format!("{name} {} port {} -> {} port {}", self.src, self.sport, self.dst, self.dport)
+            format!(
+                "{name} {} port {} -> {} port {}",
+                self.src, self.sport, self.dst, self.dport
+            )
         } else {
             format!("{name} {} -> {}", self.src, self.dst)
         }
@@ -117,18 +135,18 @@ pub fn explain(config: &Config, policy: &CompiledPolicy, q: &Query) -> Explanati
         _ => "parse",
     };
     let (mut list, mut list_action, mut matched_prefix, mut defined_at) = (None, None, None, None);
-    if decision.id != NO_ID {
-        if let Some(l) = config.lists.get(decision.id as usize) {
-            list = Some(l.name.clone());
-            list_action = Some(l.action.name());
-            defined_at = Some(l.origin.to_string());
-            matched_prefix = l
-                .prefixes
-                .iter()
-                .filter(|n: &&IpNetwork| n.contains(q.src))
-                .max_by_key(|n| n.prefix())
-                .map(ToString::to_string);
-        }
+    if decision.id != NO_ID
+        && let Some(l) = config.lists.get(decision.id as usize)
+    {
+        list = Some(l.name.clone());
+        list_action = Some(l.action.name());
+        defined_at = Some(l.origin.to_string());
+        matched_prefix = l
+            .prefixes
+            .iter()
+            .filter(|n: &&IpNetwork| n.contains(q.src))
+            .max_by_key(|n| n.prefix())
+            .map(ToString::to_string);
     }
     Explanation {
         verdict: decision.reason.verdict().name(),
@@ -151,9 +169,15 @@ pub fn render_text(e: &Explanation) -> String {
     if let (Some(list), Some(action)) = (&e.list, e.list_action) {
         let prefix = e.matched_prefix.as_deref().unwrap_or("?");
         let at = e.defined_at.as_deref().unwrap_or("?");
-        let _ = writeln!(s, "list:    {list} ({action}), matched {prefix}, defined at {at}");
+        let _ = writeln!(
+            s,
+            "list:    {list} ({action}), matched {prefix}, defined at {at}"
+        );
     } else if e.stage == "default" {
-        let _ = writeln!(s, "list:    none matched the source; nothing else decides, so the packet passes");
+        let _ = writeln!(
+            s,
+            "list:    none matched the source; nothing else decides, so the packet passes"
+        );
     }
     s
 }
@@ -179,7 +203,10 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
     };
     let e = explain(&config, &policy, &query);
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&e).expect("explanation serialises"));
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&e).expect("explanation serialises")
+        );
     } else {
         print!("{}", render_text(&e));
     }
@@ -205,14 +232,23 @@ mod tests {
     }
 
     fn q(src: &str, dst: &str, proto: u8) -> Query {
-        Query { src: src.parse().unwrap(), dst: dst.parse().unwrap(), proto, sport: 40000, dport: 443 }
+        Query {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            proto,
+            sport: 40000,
+            dport: 443,
+        }
     }
 
     #[test]
     fn names_the_list_the_prefix_and_where_it_is_defined() {
         let (c, p) = setup();
         let e = explain(&c, &p, &q("203.0.113.7", "10.0.0.1", PROTO_TCP));
-        assert_eq!((e.verdict, e.stage, e.reason), ("drop", "list", "deny_list"));
+        assert_eq!(
+            (e.verdict, e.stage, e.reason),
+            ("drop", "list", "deny_list")
+        );
         assert_eq!(e.list.as_deref(), Some("bogons"));
         assert_eq!(e.matched_prefix.as_deref(), Some("203.0.113.0/24"));
         assert_eq!(e.defined_at.as_deref(), Some("p.toml:2:8"));
@@ -222,7 +258,10 @@ mod tests {
         let e = explain(&c, &p, &q("2001:db8::1", "fd00::1", PROTO_ICMPV6));
         assert_eq!((e.verdict, e.list.as_deref()), ("drop", Some("bogons")));
         let e = explain(&c, &p, &q("10.9.9.9", "10.0.0.1", PROTO_ICMP));
-        assert_eq!((e.verdict, e.stage, e.reason, e.list.clone()), ("pass", "default", "no_match", None));
+        assert_eq!(
+            (e.verdict, e.stage, e.reason, e.list.clone()),
+            ("pass", "default", "no_match", None)
+        );
         assert!(render_text(&e).contains("none matched the source"));
     }
 }

@@ -31,7 +31,10 @@ impl metrics::Endpoint for Shared {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read kernel counters");
-                    self.metrics.scrape_errors.with_label_values(&["counters"]).inc();
+                    self.metrics
+                        .scrape_errors
+                        .with_label_values(&["counters"])
+                        .inc();
                     None
                 }
             })
@@ -67,7 +70,10 @@ fn prepare(args: &RunArgs) -> Result<(Config, CompiledPolicy), ConfigErrors> {
                 file: "command line".into(),
                 line: 0,
                 column: 0,
-                message: format!("--pin-path '{}' must be an absolute path under a bpffs mount", p.display()),
+                message: format!(
+                    "--pin-path '{}' must be an absolute path under a bpffs mount",
+                    p.display()
+                ),
             });
         }
         config.agent.pin_path = p.clone();
@@ -93,7 +99,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(config.agent.metrics_address).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("error: cannot listen for metrics on {}: {e}; nothing was attached", config.agent.metrics_address);
+            eprintln!(
+                "error: cannot listen for metrics on {}: {e}; nothing was attached",
+                config.agent.metrics_address
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -111,7 +120,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let generation = match datapath.apply(&policy) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("error: cannot write the policy into the kernel maps: {}", error_chain(&e));
+            eprintln!(
+                "error: cannot write the policy into the kernel maps: {}",
+                error_chain(&e)
+            );
             abandon(datapath, adopted);
             return ExitCode::FAILURE;
         }
@@ -132,16 +144,26 @@ pub async fn run(args: RunArgs) -> ExitCode {
             Ok(mode) => {
                 let kept = datapath.attachments().last().is_some_and(|a| a.adopted);
                 if kept {
-                    tracing::info!(iface, mode = mode.name(), "kept the existing link; enforcement handed over through the program array");
+                    tracing::info!(
+                        iface,
+                        mode = mode.name(),
+                        "kept the existing link; enforcement handed over through the program array"
+                    );
                 } else {
                     tracing::info!(iface, mode = mode.name(), "XDP dispatcher attached");
                 }
-                shared.metrics.attach_mode.with_label_values(&[iface.as_str(), mode.name()]).set(1);
+                shared
+                    .metrics
+                    .attach_mode
+                    .with_label_values(&[iface.as_str(), mode.name()])
+                    .set(1);
             }
             Err(e) => {
                 eprintln!("error: {}", error_chain(&e));
                 if adopted {
-                    eprintln!("the links pinned by the earlier agent stay attached and enforce the policy just applied");
+                    eprintln!(
+                        "the links pinned by the earlier agent stay attached and enforce the policy just applied"
+                    );
                 } else {
                     eprintln!("detaching from every interface; nothing stays attached");
                 }
@@ -156,14 +178,21 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 tracing::info!(pin = %pin.display(), "detached an interface no longer in the policy");
             }
         }
-        Err(e) => tracing::warn!(error = %error_chain(&e), "cannot clean up links of removed interfaces"),
+        Err(e) => {
+            tracing::warn!(error = %error_chain(&e), "cannot clean up links of removed interfaces")
+        }
     }
     match datapath.stats_reader() {
         Ok(r) => *shared.stats.lock().expect("stats lock") = Some(r),
         Err(e) => tracing::warn!(error = %e, "kernel counters unavailable to metrics"),
     }
-    shared.metrics.set_policy(generation, &policy.hash, &config.origin, &policy.lists);
-    shared.metrics.load_seconds.set(started.elapsed().as_secs_f64());
+    shared
+        .metrics
+        .set_policy(generation, &policy.hash, &config.origin, &policy.lists);
+    shared
+        .metrics
+        .load_seconds
+        .set(started.elapsed().as_secs_f64());
     shared.metrics.reloads.with_label_values(&["success"]).inc();
     shared.ready.store(true, Ordering::SeqCst);
     tracing::info!(
@@ -216,7 +245,11 @@ async fn event_loop(
             return ExitCode::FAILURE;
         }
     };
-    let watch_path: Option<PathBuf> = args.config.config.clone().filter(|_| args.watch_interval > 0);
+    let watch_path: Option<PathBuf> = args
+        .config
+        .config
+        .clone()
+        .filter(|_| args.watch_interval > 0);
     let mut last_text = watch_path.as_ref().and_then(|p| std::fs::read(p).ok());
     // List files are watched by size and modification time (they can be large).
     let mut list_files: Vec<PathBuf> = config.lists.iter().flat_map(|l| l.files.clone()).collect();
@@ -254,7 +287,11 @@ async fn event_loop(
 fn file_stamps(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
     files
         .iter()
-        .map(|f| std::fs::metadata(f).ok().and_then(|m| Some((m.len(), m.modified().ok()?))))
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.len(), m.modified().ok()?)))
+        })
         .collect()
 }
 
@@ -281,11 +318,17 @@ fn reload(
     for (what, changed) in [
         ("interfaces", old.interfaces != new.interfaces),
         ("xdp_mode", old.xdp_mode != new.xdp_mode),
-        ("metrics_address", old.metrics_address != new.metrics_address),
+        (
+            "metrics_address",
+            old.metrics_address != new.metrics_address,
+        ),
         ("pin_path", old.pin_path != new.pin_path),
     ] {
         if changed {
-            tracing::warn!(setting = what, "this [agent] setting takes effect on restart; the running agent keeps the old value");
+            tracing::warn!(
+                setting = what,
+                "this [agent] setting takes effect on restart; the running agent keeps the old value"
+            );
         }
     }
     if policy.hash == *live_hash {
@@ -297,7 +340,9 @@ fn reload(
             if let Ok(mut l) = shared.lists.write() {
                 *l = policy.lists.clone();
             }
-            shared.metrics.set_policy(generation, &policy.hash, &config.origin, &policy.lists);
+            shared
+                .metrics
+                .set_policy(generation, &policy.hash, &config.origin, &policy.lists);
             shared.metrics.load_seconds.set(t.elapsed().as_secs_f64());
             shared.metrics.reloads.with_label_values(&["success"]).inc();
             tracing::info!(trigger, generation, old_hash = %live_hash, new_hash = policy.hash, "policy applied");

@@ -48,12 +48,19 @@ pub struct V4 {
 
 impl V4 {
     pub fn new(src: [u8; 4], dst: [u8; 4], proto: u8) -> V4 {
-        V4 { src, dst, proto, options: Vec::new(), frag_offset: 0, more_fragments: false }
+        V4 {
+            src,
+            dst,
+            proto,
+            options: Vec::new(),
+            frag_offset: 0,
+            more_fragments: false,
+        }
     }
 
     pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let ihl = 20 + opts.len();
@@ -81,9 +88,14 @@ pub enum Ext {
     Routing,
     DestOpts,
     /// Fragment header with offset (8-byte units) and more-fragments flag.
-    Fragment { offset: u16, more: bool },
+    Fragment {
+        offset: u16,
+        more: bool,
+    },
     /// Authentication header with `len` in its own units (4-byte words minus 2).
-    Auth { len: u8 },
+    Auth {
+        len: u8,
+    },
 }
 
 impl Ext {

@@ -30,7 +30,10 @@ pub fn lists(hit: Option<ListEntry>) -> Option<Decision> {
         ListAction::Deny => Reason::DenyList,
         ListAction::Allow => Reason::AllowList,
     };
-    Some(Decision { reason, id: e.list_id })
+    Some(Decision {
+        reason,
+        id: e.list_id,
+    })
 }
 
 /// Ingress decision for a parsed IP packet.
@@ -48,16 +51,40 @@ mod tests {
 
     #[test]
     fn list_hits_decide_and_misses_pass() {
-        let deny = ListEntry { list_id: 3, action: ListAction::Deny as u8, orig_len: 24 };
-        let allow = ListEntry { list_id: 4, action: ListAction::Allow as u8, orig_len: 24 };
-        assert_eq!(ingress(Some(deny)), Decision { reason: Reason::DenyList, id: 3 });
-        assert_eq!(ingress(Some(allow)), Decision { reason: Reason::AllowList, id: 4 });
+        let deny = ListEntry {
+            list_id: 3,
+            action: ListAction::Deny as u8,
+            orig_len: 24,
+        };
+        let allow = ListEntry {
+            list_id: 4,
+            action: ListAction::Allow as u8,
+            orig_len: 24,
+        };
+        assert_eq!(
+            ingress(Some(deny)),
+            Decision {
+                reason: Reason::DenyList,
+                id: 3
+            }
+        );
+        assert_eq!(
+            ingress(Some(allow)),
+            Decision {
+                reason: Reason::AllowList,
+                id: 4
+            }
+        );
         assert_eq!(ingress(None), Decision::new(Reason::NoMatch));
     }
 
     #[test]
     fn unknown_action_byte_is_ignored_not_trusted() {
-        let bad = ListEntry { list_id: 1, action: 9, orig_len: 8 };
+        let bad = ListEntry {
+            list_id: 1,
+            action: 9,
+            orig_len: 8,
+        };
         assert_eq!(ingress(Some(bad)), Decision::new(Reason::NoMatch));
     }
 }

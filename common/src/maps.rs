@@ -111,7 +111,7 @@ const _: () = assert!(core::mem::size_of::<PrefixKeyV6>() == 20);
 /// What a list lookup returns: the winning list and the length of the
 /// configured prefix that put the entry there (before expansion).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct ListEntry {
     pub list_id: u16,
     /// `ListAction` as u8.
@@ -152,7 +152,9 @@ pub struct DirectBlock {
 const _: () = assert!(core::mem::size_of::<DirectBlock>() == 64);
 
 impl DirectBlock {
-    pub const EMPTY: DirectBlock = DirectBlock { codes: [0; V4_DIRECT_PER_BLOCK as usize] };
+    pub const EMPTY: DirectBlock = DirectBlock {
+        codes: [0; V4_DIRECT_PER_BLOCK as usize],
+    };
 }
 
 /// What a direct-table code means.
@@ -170,12 +172,6 @@ const _: () = assert!(core::mem::size_of::<DirectCode>() == 8);
 pub const CODE_ENTRY: u32 = 1;
 /// Prefixes longer than /24 exist inside this /24: consult the /32 table first.
 pub const CODE_LONGER: u32 = 2;
-
-impl Default for ListEntry {
-    fn default() -> Self {
-        ListEntry { list_id: 0, action: 0, orig_len: 0 }
-    }
-}
 
 /// Per-generation policy facts the kernel needs besides the tables.
 #[repr(C)]
@@ -217,7 +213,11 @@ mod tests {
 
     #[test]
     fn stats_indexes_are_disjoint_and_in_range() {
-        let last = stats_index(MAX_IFACE_SLOTS - 1, Direction::Egress, (MAX_REASONS - 1) as u8);
+        let last = stats_index(
+            MAX_IFACE_SLOTS - 1,
+            Direction::Egress,
+            (MAX_REASONS - 1) as u8,
+        );
         assert_eq!(last, STATS_SIZE - 1);
         assert_ne!(
             stats_index(1, Direction::Ingress, 0),

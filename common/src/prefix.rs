@@ -15,7 +15,11 @@ pub const V6_STRIDES: u32 = 16;
 
 /// Stride length a prefix of `len` bits is stored at (0 → 8, 9 → 16, 32 → 32).
 pub const fn stride_for(len: u8) -> u8 {
-    if len == 0 { STRIDE_BITS } else { len.div_ceil(STRIDE_BITS) * STRIDE_BITS }
+    if len == 0 {
+        STRIDE_BITS
+    } else {
+        len.div_ceil(STRIDE_BITS) * STRIDE_BITS
+    }
 }
 
 /// Bit index of a stride length in `PolicyMeta::v*_strides`.
@@ -55,7 +59,10 @@ pub fn wins(new: &ListEntry, old: &ListEntry) -> bool {
     if new.orig_len != old.orig_len {
         return new.orig_len > old.orig_len;
     }
-    let (na, oa) = (new.action == ListAction::Deny as u8, old.action == ListAction::Deny as u8);
+    let (na, oa) = (
+        new.action == ListAction::Deny as u8,
+        old.action == ListAction::Deny as u8,
+    );
     if na != oa {
         return na;
     }
@@ -84,12 +91,15 @@ pub fn expand<const N: usize>(addr: &[u8; N], len: u8, mut f: impl FnMut([u8; N]
 /// `code` is the decoded code of the source's /24 (`None` for code 0), and
 /// `longer` looks the full address up among prefixes longer than /24.
 #[inline(always)]
-pub fn resolve_v4(code: Option<DirectCode>, longer: impl FnOnce() -> Option<ListEntry>) -> Option<ListEntry> {
+pub fn resolve_v4(
+    code: Option<DirectCode>,
+    longer: impl FnOnce() -> Option<ListEntry>,
+) -> Option<ListEntry> {
     let code = code?;
-    if code.flags & CODE_LONGER != 0 {
-        if let Some(e) = longer() {
-            return Some(e);
-        }
+    if code.flags & CODE_LONGER != 0
+        && let Some(e) = longer()
+    {
+        return Some(e);
     }
     (code.flags & CODE_ENTRY != 0).then_some(code.entry)
 }
@@ -105,7 +115,11 @@ mod tests {
     use super::*;
 
     fn entry(id: u16, action: ListAction, len: u8) -> ListEntry {
-        ListEntry { list_id: id, action: action as u8, orig_len: len }
+        ListEntry {
+            list_id: id,
+            action: action as u8,
+            orig_len: len,
+        }
     }
 
     #[test]
@@ -158,10 +172,16 @@ mod tests {
     fn direct_resolution_prefers_longer_prefixes() {
         let short = entry(1, ListAction::Deny, 16);
         let long = entry(2, ListAction::Allow, 32);
-        let both = DirectCode { entry: short, flags: CODE_ENTRY | CODE_LONGER };
+        let both = DirectCode {
+            entry: short,
+            flags: CODE_ENTRY | CODE_LONGER,
+        };
         assert_eq!(resolve_v4(Some(both), || Some(long)), Some(long));
         assert_eq!(resolve_v4(Some(both), || None), Some(short));
-        let only_longer = DirectCode { entry: ListEntry::default(), flags: CODE_LONGER };
+        let only_longer = DirectCode {
+            entry: ListEntry::default(),
+            flags: CODE_LONGER,
+        };
         assert_eq!(resolve_v4(Some(only_longer), || None), None);
         assert_eq!(resolve_v4(None, || Some(long)), None);
         assert_eq!(slash24(&[10, 1, 2, 3]), 0x0a0102);

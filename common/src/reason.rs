@@ -68,7 +68,9 @@ impl Reason {
 
     pub const fn verdict(self) -> Verdict {
         match self {
-            Reason::NoMatch | Reason::NonIp | Reason::AllowList | Reason::NoProgram => Verdict::Pass,
+            Reason::NoMatch | Reason::NonIp | Reason::AllowList | Reason::NoProgram => {
+                Verdict::Pass
+            }
             Reason::DenyList
             | Reason::Truncated
             | Reason::Malformed
@@ -122,7 +124,11 @@ mod tests {
     #[test]
     fn names_are_unique_snake_case() {
         for (i, a) in Reason::ALL.iter().enumerate() {
-            assert!(a.name().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'));
+            assert!(
+                a.name()
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            );
             for b in &Reason::ALL[i + 1..] {
                 assert_ne!(a.name(), b.name());
             }

@@ -17,7 +17,9 @@ static BENCH_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn next_source() -> [u8; 16] {
-    let Some(cursor) = BENCH_CURSOR.get_ptr_mut(0) else { return [0; 16] };
+    let Some(cursor) = BENCH_CURSOR.get_ptr_mut(0) else {
+        return [0; 16];
+    };
     // SAFETY: per-CPU value, no concurrent writer on this CPU.
     let i = unsafe {
         let i = *cursor;

@@ -11,7 +11,10 @@ pub struct XdpBytes {
 impl XdpBytes {
     #[inline(always)]
     pub fn new(ctx: &XdpContext) -> Self {
-        XdpBytes { start: ctx.data(), end: ctx.data_end() }
+        XdpBytes {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
     }
 
     #[inline(always)]
@@ -48,6 +51,7 @@ impl Bytes for XdpBytes {
     fn array_at<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
         // SAFETY: `at` checked that the N bytes lie inside the packet; the
         // read is byte-wise, so alignment does not matter.
-        self.at::<N>(off).map(|p| unsafe { core::ptr::read_unaligned(p) })
+        self.at::<N>(off)
+            .map(|p| unsafe { core::ptr::read_unaligned(p) })
     }
 }

@@ -1,12 +1,15 @@
 //! Source-address lookup in the allow/deny prefix tables.
 
 use tierguard_common::{
-    maps::{ListEntry, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V4_DIRECT_PER_BLOCK},
+    maps::{
+        ListEntry, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
+        V4_DIRECT_PER_BLOCK,
+    },
     packet::Packet,
-    prefix::{mask, resolve_v4, slash24, stride_len, V6_STRIDES},
+    prefix::{V6_STRIDES, mask, resolve_v4, slash24, stride_len},
 };
 
-use crate::maps::{policy_meta, LIST_V4, LIST_V6, V4_CODES, V4_DIRECT};
+use crate::maps::{LIST_V4, LIST_V6, V4_CODES, V4_DIRECT, policy_meta};
 
 /// The winning list entry for the packet's source, if any. IPv4: one read of
 /// the direct table, plus the /32 table only where longer prefixes exist.
@@ -24,9 +27,16 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
         if code == 0 {
             return None;
         }
-        let code = V4_CODES.get(u32::from(slot) * V4_CODES_PER_SLOT + u32::from(code)).copied();
+        let code = V4_CODES
+            .get(u32::from(slot) * V4_CODES_PER_SLOT + u32::from(code))
+            .copied();
         return resolve_v4(code, || {
-            let key = PrefixKeyV4 { slot, len: 32, _pad: [0; 2], addr: src };
+            let key = PrefixKeyV4 {
+                slot,
+                len: 32,
+                _pad: [0; 2],
+                addr: src,
+            };
             // SAFETY: the value is copied out before the map can change it.
             unsafe { LIST_V4.get(&key) }.copied()
         });
@@ -37,7 +47,12 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
             i -= 1;
             if meta.v6_strides & (1 << i) != 0 {
                 let len = stride_len(i);
-                let key = PrefixKeyV6 { slot, len, _pad: [0; 2], addr: mask(&p.src, len) };
+                let key = PrefixKeyV6 {
+                    slot,
+                    len,
+                    _pad: [0; 2],
+                    addr: mask(&p.src, len),
+                };
                 // SAFETY: as above.
                 if let Some(e) = unsafe { LIST_V6.get(&key) } {
                     return Some(*e);

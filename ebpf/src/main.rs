@@ -11,10 +11,9 @@ mod stats;
 
 use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
 use tierguard_common::{
-    decide,
+    Reason, Verdict, decide,
     maps::{Direction, PROG_INGRESS},
     parse::parse,
-    Reason, Verdict,
 };
 
 use crate::bytes::XdpBytes;
@@ -30,7 +29,12 @@ pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
     // Nothing installed: fail open (never cut a node off), but count it.
     let len = (ctx.data_end() - ctx.data()) as u32;
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    stats::count(ifindex, Direction::Ingress, &decide::Decision::new(Reason::NoProgram), len);
+    stats::count(
+        ifindex,
+        Direction::Ingress,
+        &decide::Decision::new(Reason::NoProgram),
+        len,
+    );
     xdp_action::XDP_PASS
 }
 

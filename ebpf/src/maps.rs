@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, ProgramArray},
 };
 use tierguard_common::maps::{
-    Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, LIST_NAME_LEN, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListEntry, MAX_LISTS,
-    PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6, STATS_SIZE,
+    Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, LIST_NAME_LEN, LIST_V4_CAPACITY,
+    LIST_V6_CAPACITY, ListEntry, MAX_LISTS, PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6,
+    STATS_SIZE, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
 };
 
 /// Allocate hash entries on insert: memory follows the configured lists, not

@@ -2,7 +2,7 @@
 
 use tierguard_common::{
     decide::{Decision, NO_ID},
-    maps::{stats_index, Direction, IFINDEX_TABLE_SIZE},
+    maps::{Direction, IFINDEX_TABLE_SIZE, stats_index},
 };
 
 use crate::maps::{IFACE_SLOTS, LIST_HITS, STATS};

@@ -18,7 +18,11 @@ impl fmt::Display for ConfigError {
         if self.line == 0 {
             write!(f, "{}: {}", self.file, self.message)
         } else {
-            write!(f, "{}:{}:{}: {}", self.file, self.line, self.column, self.message)
+            write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file, self.line, self.column, self.message
+            )
         }
     }
 }
@@ -50,10 +54,19 @@ pub struct Source<'a> {
 impl Source<'_> {
     pub fn error_at(&self, offset: usize, message: impl Into<String>) -> ConfigError {
         let (line, column) = line_col(self.text, offset);
-        ConfigError { file: self.name.to_string(), line, column, message: message.into() }
+        ConfigError {
+            file: self.name.to_string(),
+            line,
+            column,
+            message: message.into(),
+        }
     }
 
-    pub fn error_span(&self, span: &std::ops::Range<usize>, message: impl Into<String>) -> ConfigError {
+    pub fn error_span(
+        &self,
+        span: &std::ops::Range<usize>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         self.error_at(span.start, message)
     }
 }
@@ -89,9 +102,19 @@ mod tests {
 
     #[test]
     fn display_names_the_place() {
-        let e = ConfigError { file: "p.toml".into(), line: 3, column: 7, message: "bad".into() };
+        let e = ConfigError {
+            file: "p.toml".into(),
+            line: 3,
+            column: 7,
+            message: "bad".into(),
+        };
         assert_eq!(e.to_string(), "p.toml:3:7: bad");
-        let e = ConfigError { file: "p.toml".into(), line: 0, column: 0, message: "bad".into() };
+        let e = ConfigError {
+            file: "p.toml".into(),
+            line: 0,
+            column: 0,
+            message: "bad".into(),
+        };
         assert_eq!(e.to_string(), "p.toml: bad");
     }
 }

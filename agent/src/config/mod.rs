@@ -167,7 +167,11 @@ impl Config {
         let agent = validate_agent(&src, raw.agent, &mut errors);
         let lists = validate_lists(&src, base, raw.lists, &mut errors);
         if errors.is_empty() {
-            Ok(Config { origin: name.to_string(), agent, lists })
+            Ok(Config {
+                origin: name.to_string(),
+                agent,
+                lists,
+            })
         } else {
             Err(ConfigErrors(errors))
         }
@@ -175,7 +179,12 @@ impl Config {
 
     /// Number of IPv4 and IPv6 prefixes over all lists.
     pub fn prefix_counts(&self) -> (usize, usize) {
-        let v4 = self.lists.iter().flat_map(|l| &l.prefixes).filter(|p| p.is_ipv4()).count();
+        let v4 = self
+            .lists
+            .iter()
+            .flat_map(|l| &l.prefixes)
+            .filter(|p| p.is_ipv4())
+            .count();
         let total: usize = self.lists.iter().map(|l| l.prefixes.len()).sum();
         (v4, total - v4)
     }
@@ -184,7 +193,8 @@ impl Config {
 fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME_LEN
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) -> AgentConfig {
@@ -192,7 +202,8 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
     for i in &raw.interfaces {
         let name = i.get_ref();
         if name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', ' ', '\0']) {
-            errors.push(src.error_span(&i.span(), format!("'{name}' is not a valid interface name")));
+            errors
+                .push(src.error_span(&i.span(), format!("'{name}' is not a valid interface name")));
         } else if interfaces.contains(name) {
             errors.push(src.error_span(&i.span(), format!("interface '{name}' is listed twice")));
         } else {
@@ -200,12 +211,16 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
         }
     }
     let metrics_address = match &raw.metrics_address {
-        None => DEFAULT_METRICS_ADDRESS.parse().expect("default address parses"),
+        None => DEFAULT_METRICS_ADDRESS
+            .parse()
+            .expect("default address parses"),
         Some(a) => match parse_listen_address(a.get_ref()) {
             Ok(addr) => addr,
             Err(msg) => {
                 errors.push(src.error_span(&a.span(), msg));
-                DEFAULT_METRICS_ADDRESS.parse().expect("default address parses")
+                DEFAULT_METRICS_ADDRESS
+                    .parse()
+                    .expect("default address parses")
             }
         },
     };
@@ -214,12 +229,20 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
         Some(p) => {
             let path = PathBuf::from(p.get_ref());
             if !path.is_absolute() {
-                errors.push(src.error_span(&p.span(), "pin_path must be an absolute path under a bpffs mount"));
+                errors.push(src.error_span(
+                    &p.span(),
+                    "pin_path must be an absolute path under a bpffs mount",
+                ));
             }
             path
         }
     };
-    AgentConfig { interfaces, xdp_mode: raw.xdp_mode, metrics_address, pin_path }
+    AgentConfig {
+        interfaces,
+        xdp_mode: raw.xdp_mode,
+        metrics_address,
+        pin_path,
+    }
 }
 
 /// Parses a metrics listen address: `host:port` with an IP host.
@@ -241,13 +264,20 @@ fn validate_lists(
             file: src.name.to_string(),
             line: 0,
             column: 0,
-            message: format!("{} lists configured; at most {MAX_LISTS} are supported", raw.len()),
+            message: format!(
+                "{} lists configured; at most {MAX_LISTS} are supported",
+                raw.len()
+            ),
         });
     }
     for r in raw {
         let name = r.name.get_ref().clone();
         let (line, column) = line_col(src.text, r.name.span().start);
-        let origin = Origin { file: src.name.to_string(), line, column };
+        let origin = Origin {
+            file: src.name.to_string(),
+            line,
+            column,
+        };
         if !valid_name(&name) {
             errors.push(src.error_span(
                 &r.name.span(),
@@ -257,7 +287,10 @@ fn validate_lists(
         if let Some(first) = lists.iter().find(|l| l.name == name) {
             errors.push(src.error_span(
                 &r.name.span(),
-                format!("duplicate list name '{name}' (first defined at line {})", first.origin.line),
+                format!(
+                    "duplicate list name '{name}' (first defined at line {})",
+                    first.origin.line
+                ),
             ));
         }
         let mut prefixes = Vec::new();
@@ -291,13 +324,23 @@ fn validate_lists(
             files.push(path);
         }
         if r.cidrs.is_empty() && r.files.is_empty() {
-            errors.push(src.error_span(&r.name.span(), format!("list '{name}' has neither cidrs nor files")));
+            errors.push(src.error_span(
+                &r.name.span(),
+                format!("list '{name}' has neither cidrs nor files"),
+            ));
         }
         let action = match r.action {
             ActionSetting::Allow => ListAction::Allow,
             ActionSetting::Deny => ListAction::Deny,
         };
-        lists.push(List { name, action, description: r.description, prefixes, origin, files });
+        lists.push(List {
+            name,
+            action,
+            description: r.description,
+            prefixes,
+            origin,
+            files,
+        });
     }
     lists
 }

@@ -26,8 +26,9 @@ pub fn parse_prefix(s: &str) -> Result<IpNetwork, String> {
             .ok_or_else(|| format!("'{s}' is not a CIDR: prefix length must be 0 to {max}"))?;
         IpNetwork::new(addr, len).map_err(|e| format!("'{s}' is not a CIDR: {e}"))?
     } else {
-        let addr: IpAddr =
-            s.parse().map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
+        let addr: IpAddr = s
+            .parse()
+            .map_err(|_| format!("'{s}' is not an IP address or CIDR"))?;
         IpNetwork::from(addr)
     };
     if net.network() != net.ip() {
@@ -71,7 +72,11 @@ pub fn parse_list_text(text: &str) -> (Vec<IpNetwork>, Vec<LineError>) {
         }
         match parse_prefix(token) {
             Ok(n) => nets.push(n),
-            Err(message) => errors.push(LineError { line: i + 1, column, message }),
+            Err(message) => errors.push(LineError {
+                line: i + 1,
+                column,
+                message,
+            }),
         }
     }
     (nets, errors)
@@ -83,9 +88,18 @@ mod tests {
 
     #[test]
     fn hosts_become_full_length_prefixes() {
-        assert_eq!(parse_prefix("192.0.2.1").unwrap().to_string(), "192.0.2.1/32");
-        assert_eq!(parse_prefix("2001:db8::1").unwrap().to_string(), "2001:db8::1/128");
-        assert_eq!(parse_prefix(" 10.0.0.0/8 ").unwrap().to_string(), "10.0.0.0/8");
+        assert_eq!(
+            parse_prefix("192.0.2.1").unwrap().to_string(),
+            "192.0.2.1/32"
+        );
+        assert_eq!(
+            parse_prefix("2001:db8::1").unwrap().to_string(),
+            "2001:db8::1/128"
+        );
+        assert_eq!(
+            parse_prefix(" 10.0.0.0/8 ").unwrap().to_string(),
+            "10.0.0.0/8"
+        );
         assert_eq!(parse_prefix("0.0.0.0/0").unwrap().prefix(), 0);
         assert_eq!(parse_prefix("::/0").unwrap().prefix(), 0);
     }
@@ -93,12 +107,32 @@ mod tests {
     #[test]
     fn bad_prefixes_are_explained() {
         assert!(parse_prefix("10.0.0.0/33").unwrap_err().contains("0 to 32"));
-        assert!(parse_prefix("2001:db8::/129").unwrap_err().contains("0 to 128"));
-        assert!(parse_prefix("10.0.0.256").unwrap_err().contains("not an IP address"));
-        assert!(parse_prefix("10.0.0.0/x").unwrap_err().contains("prefix length"));
-        assert!(parse_prefix("10.1.2.3/24").unwrap_err().contains("did you mean 10.1.2.0/24"));
+        assert!(
+            parse_prefix("2001:db8::/129")
+                .unwrap_err()
+                .contains("0 to 128")
+        );
+        assert!(
+            parse_prefix("10.0.0.256")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+        assert!(
+            parse_prefix("10.0.0.0/x")
+                .unwrap_err()
+                .contains("prefix length")
+        );
+        assert!(
+            parse_prefix("10.1.2.3/24")
+                .unwrap_err()
+                .contains("did you mean 10.1.2.0/24")
+        );
         assert!(parse_prefix("").unwrap_err().contains("empty"));
-        assert!(parse_prefix("banana").unwrap_err().contains("not an IP address"));
+        assert!(
+            parse_prefix("banana")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
     }
 
     #[test]
@@ -114,7 +148,15 @@ mod tests {
         let (nets, errs) = parse_list_text(text);
         assert!(errs.is_empty(), "{errs:?}");
         let got: Vec<String> = nets.iter().map(ToString::to_string).collect();
-        assert_eq!(got, ["1.10.16.0/20", "2.56.192.0/22", "192.0.2.7/32", "2001:db8::/32"]);
+        assert_eq!(
+            got,
+            [
+                "1.10.16.0/20",
+                "2.56.192.0/22",
+                "192.0.2.7/32",
+                "2001:db8::/32"
+            ]
+        );
     }
 
     #[test]

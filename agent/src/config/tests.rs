@@ -63,7 +63,11 @@ cidrs = ["192.0.2.128/25"]
 fn unknown_key_is_an_error_with_position() {
     let e = only_error("[agent]\ninterfaces = []\ncolour = \"red\"\n");
     assert_eq!((e.line, e.column), (3, 1));
-    assert!(e.message.contains("unknown field `colour`"), "{}", e.message);
+    assert!(
+        e.message.contains("unknown field `colour`"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -100,7 +104,11 @@ fn duplicate_list_names_are_refused() {
          [[lists]]\nname = \"a\"\naction = \"allow\"\ncidrs = [\"10.1.0.0/16\"]\n",
     );
     assert_eq!(e.line, 6);
-    assert!(e.message.contains("duplicate list name 'a' (first defined at line 2)"), "{e}");
+    assert!(
+        e.message
+            .contains("duplicate list name 'a' (first defined at line 2)"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -114,7 +122,11 @@ fn bad_action_is_refused() {
 fn missing_list_file_is_refused() {
     let e = only_error("[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"nope.txt\"]\n");
     assert_eq!((e.line, e.column), (4, 10));
-    assert!(e.message.contains("cannot read list file '/nonexistent/nope.txt'"), "{e}");
+    assert!(
+        e.message
+            .contains("cannot read list file '/nonexistent/nope.txt'"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -154,10 +166,15 @@ fn bad_xdp_mode_and_relative_pin_path_are_refused() {
 fn list_files_in_both_formats_load_and_bad_lines_name_the_file() {
     let dir = std::env::temp_dir().join(format!("tg-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("drop.txt"), "; Spamhaus DROP\n1.10.16.0/20 ; SBL256894\n").unwrap();
+    std::fs::write(
+        dir.join("drop.txt"),
+        "; Spamhaus DROP\n1.10.16.0/20 ; SBL256894\n",
+    )
+    .unwrap();
     std::fs::write(dir.join("plain.txt"), "# ours\n192.0.2.1\n2001:db8::/48\n").unwrap();
     std::fs::write(dir.join("bad.txt"), "10.0.0.0/8\n10.0.0.0/40\n").unwrap();
-    let text = "[[lists]]\nname = \"feeds\"\naction = \"deny\"\nfiles = [\"drop.txt\", \"plain.txt\"]\n";
+    let text =
+        "[[lists]]\nname = \"feeds\"\naction = \"deny\"\nfiles = [\"drop.txt\", \"plain.txt\"]\n";
     let c = Config::load_str(text, "p.toml", &dir).unwrap();
     assert_eq!(c.lists[0].prefixes.len(), 3);
 

@@ -13,7 +13,8 @@ use aya::{
     },
 };
 use tierguard_common::maps::{
-    Counter, Direction, IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, MAX_REASONS, names, programs, stats_index,
+    Counter, Direction, IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, MAX_REASONS, names, programs,
+    stats_index,
 };
 
 use super::{Datapath, DatapathError, Result, tables::zero_per_cpu};
@@ -83,13 +84,25 @@ struct LinkPin {
 }
 
 impl LinkPin {
-    fn path(dir: &std::path::Path, ifindex: u32, iface: &str, mode: AttachMode, tag: u64) -> PathBuf {
-        dir.join(format!("{ifindex}@{}@{}@{tag:016x}", iface.replace('.', "_"), mode.name()))
+    fn path(
+        dir: &std::path::Path,
+        ifindex: u32,
+        iface: &str,
+        mode: AttachMode,
+        tag: u64,
+    ) -> PathBuf {
+        dir.join(format!(
+            "{ifindex}@{}@{}@{tag:016x}",
+            iface.replace('.', "_"),
+            mode.name()
+        ))
     }
 
     /// Pins left for the interface `ifindex` (normally at most one).
     fn find(dir: &std::path::Path, ifindex: u32) -> Vec<LinkPin> {
-        let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
         entries
             .filter_map(|e| {
                 let path = e.ok()?.path();
@@ -113,17 +126,23 @@ impl Datapath {
     /// `install` swapped the program array entry. Only a different dispatcher
     /// (a rare upgrade) is swapped into the link, atomically.
     pub fn attach(&mut self, iface: &str, setting: XdpModeSetting) -> Result<AttachMode> {
-        let ifindex = ifindex(iface).ok_or_else(|| DatapathError::UnknownInterface(iface.to_string()))?;
+        let ifindex =
+            ifindex(iface).ok_or_else(|| DatapathError::UnknownInterface(iface.to_string()))?;
         let slot = self.slot_for(ifindex)?;
         let links_dir = self.pin_dir.join("links");
-        std::fs::create_dir_all(&links_dir)
-            .map_err(|source| DatapathError::PinDir { path: links_dir.clone(), source })?;
+        std::fs::create_dir_all(&links_dir).map_err(|source| DatapathError::PinDir {
+            path: links_dir.clone(),
+            source,
+        })?;
 
         self.set_iface_slot(ifindex, slot)?;
         let prog = program(&mut self.ebpf, programs::DISPATCH)?;
         let tag = prog
             .info()
-            .map_err(|source| DatapathError::Program { program: programs::DISPATCH.into(), source })?
+            .map_err(|source| DatapathError::Program {
+                program: programs::DISPATCH.into(),
+                source,
+            })?
             .tag();
 
         let mut adopted: Option<(PinnedLink, AttachMode, PathBuf)> = None;
@@ -174,7 +193,10 @@ impl Datapath {
 
     fn iface_slots(&mut self) -> Result<Array<&mut aya::maps::MapData, u32>> {
         let name = names::IFACE_SLOTS;
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { map: name })?;
         Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })
     }
 
@@ -190,15 +212,19 @@ impl Datapath {
     /// counters go on across restarts), or else the lowest free one, zeroed.
     fn slot_for(&mut self, ifindex: u32) -> Result<u32> {
         if ifindex >= IFINDEX_TABLE_SIZE {
-            tracing::warn!(ifindex, "ifindex too large for per-interface counters; counted with unconfigured interfaces");
+            tracing::warn!(
+                ifindex,
+                "ifindex too large for per-interface counters; counted with unconfigured interfaces"
+            );
             return Ok(0);
         }
         let taken: Vec<u32> = self.attachments.iter().map(|a| a.slot).collect();
         let recorded = self.recorded_slots()?;
-        if let Some(&(_, s)) = recorded.iter().find(|(i, _)| *i == ifindex) {
-            if s < MAX_IFACE_SLOTS && !taken.contains(&s) {
-                return Ok(s);
-            }
+        if let Some(&(_, s)) = recorded.iter().find(|(i, _)| *i == ifindex)
+            && s < MAX_IFACE_SLOTS
+            && !taken.contains(&s)
+        {
+            return Ok(s);
         }
         let slot = (1..MAX_IFACE_SLOTS)
             .find(|s| !taken.contains(s) && !recorded.iter().any(|(_, r)| r == s))
@@ -209,9 +235,12 @@ impl Datapath {
 
     fn zero_slot_counters(&mut self, slot: u32) -> Result<()> {
         let name = names::STATS;
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
-        let mut stats: PerCpuArray<_, Counter> =
-            PerCpuArray::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { map: name })?;
+        let mut stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
         for dir in [Direction::Ingress, Direction::Egress] {
             for reason in 0..MAX_REASONS as u8 {
                 stats
@@ -228,7 +257,10 @@ impl Datapath {
         }
         self.iface_slots()?
             .set(ifindex, slot, 0)
-            .map_err(|source| DatapathError::Map { map: names::IFACE_SLOTS, source })
+            .map_err(|source| DatapathError::Map {
+                map: names::IFACE_SLOTS,
+                source,
+            })
     }
 
     /// Detaches links pinned for interfaces this agent does not enforce on
@@ -303,9 +335,15 @@ fn setting_allows(setting: XdpModeSetting, mode: AttachMode) -> bool {
 
 fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
-        .ok_or_else(|| DatapathError::Program { program: name.to_string(), source: ProgramError::NotLoaded })?
+        .ok_or_else(|| DatapathError::Program {
+            program: name.to_string(),
+            source: ProgramError::NotLoaded,
+        })?
         .try_into()
-        .map_err(|source| DatapathError::Program { program: name.to_string(), source })
+        .map_err(|source| DatapathError::Program {
+            program: name.to_string(),
+            source,
+        })
 }
 
 /// Swaps our dispatcher into an existing link (pinned at `old`) and re-pins
@@ -332,9 +370,11 @@ fn replace_in_link(
         }
     };
     tracing::info!(iface, "dispatcher changed: swapped into the existing link");
-    let link = prog
-        .take_link(id)
-        .map_err(|source| DatapathError::Attach { iface: iface.to_string(), mode: "existing", source })?;
+    let link = prog.take_link(id).map_err(|source| DatapathError::Attach {
+        iface: iface.to_string(),
+        mode: "existing",
+        source,
+    })?;
     // Pin under the new name first, then drop the old name: the link always
     // has at least one pin, so it stays attached throughout.
     let pinned = pin_link(link, iface, new)?;
@@ -348,15 +388,20 @@ fn attach_fresh(
     setting: XdpModeSetting,
 ) -> Result<(aya::programs::xdp::XdpLinkId, AttachMode)> {
     let try_mode = |prog: &mut Xdp, mode: AttachMode| {
-        prog.attach(iface, mode.xdp_mode()).map_err(|source| DatapathError::Attach {
-            iface: iface.to_string(),
-            mode: mode.name(),
-            source,
-        })
+        prog.attach(iface, mode.xdp_mode())
+            .map_err(|source| DatapathError::Attach {
+                iface: iface.to_string(),
+                mode: mode.name(),
+                source,
+            })
     };
     match setting {
-        XdpModeSetting::Native => try_mode(prog, AttachMode::Native).map(|id| (id, AttachMode::Native)),
-        XdpModeSetting::Generic => try_mode(prog, AttachMode::Generic).map(|id| (id, AttachMode::Generic)),
+        XdpModeSetting::Native => {
+            try_mode(prog, AttachMode::Native).map(|id| (id, AttachMode::Native))
+        }
+        XdpModeSetting::Generic => {
+            try_mode(prog, AttachMode::Generic).map(|id| (id, AttachMode::Generic))
+        }
         XdpModeSetting::Auto => match try_mode(prog, AttachMode::Native) {
             Ok(id) => Ok((id, AttachMode::Native)),
             Err(e) => {
@@ -368,7 +413,14 @@ fn attach_fresh(
 }
 
 fn pin_link(link: XdpLink, iface: &str, path: &std::path::Path) -> Result<PinnedLink> {
-    let fd = FdLink::try_from(link)
-        .map_err(|source: LinkError| DatapathError::LinkNotPinnable { iface: iface.to_string(), source })?;
-    fd.pin(path).map_err(|source| DatapathError::PinLink { iface: iface.to_string(), path: path.to_path_buf(), source })
+    let fd =
+        FdLink::try_from(link).map_err(|source: LinkError| DatapathError::LinkNotPinnable {
+            iface: iface.to_string(),
+            source,
+        })?;
+    fd.pin(path).map_err(|source| DatapathError::PinLink {
+        iface: iface.to_string(),
+        path: path.to_path_buf(),
+        source,
+    })
 }

@@ -29,7 +29,9 @@ pub fn missing_from(cap_eff: u64) -> Vec<&'static str> {
 /// Capabilities this process lacks (empty when it has them all, or when the
 /// effective set cannot be read, in which case the kernel will say no itself).
 pub fn missing() -> Vec<&'static str> {
-    let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return Vec::new() };
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return Vec::new();
+    };
     status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
@@ -48,13 +50,22 @@ mod tests {
         let full = (1 << CAP_BPF) | (1 << CAP_NET_ADMIN) | (1 << CAP_PERFMON);
         assert!(missing_from(full).is_empty());
         assert!(missing_from((1 << CAP_SYS_ADMIN) | (1 << CAP_NET_ADMIN)).is_empty());
-        assert_eq!(missing_from(1 << CAP_BPF | 1 << CAP_PERFMON), ["CAP_NET_ADMIN"]);
+        assert_eq!(
+            missing_from(1 << CAP_BPF | 1 << CAP_PERFMON),
+            ["CAP_NET_ADMIN"]
+        );
         assert!(missing_from(u64::MAX).is_empty());
     }
 
     #[test]
     fn verifier_refusals_read_as_sentences() {
-        let e = super::super::DatapathError::Verifier { program: "tierguard_ingress".into(), log: "R1 invalid mem access".into() };
-        assert_eq!(e.to_string(), "the kernel refused program tierguard_ingress; verifier log follows:\nR1 invalid mem access");
+        let e = super::super::DatapathError::Verifier {
+            program: "tierguard_ingress".into(),
+            log: "R1 invalid mem access".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "the kernel refused program tierguard_ingress; verifier log follows:\nR1 invalid mem access"
+        );
     }
 }

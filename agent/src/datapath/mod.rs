@@ -19,8 +19,7 @@ pub use stats::{Stats, StatsKey, StatsReader};
 pub use test_run::{RunResult, XDP_DROP, XDP_PASS};
 
 /// The kernel object, built by build.rs.
-pub static EBPF_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tierguard"));
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tierguard"));
 
 /// bpffs magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -65,7 +64,8 @@ impl Datapath {
                     DatapathError::Load(e)
                 }
             })?;
-        let loaded = load_xdp(&mut ebpf, programs::DISPATCH).and_then(|()| load_xdp(&mut ebpf, programs::INGRESS));
+        let loaded = load_xdp(&mut ebpf, programs::DISPATCH)
+            .and_then(|()| load_xdp(&mut ebpf, programs::INGRESS));
         if let Err(e) = loaded {
             if !adopted {
                 // The maps were pinned by this load: leave nothing behind.
@@ -73,7 +73,13 @@ impl Datapath {
             }
             return Err(e);
         }
-        let mut dp = Datapath { ebpf, pin_dir: pin_dir.to_path_buf(), attachments: Vec::new(), live: None, adopted };
+        let mut dp = Datapath {
+            ebpf,
+            pin_dir: pin_dir.to_path_buf(),
+            attachments: Vec::new(),
+            live: None,
+            adopted,
+        };
         if adopted {
             // A crash between writing and switching can leave a half-written
             // inactive generation; clear it before the next transaction.
@@ -94,15 +100,30 @@ impl Datapath {
                 .program(programs::INGRESS)
                 .ok_or(DatapathError::MissingMap { map: name })?
                 .try_into()
-                .map_err(|source| DatapathError::Program { program: programs::INGRESS.into(), source })?;
+                .map_err(|source| DatapathError::Program {
+                    program: programs::INGRESS.into(),
+                    source,
+                })?;
             prog.fd()
-                .map_err(|source| DatapathError::Program { program: programs::INGRESS.into(), source })?
+                .map_err(|source| DatapathError::Program {
+                    program: programs::INGRESS.into(),
+                    source,
+                })?
                 .try_clone()
-                .map_err(|e| DatapathError::Program { program: programs::INGRESS.into(), source: aya::programs::ProgramError::IOError(e) })?
+                .map_err(|e| DatapathError::Program {
+                    program: programs::INGRESS.into(),
+                    source: aya::programs::ProgramError::IOError(e),
+                })?
         };
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
-        let mut array = aya::maps::ProgramArray::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
-        array.set(PROG_INGRESS, &fd, 0).map_err(|source| DatapathError::Install { map: name, source })
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { map: name })?;
+        let mut array = aya::maps::ProgramArray::try_from(map)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
+        array
+            .set(PROG_INGRESS, &fd, 0)
+            .map_err(|source| DatapathError::Install { map: name, source })
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -136,19 +157,30 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
             source: aya::programs::ProgramError::NotLoaded,
         })?
         .try_into()
-        .map_err(|source| DatapathError::Program { program: name.to_string(), source })?;
+        .map_err(|source| DatapathError::Program {
+            program: name.to_string(),
+            source,
+        })?;
     prog.load().map_err(|source| match source {
         // An empty log means the kernel said no before verifying (EPERM, ENOMEM...).
-        aya::programs::ProgramError::LoadError { ref verifier_log, .. } if !verifier_log.to_string().trim().is_empty() => {
-            DatapathError::Verifier { program: name.to_string(), log: verifier_log.to_string() }
-        }
-        source => DatapathError::Program { program: name.to_string(), source },
+        aya::programs::ProgramError::LoadError {
+            ref verifier_log, ..
+        } if !verifier_log.to_string().trim().is_empty() => DatapathError::Verifier {
+            program: name.to_string(),
+            log: verifier_log.to_string(),
+        },
+        source => DatapathError::Program {
+            program: name.to_string(),
+            source,
+        },
     })
 }
 
 fn ensure_pin_dir(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|source| DatapathError::PinDir { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| DatapathError::PinDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
         .map_err(|_| DatapathError::NotBpffs(dir.to_path_buf()))?;
     // SAFETY: statfs writes into the zeroed struct we own.
@@ -167,7 +199,10 @@ fn is_permission_error(e: &aya::EbpfError) -> bool {
 
 /// Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK; lift it there.
 fn bump_memlock_rlimit() {
-    let rlim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let rlim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: plain syscall on a struct we own; failure only matters on old kernels.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
 }

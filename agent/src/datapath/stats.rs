@@ -61,7 +61,11 @@ impl Datapath {
         Ok(StatsReader {
             stats: open(self.pin_dir(), names::STATS)?,
             lists: open(self.pin_dir(), names::LIST_HITS)?,
-            ifaces: self.attachments().iter().map(|a| (a.iface.clone(), a.slot)).collect(),
+            ifaces: self
+                .attachments()
+                .iter()
+                .map(|a| (a.iface.clone(), a.slot))
+                .collect(),
         })
     }
 }
@@ -73,7 +77,10 @@ impl StatsReader {
         let v = self
             .stats
             .get(&stats_index(slot, dir, reason as u8), 0)
-            .map_err(|source| DatapathError::Map { map: names::STATS, source })?;
+            .map_err(|source| DatapathError::Map {
+                map: names::STATS,
+                source,
+            })?;
         Ok(sum(v.iter()))
     }
 
@@ -82,7 +89,10 @@ impl StatsReader {
         let v = self
             .lists
             .get(&u32::from(list_id), 0)
-            .map_err(|source| DatapathError::Map { map: names::LIST_HITS, source })?;
+            .map_err(|source| DatapathError::Map {
+                map: names::LIST_HITS,
+                source,
+            })?;
         Ok(sum(v.iter()))
     }
 
@@ -95,7 +105,14 @@ impl StatsReader {
                 for reason in Reason::ALL {
                     let idx = stats_index(*slot, dir, reason as u8);
                     let v = self.stats.get(&idx, 0).map_err(err(names::STATS))?;
-                    out.packets.push((StatsKey { iface: iface.clone(), direction: dir, reason }, sum(v.iter())));
+                    out.packets.push((
+                        StatsKey {
+                            iface: iface.clone(),
+                            direction: dir,
+                            reason,
+                        },
+                        sum(v.iter()),
+                    ));
                 }
             }
         }

@@ -9,8 +9,8 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
 use tierguard_common::maps::{
-    Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
-    names,
+    Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4,
+    PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, names,
 };
 
 use super::{Datapath, DatapathError, Result};
@@ -36,12 +36,19 @@ fn hash<'a, K: aya::Pod, V: aya::Pod>(
     ebpf: &'a mut Ebpf,
     name: &'static str,
 ) -> Result<HashMap<&'a mut MapData, K, V>> {
-    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::MissingMap { map: name })?;
     HashMap::try_from(map).map_err(map_err(name))
 }
 
-fn array<'a, V: aya::Pod>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<Array<&'a mut MapData, V>> {
-    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+fn array<'a, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, V>> {
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::MissingMap { map: name })?;
     Array::try_from(map).map_err(map_err(name))
 }
 
@@ -52,12 +59,18 @@ fn active_slot(ebpf: &mut Ebpf) -> Result<u8> {
 
 pub(super) fn live_generation(ebpf: &Ebpf) -> Result<u64> {
     let name = names::ACTIVE_SLOT;
-    let a: Array<_, u32> =
-        Array::try_from(ebpf.map(name).ok_or(DatapathError::MissingMap { map: name })?).map_err(map_err(name))?;
+    let a: Array<_, u32> = Array::try_from(
+        ebpf.map(name)
+            .ok_or(DatapathError::MissingMap { map: name })?,
+    )
+    .map_err(map_err(name))?;
     let slot = a.get(&0, 0).map_err(map_err(name))? & 1;
     let name = names::POLICY_META;
-    let m: Array<_, PolicyMeta> =
-        Array::try_from(ebpf.map(name).ok_or(DatapathError::MissingMap { map: name })?).map_err(map_err(name))?;
+    let m: Array<_, PolicyMeta> = Array::try_from(
+        ebpf.map(name)
+            .ok_or(DatapathError::MissingMap { map: name })?,
+    )
+    .map_err(map_err(name))?;
     Ok(m.get(&slot, 0).map_err(map_err(name))?.generation)
 }
 
@@ -76,15 +89,26 @@ fn sweep_slot(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
     let base = u32::from(slot) * V4_DIRECT_BLOCKS;
     for i in base..base + V4_DIRECT_BLOCKS {
         if direct.get(&i, 0).is_ok_and(|b| b != DirectBlock::EMPTY) {
-            direct.set(i, DirectBlock::EMPTY, 0).map_err(map_err(names::V4_DIRECT))?;
+            direct
+                .set(i, DirectBlock::EMPTY, 0)
+                .map_err(map_err(names::V4_DIRECT))?;
         }
     }
     Ok(())
 }
 
-fn sweep<K: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, slot: u8, slot_of: fn(&K) -> u8) -> Result<()> {
+fn sweep<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    slot: u8,
+    slot_of: fn(&K) -> u8,
+) -> Result<()> {
     let mut m: HashMap<_, K, ListEntry> = hash(ebpf, name)?;
-    let stale: Vec<K> = m.keys().filter_map(|k| k.ok()).filter(|k| slot_of(k) == slot).collect();
+    let stale: Vec<K> = m
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| slot_of(k) == slot)
+        .collect();
     for k in &stale {
         let _ = m.remove(k);
     }
@@ -109,7 +133,11 @@ impl Datapath {
             delete(ebpf, &written);
             return Err(e);
         }
-        let meta = PolicyMeta { reserved: 0, v6_strides: policy.v6_strides, generation };
+        let meta = PolicyMeta {
+            reserved: 0,
+            v6_strides: policy.v6_strides,
+            generation,
+        };
         let commit = (|| {
             array::<PolicyMeta>(ebpf, names::POLICY_META)?
                 .set(u32::from(new), meta, 0)
@@ -147,11 +175,14 @@ fn reset_renamed_list_counters(ebpf: &mut Ebpf, policy: &CompiledPolicy) -> Resu
             let mut want = [0u8; LIST_NAME_LEN];
             if let Some(l) = policy.lists.get(id as usize) {
                 let b = l.name.as_bytes();
-                want[..b.len().min(LIST_NAME_LEN)].copy_from_slice(&b[..b.len().min(LIST_NAME_LEN)]);
+                want[..b.len().min(LIST_NAME_LEN)]
+                    .copy_from_slice(&b[..b.len().min(LIST_NAME_LEN)]);
             }
             let have = names_map.get(&id, 0).map_err(map_err(names::LIST_NAMES))?;
             if have != want {
-                names_map.set(id, want, 0).map_err(map_err(names::LIST_NAMES))?;
+                names_map
+                    .set(id, want, 0)
+                    .map_err(map_err(names::LIST_NAMES))?;
                 changed.push(id);
             }
         }
@@ -160,7 +191,9 @@ fn reset_renamed_list_counters(ebpf: &mut Ebpf, policy: &CompiledPolicy) -> Resu
         return Ok(());
     }
     let name = names::LIST_HITS;
-    let map = ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::MissingMap { map: name })?;
     let mut hits: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).map_err(map_err(name))?;
     for id in changed {
         hits.set(id, zero_per_cpu()?, 0).map_err(map_err(name))?;
@@ -174,10 +207,17 @@ pub(super) fn zero_per_cpu() -> Result<PerCpuValues<Counter>> {
     PerCpuValues::try_from(vec![Counter::default(); n]).map_err(DatapathError::Cpus)
 }
 
-fn write_generation(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u8, written: &mut Written) -> Result<()> {
+fn write_generation(
+    ebpf: &mut Ebpf,
+    policy: &CompiledPolicy,
+    slot: u8,
+    written: &mut Written,
+) -> Result<()> {
     let mut codes: Array<_, DirectCode> = array(ebpf, names::V4_CODES)?;
     for (i, code) in policy.v4_codes.iter().enumerate() {
-        codes.set(u32::from(slot) * V4_CODES_PER_SLOT + i as u32, *code, 0).map_err(map_err(names::V4_CODES))?;
+        codes
+            .set(u32::from(slot) * V4_CODES_PER_SLOT + i as u32, *code, 0)
+            .map_err(map_err(names::V4_CODES))?;
     }
     let mut direct: Array<_, DirectBlock> = array(ebpf, names::V4_DIRECT)?;
     for (&block, b) in &policy.v4_blocks {
@@ -187,13 +227,23 @@ fn write_generation(ebpf: &mut Ebpf, policy: &CompiledPolicy, slot: u8, written:
     }
     let mut v4: HashMap<_, PrefixKeyV4, ListEntry> = hash(ebpf, names::LIST_V4)?;
     for (&addr, entry) in &policy.v4_long {
-        let key = PrefixKeyV4 { slot, len: 32, _pad: [0; 2], addr };
+        let key = PrefixKeyV4 {
+            slot,
+            len: 32,
+            _pad: [0; 2],
+            addr,
+        };
         v4.insert(key, *entry, 0).map_err(map_err(names::LIST_V4))?;
         written.v4.push(key);
     }
     let mut v6: HashMap<_, PrefixKeyV6, ListEntry> = hash(ebpf, names::LIST_V6)?;
     for (&(len, addr), entry) in &policy.v6 {
-        let key = PrefixKeyV6 { slot, len, _pad: [0; 2], addr };
+        let key = PrefixKeyV6 {
+            slot,
+            len,
+            _pad: [0; 2],
+            addr,
+        };
         v6.insert(key, *entry, 0).map_err(map_err(names::LIST_V6))?;
         written.v6.push(key);
     }

@@ -32,15 +32,27 @@ impl Datapath {
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(name)
-            .ok_or_else(|| DatapathError::Program { program: name.into(), source: aya::programs::ProgramError::NotLoaded })?
+            .ok_or_else(|| DatapathError::Program {
+                program: name.into(),
+                source: aya::programs::ProgramError::NotLoaded,
+            })?
             .try_into()
-            .map_err(|source| DatapathError::Program { program: name.into(), source })?;
+            .map_err(|source| DatapathError::Program {
+                program: name.into(),
+                source,
+            })?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
         let r = prog
             .test_run(opts)
-            .map_err(|source| DatapathError::Program { program: name.into(), source })?;
-        Ok(RunResult { action: r.return_value, per_run: r.duration })
+            .map_err(|source| DatapathError::Program {
+                program: name.into(),
+                source,
+            })?;
+        Ok(RunResult {
+            action: r.return_value,
+            per_run: r.duration,
+        })
     }
 }

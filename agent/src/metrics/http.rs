@@ -87,7 +87,8 @@ fn route(request: &[u8], endpoint: &dyn Endpoint) -> (u16, &'static str, String,
     let text = String::from_utf8_lossy(request);
     let line = text.lines().next().unwrap_or("");
     let mut parts = line.split_whitespace();
-    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version)) = (parts.next(), parts.next(), parts.next())
+    else {
         return (400, "text/plain", "bad request\n".into(), false);
     };
     if !version.starts_with("HTTP/1.") {
@@ -99,11 +100,21 @@ fn route(request: &[u8], endpoint: &dyn Endpoint) -> (u16, &'static str, String,
     }
     let path = target.split('?').next().unwrap_or("");
     match path {
-        "/metrics" => (200, "text/plain; version=0.0.4; charset=utf-8", endpoint.metrics(), head_only),
+        "/metrics" => (
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            endpoint.metrics(),
+            head_only,
+        ),
         "/healthz" => (200, "text/plain", "ok\n".into(), head_only),
         "/readyz" if endpoint.ready() => (200, "text/plain", "ready\n".into(), head_only),
         "/readyz" => (503, "text/plain", "not ready\n".into(), head_only),
-        _ => (404, "text/plain", "not found: try /metrics, /healthz or /readyz\n".into(), head_only),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try /metrics, /healthz or /readyz\n".into(),
+            head_only,
+        ),
     }
 }
 
@@ -141,16 +152,36 @@ mod tests {
         let r = request(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").await;
         assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
         assert!(r.ends_with("tierguard_x 1\n"));
-        assert!(request(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 503"));
+        assert!(
+            request(addr, b"GET /readyz HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 503")
+        );
         fake.0.store(true, Ordering::SeqCst);
-        assert!(request(addr, b"GET /readyz HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 200"));
-        assert!(request(addr, b"GET /healthz HTTP/1.0\r\n\r\n").await.starts_with("HTTP/1.1 200"));
+        assert!(
+            request(addr, b"GET /readyz HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        assert!(
+            request(addr, b"GET /healthz HTTP/1.0\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
         let head = request(addr, b"HEAD /metrics HTTP/1.1\r\n\r\n").await;
         assert!(head.starts_with("HTTP/1.1 200") && !head.contains("tierguard_x"));
-        assert!(request(addr, b"GET /nope HTTP/1.1\r\n\r\n").await.starts_with("HTTP/1.1 404"));
+        assert!(
+            request(addr, b"GET /nope HTTP/1.1\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 404")
+        );
         let post = request(addr, b"POST /metrics HTTP/1.1\r\n\r\n").await;
         assert!(post.starts_with("HTTP/1.1 405") && post.contains("Allow: GET, HEAD"));
-        assert!(request(addr, b"garbage\r\n\r\n").await.starts_with("HTTP/1.1 400"));
+        assert!(
+            request(addr, b"garbage\r\n\r\n")
+                .await
+                .starts_with("HTTP/1.1 400")
+        );
         let huge = vec![b'a'; MAX_REQUEST + 10];
         assert!(request(addr, &huge).await.starts_with("HTTP/1.1 400"));
     }

@@ -35,39 +35,61 @@ fn opts(name: &str, help: &str) -> Opts {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
-        let generation = IntGauge::with_opts(opts("policy_generation", "Generation number of the live policy.")).expect("valid metric");
+        let generation = IntGauge::with_opts(opts(
+            "policy_generation",
+            "Generation number of the live policy.",
+        ))
+        .expect("valid metric");
         let load_seconds = Gauge::with_opts(opts(
             "policy_load_duration_seconds",
             "Time the last successful policy change took, from reading the config to the switch.",
         ))
         .expect("valid metric");
         let reloads = IntCounterVec::new(
-            opts("policy_reloads_total", "Policy loads attempted, by result (success, failure)."),
+            opts(
+                "policy_reloads_total",
+                "Policy loads attempted, by result (success, failure).",
+            ),
             &["result"],
         )
         .expect("valid metric");
         let list_prefixes = IntGaugeVec::new(
-            opts("policy_list_prefixes", "Prefixes configured in each list, by address family."),
+            opts(
+                "policy_list_prefixes",
+                "Prefixes configured in each list, by address family.",
+            ),
             &["list", "action", "family"],
         )
         .expect("valid metric");
         let attach_mode = IntGaugeVec::new(
-            opts("xdp_attach_mode", "1 for the XDP mode in use on each interface (native or generic)."),
+            opts(
+                "xdp_attach_mode",
+                "1 for the XDP mode in use on each interface (native or generic).",
+            ),
             &["interface", "mode"],
         )
         .expect("valid metric");
         let policy_info = IntGaugeVec::new(
-            opts("policy_info", "1, labelled with the live policy's hash and where it came from."),
+            opts(
+                "policy_info",
+                "1, labelled with the live policy's hash and where it came from.",
+            ),
             &["hash", "source"],
         )
         .expect("valid metric");
         let scrape_errors = IntCounterVec::new(
-            opts("scrape_errors_total", "Scrapes that could not read or encode everything, by stage (counters, encode)."),
+            opts(
+                "scrape_errors_total",
+                "Scrapes that could not read or encode everything, by stage (counters, encode).",
+            ),
             &["stage"],
         )
         .expect("valid metric");
-        let build = IntGaugeVec::new(opts("build_info", "1, labelled with the agent's version."), &["version"])
-            .expect("valid metric");
+        let build = IntGaugeVec::new(
+            opts("build_info", "1, labelled with the agent's version."),
+            &["version"],
+        )
+        .expect("valid metric");
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for c in [
             Box::new(generation.clone()) as Box<dyn prometheus::core::Collector>,
@@ -84,7 +106,16 @@ impl Metrics {
         // Both results exist from the start, so rate() works before the first failure.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
-        Metrics { registry, generation, load_seconds, reloads, list_prefixes, attach_mode, policy_info, scrape_errors }
+        Metrics {
+            registry,
+            generation,
+            load_seconds,
+            reloads,
+            list_prefixes,
+            attach_mode,
+            policy_info,
+            scrape_errors,
+        }
     }
 
     /// Records the lists of a newly applied policy.
@@ -95,8 +126,12 @@ impl Metrics {
         self.list_prefixes.reset();
         for l in lists {
             let action = l.action.name();
-            self.list_prefixes.with_label_values(&[l.name.as_str(), action, "ipv4"]).set(l.v4_prefixes as i64);
-            self.list_prefixes.with_label_values(&[l.name.as_str(), action, "ipv6"]).set(l.v6_prefixes as i64);
+            self.list_prefixes
+                .with_label_values(&[l.name.as_str(), action, "ipv4"])
+                .set(l.v4_prefixes as i64);
+            self.list_prefixes
+                .with_label_values(&[l.name.as_str(), action, "ipv6"])
+                .set(l.v6_prefixes as i64);
         }
     }
 
@@ -172,10 +207,26 @@ fn kernel_families(s: &Stats, lists: &[ListInfo]) -> Vec<MetricFamily> {
         hit_bytes.push(counter(labels(), c.bytes));
     }
     vec![
-        family("packets_total", "Packets seen by the datapath, by interface, direction, verdict and reason.", packets),
-        family("bytes_total", "Bytes seen by the datapath, by interface, direction, verdict and reason.", bytes),
-        family("list_hits_total", "Packets whose source matched a list (the list that decided).", hits),
-        family("list_hit_bytes_total", "Bytes of packets whose source matched a list.", hit_bytes),
+        family(
+            "packets_total",
+            "Packets seen by the datapath, by interface, direction, verdict and reason.",
+            packets,
+        ),
+        family(
+            "bytes_total",
+            "Bytes seen by the datapath, by interface, direction, verdict and reason.",
+            bytes,
+        ),
+        family(
+            "list_hits_total",
+            "Packets whose source matched a list (the list that decided).",
+            hits,
+        ),
+        family(
+            "list_hit_bytes_total",
+            "Bytes of packets whose source matched a list.",
+            hit_bytes,
+        ),
     ]
 }
 
@@ -193,7 +244,10 @@ mod tests {
     fn renders_a_policy_without_lists() {
         let m = Metrics::new();
         m.set_policy(1, "h", "p.toml", &[]);
-        let stats = Stats { packets: Vec::new(), lists: Vec::new() };
+        let stats = Stats {
+            packets: Vec::new(),
+            lists: Vec::new(),
+        };
         let text = m.render(Some(&stats), &[]);
         assert!(text.contains("tierguard_policy_generation 1"), "{text}");
         assert!(!text.contains("tierguard_list_hits_total"));
@@ -202,14 +256,29 @@ mod tests {
     #[test]
     fn renders_kernel_counters_with_labels() {
         let m = Metrics::new();
-        let lists = vec![ListInfo { name: "bogons".into(), action: ListAction::Deny, v4_prefixes: 2, v6_prefixes: 1 }];
+        let lists = vec![ListInfo {
+            name: "bogons".into(),
+            action: ListAction::Deny,
+            v4_prefixes: 2,
+            v6_prefixes: 1,
+        }];
         m.set_policy(3, "abc", "p.toml", &lists);
         let stats = Stats {
             packets: vec![(
-                StatsKey { iface: "eth0".into(), direction: Direction::Ingress, reason: Reason::DenyList },
-                Counter { packets: 7, bytes: 420 },
+                StatsKey {
+                    iface: "eth0".into(),
+                    direction: Direction::Ingress,
+                    reason: Reason::DenyList,
+                },
+                Counter {
+                    packets: 7,
+                    bytes: 420,
+                },
             )],
-            lists: vec![Counter { packets: 7, bytes: 420 }],
+            lists: vec![Counter {
+                packets: 7,
+                bytes: 420,
+            }],
         };
         let text = m.render(Some(&stats), &lists);
         assert!(text.contains(
@@ -219,7 +288,9 @@ mod tests {
         assert!(text.contains("tierguard_list_hits_total{action=\"deny\",list=\"bogons\"} 7"));
         assert!(text.contains("# TYPE tierguard_packets_total counter"));
         assert!(text.contains("tierguard_policy_generation 3"));
-        assert!(text.contains("tierguard_policy_list_prefixes{action=\"deny\",family=\"ipv4\",list=\"bogons\"} 2"));
+        assert!(text.contains(
+            "tierguard_policy_list_prefixes{action=\"deny\",family=\"ipv4\",list=\"bogons\"} 2"
+        ));
         assert!(text.contains("tierguard_policy_reloads_total{result=\"failure\"} 0"));
     }
 }

@@ -11,10 +11,12 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use tierguard_common::{
     maps::{
-        CODE_ENTRY, CODE_LONGER, DirectBlock, DirectCode, LIST_V4_CAPACITY, LIST_V6_CAPACITY, ListAction,
-        ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK,
+        CODE_ENTRY, CODE_LONGER, DirectBlock, DirectCode, LIST_V4_CAPACITY, LIST_V6_CAPACITY,
+        ListAction, ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK,
     },
-    prefix::{V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len, wins},
+    prefix::{
+        V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len, wins,
+    },
 };
 
 use crate::config::{Config, ConfigError, ConfigErrors};
@@ -59,7 +61,11 @@ impl CompiledPolicy {
                 v6_prefixes: 0,
             };
             for net in &list.prefixes {
-                let entry = ListEntry { list_id: id, action: list.action as u8, orig_len: net.prefix() };
+                let entry = ListEntry {
+                    list_id: id,
+                    action: list.action as u8,
+                    orig_len: net.prefix(),
+                };
                 match net {
                     IpNetwork::V4(n) => {
                         info.v4_prefixes += 1;
@@ -76,7 +82,9 @@ impl CompiledPolicy {
                         let len = n.prefix();
                         let stride = stride_for(len);
                         p.v6_strides |= 1 << stride_bit(stride);
-                        expand(&mask(&n.network().octets(), len), len, |a| upsert(&mut p.v6, (stride, a), entry));
+                        expand(&mask(&n.network().octets(), len), len, |a| {
+                            upsert(&mut p.v6, (stride, a), entry)
+                        });
                     }
                 }
             }
@@ -84,11 +92,20 @@ impl CompiledPolicy {
         }
         let mut errors = Vec::new();
         if let Err(message) = p.build_direct_table(short_v4) {
-            errors.push(ConfigError { file: config.origin.clone(), line: 0, column: 0, message });
+            errors.push(ConfigError {
+                file: config.origin.clone(),
+                line: 0,
+                column: 0,
+                message,
+            });
         }
         // Both generations share a map during a reload, so one may use half.
         for (what, used, cap) in [
-            ("IPv4 (longer than /24)", p.v4_long.len(), LIST_V4_CAPACITY / 2),
+            (
+                "IPv4 (longer than /24)",
+                p.v4_long.len(),
+                LIST_V4_CAPACITY / 2,
+            ),
             ("IPv6", p.v6.len(), LIST_V6_CAPACITY / 2),
         ] {
             if used > cap as usize {
@@ -149,7 +166,11 @@ impl CompiledPolicy {
             .lists
             .iter()
             .enumerate()
-            .map(|(id, l)| ListEntry { list_id: id as u16, action: l.action as u8, orig_len: 0 })
+            .map(|(id, l)| ListEntry {
+                list_id: id as u16,
+                action: l.action as u8,
+                orig_len: 0,
+            })
             .collect();
         self.v4_codes = vec![DirectCode::default()];
         let mut codes: HashMap<(u16, bool), u8> = HashMap::new();
@@ -249,8 +270,12 @@ mod tests {
     }
 
     fn hit(p: &CompiledPolicy, a: &str) -> Option<(String, ListAction)> {
-        p.lookup_source(a.parse().unwrap())
-            .map(|e| (p.lists[e.list_id as usize].name.clone(), ListAction::from_u8(e.action).unwrap()))
+        p.lookup_source(a.parse().unwrap()).map(|e| {
+            (
+                p.lists[e.list_id as usize].name.clone(),
+                ListAction::from_u8(e.action).unwrap(),
+            )
+        })
     }
 
     const POLICY: &str = r#"
@@ -271,34 +296,66 @@ cidrs = ["10.1.2.0/23"]
     #[test]
     fn longest_prefix_wins_across_lists() {
         let p = compile(POLICY);
-        assert_eq!(hit(&p, "10.9.9.9"), Some(("deny-wide".into(), ListAction::Deny)));
-        assert_eq!(hit(&p, "10.1.9.9"), Some(("allow-exception".into(), ListAction::Allow)));
+        assert_eq!(
+            hit(&p, "10.9.9.9"),
+            Some(("deny-wide".into(), ListAction::Deny))
+        );
+        assert_eq!(
+            hit(&p, "10.1.9.9"),
+            Some(("allow-exception".into(), ListAction::Allow))
+        );
         // /23 inside the /16 exception: deny again.
-        assert_eq!(hit(&p, "10.1.3.200"), Some(("deny-narrow".into(), ListAction::Deny)));
+        assert_eq!(
+            hit(&p, "10.1.3.200"),
+            Some(("deny-narrow".into(), ListAction::Deny))
+        );
         // A /32 exception inside that /23.
-        assert_eq!(hit(&p, "10.1.2.3"), Some(("allow-exception".into(), ListAction::Allow)));
+        assert_eq!(
+            hit(&p, "10.1.2.3"),
+            Some(("allow-exception".into(), ListAction::Allow))
+        );
         assert_eq!(hit(&p, "11.0.0.1"), None);
-        assert_eq!(hit(&p, "2001:db8:2::1"), Some(("deny-wide".into(), ListAction::Deny)));
-        assert_eq!(hit(&p, "2001:db8:1::1"), Some(("allow-exception".into(), ListAction::Allow)));
+        assert_eq!(
+            hit(&p, "2001:db8:2::1"),
+            Some(("deny-wide".into(), ListAction::Deny))
+        );
+        assert_eq!(
+            hit(&p, "2001:db8:1::1"),
+            Some(("allow-exception".into(), ListAction::Allow))
+        );
         assert_eq!(hit(&p, "2001:db9::1"), None);
     }
 
     #[test]
     fn same_prefix_in_allow_and_deny_denies() {
         let p = compile(POLICY);
-        assert_eq!(hit(&p, "192.0.2.1"), Some(("deny-wide".into(), ListAction::Deny)));
+        assert_eq!(
+            hit(&p, "192.0.2.1"),
+            Some(("deny-wide".into(), ListAction::Deny))
+        );
         assert_eq!(hit(&p, "192.0.2.129"), None);
     }
 
     #[test]
     fn edges_of_prefixes() {
-        let p = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.1.2.0/23\", \"0.0.0.0/0\"]\n");
+        let p = compile(
+            "[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.1.2.0/23\", \"0.0.0.0/0\"]\n",
+        );
         // /0 matches everything; the /23 covers exactly 10.1.2.0-10.1.3.255.
-        for a in ["10.1.1.255", "10.1.2.0", "10.1.3.255", "10.1.4.0", "255.255.255.255", "0.0.0.0"] {
+        for a in [
+            "10.1.1.255",
+            "10.1.2.0",
+            "10.1.3.255",
+            "10.1.4.0",
+            "255.255.255.255",
+            "0.0.0.0",
+        ] {
             assert!(p.lookup_source(a.parse().unwrap()).is_some(), "{a}");
         }
         assert!(p.lookup_source("::1".parse().unwrap()).is_none());
-        let q = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.1.2.0/23\"]\n[[lists]]\nname = \"a\"\naction = \"allow\"\ncidrs = [\"10.0.0.0/8\"]\n");
+        let q = compile(
+            "[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.1.2.0/23\"]\n[[lists]]\nname = \"a\"\naction = \"allow\"\ncidrs = [\"10.0.0.0/8\"]\n",
+        );
         let list = |a: &str| q.lookup_source(a.parse().unwrap()).map(|e| e.list_id);
         assert_eq!(list("10.1.1.255"), Some(1));
         assert_eq!(list("10.1.2.0"), Some(0));
@@ -309,7 +366,9 @@ cidrs = ["10.1.2.0/23"]
 
     #[test]
     fn strides_and_expansion_sizes() {
-        let p = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/22\", \"192.0.2.1\", \"192.0.2.128/25\", \"2001:db8::/33\"]\n");
+        let p = compile(
+            "[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/22\", \"192.0.2.1\", \"192.0.2.128/25\", \"2001:db8::/33\"]\n",
+        );
         // 10.0.0.0/22 paints 4 /24s in one block; 192.0.2.0/24 is marked as holding longer prefixes.
         assert_eq!(p.v4_blocks.len(), 2);
         assert_eq!(p.v4_long.len(), 1 + 128);
@@ -322,8 +381,12 @@ cidrs = ["10.1.2.0/23"]
 
     #[test]
     fn hash_ignores_comments_and_changes_with_content() {
-        let a = compile("# one\n[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/8\"]\n");
-        let b = compile("[[lists]]\n# two\nname = \"d\"\naction = \"deny\"\ncidrs = [ \"10.0.0.0/8\" ]\n");
+        let a = compile(
+            "# one\n[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/8\"]\n",
+        );
+        let b = compile(
+            "[[lists]]\n# two\nname = \"d\"\naction = \"deny\"\ncidrs = [ \"10.0.0.0/8\" ]\n",
+        );
         let c = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/9\"]\n");
         assert_eq!(a.hash, b.hash);
         assert_ne!(a.hash, c.hash);

@@ -18,6 +18,9 @@ use crate::reason::Reason;
 /// checked for presence with `has`. That shape is also what the verifier accepts.
 pub trait Bytes {
     fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Whether the first `end` bytes are all present.
     fn has(&self, end: usize) -> bool;
     /// Copies `N` bytes starting at `off`, or `None` past the end.
@@ -103,7 +106,9 @@ pub fn parse<B: Bytes + ?Sized>(b: &B) -> Result<Packet, Reason> {
         ETH_P_IPV6 => parse_ipv6(b, off, &mut p)?,
         // They carry IP that lists would have to match, but a node's host
         // interfaces do not terminate them: refused rather than passed unread.
-        ETH_P_MPLS_UC | ETH_P_MPLS_MC | ETH_P_PPPOE_SESSION => return Err(Reason::UnsupportedEncap),
+        ETH_P_MPLS_UC | ETH_P_MPLS_MC | ETH_P_PPPOE_SESSION => {
+            return Err(Reason::UnsupportedEncap);
+        }
         _ => {}
     }
     Ok(p)
@@ -157,7 +162,12 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize, p: &mut Packet) -> Result<()
     let mut seen = 0usize;
     while matches!(
         next,
-        IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_MH | IPPROTO_FRAGMENT | IPPROTO_AH
+        IPPROTO_HOPOPTS
+            | IPPROTO_ROUTING
+            | IPPROTO_DSTOPTS
+            | IPPROTO_MH
+            | IPPROTO_FRAGMENT
+            | IPPROTO_AH
     ) {
         if seen == MAX_IPV6_EXT_HEADERS {
             return Err(Reason::Ipv6ExtChain);
@@ -195,7 +205,11 @@ fn parse_ipv6<B: Bytes + ?Sized>(b: &B, off: usize, p: &mut Packet) -> Result<()
 fn parse_l4<B: Bytes + ?Sized>(b: &B, off: usize, p: &mut Packet) -> Result<(), Reason> {
     // A first fragment that cannot hold the transport header is refused as a
     // known evasion; an unfragmented packet that short is simply truncated.
-    let short = if p.flags & FLAG_FRAGMENT != 0 { Reason::TinyFragment } else { Reason::Truncated };
+    let short = if p.flags & FLAG_FRAGMENT != 0 {
+        Reason::TinyFragment
+    } else {
+        Reason::Truncated
+    };
     match p.proto {
         PROTO_TCP => {
             let t: [u8; 20] = b.array_at(off).ok_or(short)?;

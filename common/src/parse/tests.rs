@@ -17,7 +17,10 @@ fn truncation(frame: &[u8], full: usize, want: Reason) {
     for cut in 0..full {
         assert_eq!(parse(&frame[..cut]), Err(want), "cut at {cut} of {full}");
     }
-    assert!(parse(&frame[..full]).is_ok(), "full header of {full} bytes should parse");
+    assert!(
+        parse(&frame[..full]).is_ok(),
+        "full header of {full} bytes should parse"
+    );
 }
 
 #[test]
@@ -88,7 +91,10 @@ fn ipv4_fragments() {
     let mut v = V4::new(A4, B4, PROTO_UDP);
     v.more_fragments = true;
     let p = ok(&ether(&[], ETH_P_IPV4, &v.packet(&udp(1, 53, 100))));
-    assert_eq!(p.flags & (FLAG_FRAGMENT | FLAG_LATER_FRAGMENT | FLAG_L4), FLAG_FRAGMENT | FLAG_L4);
+    assert_eq!(
+        p.flags & (FLAG_FRAGMENT | FLAG_LATER_FRAGMENT | FLAG_L4),
+        FLAG_FRAGMENT | FLAG_L4
+    );
     assert_eq!(p.dport, 53);
     // A first fragment too short for its transport header.
     let frame = ether(&[], ETH_P_IPV4, &v.packet(&[0u8; 4]));
@@ -100,7 +106,10 @@ fn ipv4_fragments() {
     // Later fragments: addresses only.
     v.frag_offset = 185;
     let p = ok(&ether(&[], ETH_P_IPV4, &v.packet(&[0xab; 8])));
-    assert_eq!(p.flags & (FLAG_LATER_FRAGMENT | FLAG_L4), FLAG_LATER_FRAGMENT);
+    assert_eq!(
+        p.flags & (FLAG_LATER_FRAGMENT | FLAG_L4),
+        FLAG_LATER_FRAGMENT
+    );
     assert_eq!((p.sport, p.dport), (0, 0));
     assert_eq!(p.src_v4(), A4);
 }
@@ -114,7 +123,11 @@ fn vlan_tags() {
     let p = ok(&frame);
     assert_eq!((p.vlan_depth, p.src_v4()), (2, A4));
     truncation(&frame, frame.len(), Reason::Truncated);
-    let three = ether(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IPV4, &inner);
+    let three = ether(
+        &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
+        ETH_P_IPV4,
+        &inner,
+    );
     assert_eq!(parse(&three[..]), Err(Reason::VlanDepth));
     // ARP inside a VLAN is still non-IP.
     let arp = ether(&[ETH_P_8021Q], 0x0806, &[0u8; 28]);
@@ -131,7 +144,12 @@ fn non_ip_passes_parse_with_family_zero() {
 
 #[test]
 fn ipv6_plain() {
-    let p = ok(&v6_frame(A6, B6, PROTO_TCP, &tcp(1234, 443, TCP_SYN | TCP_ACK, 0)));
+    let p = ok(&v6_frame(
+        A6,
+        B6,
+        PROTO_TCP,
+        &tcp(1234, 443, TCP_SYN | TCP_ACK, 0),
+    ));
     assert_eq!((p.family, p.src, p.dst), (6, A6, B6));
     assert_eq!((p.dport, p.tcp_flags), (443, TCP_SYN | TCP_ACK));
     let p = ok(&v6_frame(A6, B6, PROTO_ICMPV6, &icmp(135, 0)));
@@ -142,8 +160,18 @@ fn ipv6_plain() {
 
 #[test]
 fn ipv6_extension_chain() {
-    let exts = [Ext::HopByHop, Ext::DestOpts, Ext::Routing, Ext::Auth { len: 4 }, Ext::DestOpts];
-    let frame = ether(&[], ETH_P_IPV6, &ipv6(A6, B6, &exts, PROTO_TCP, &tcp(5, 22, TCP_SYN, 0)));
+    let exts = [
+        Ext::HopByHop,
+        Ext::DestOpts,
+        Ext::Routing,
+        Ext::Auth { len: 4 },
+        Ext::DestOpts,
+    ];
+    let frame = ether(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(A6, B6, &exts, PROTO_TCP, &tcp(5, 22, TCP_SYN, 0)),
+    );
     let p = ok(&frame);
     assert_eq!((p.proto, p.dport), (PROTO_TCP, 22));
     truncation(&frame, frame.len(), Reason::Truncated);
@@ -152,23 +180,51 @@ fn ipv6_extension_chain() {
 #[test]
 fn ipv6_chain_limit() {
     let eight = vec![Ext::DestOpts; MAX_IPV6_EXT_HEADERS];
-    let frame = ether(&[], ETH_P_IPV6, &ipv6(A6, B6, &eight, PROTO_UDP, &udp(1, 53, 0)));
+    let frame = ether(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(A6, B6, &eight, PROTO_UDP, &udp(1, 53, 0)),
+    );
     assert_eq!(ok(&frame).dport, 53);
     let nine = vec![Ext::DestOpts; MAX_IPV6_EXT_HEADERS + 1];
-    let frame = ether(&[], ETH_P_IPV6, &ipv6(A6, B6, &nine, PROTO_UDP, &udp(1, 53, 0)));
+    let frame = ether(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(A6, B6, &nine, PROTO_UDP, &udp(1, 53, 0)),
+    );
     assert_eq!(parse(&frame[..]), Err(Reason::Ipv6ExtChain));
 }
 
 #[test]
 fn ipv6_fragments() {
-    let first = [Ext::Fragment { offset: 0, more: true }];
-    let p = ok(&ether(&[], ETH_P_IPV6, &ipv6(A6, B6, &first, PROTO_UDP, &udp(1, 53, 64))));
+    let first = [Ext::Fragment {
+        offset: 0,
+        more: true,
+    }];
+    let p = ok(&ether(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(A6, B6, &first, PROTO_UDP, &udp(1, 53, 64)),
+    ));
     assert_eq!(p.flags & (FLAG_FRAGMENT | FLAG_L4), FLAG_FRAGMENT | FLAG_L4);
     let tiny = ether(&[], ETH_P_IPV6, &ipv6(A6, B6, &first, PROTO_TCP, &[0u8; 8]));
     assert_eq!(parse(&tiny[..]), Err(Reason::TinyFragment));
-    let later = [Ext::HopByHop, Ext::Fragment { offset: 100, more: false }];
-    let p = ok(&ether(&[], ETH_P_IPV6, &ipv6(A6, B6, &later, PROTO_TCP, &[0u8; 16])));
-    assert_eq!(p.flags & (FLAG_LATER_FRAGMENT | FLAG_L4), FLAG_LATER_FRAGMENT);
+    let later = [
+        Ext::HopByHop,
+        Ext::Fragment {
+            offset: 100,
+            more: false,
+        },
+    ];
+    let p = ok(&ether(
+        &[],
+        ETH_P_IPV6,
+        &ipv6(A6, B6, &later, PROTO_TCP, &[0u8; 16]),
+    ));
+    assert_eq!(
+        p.flags & (FLAG_LATER_FRAGMENT | FLAG_L4),
+        FLAG_LATER_FRAGMENT
+    );
     assert_eq!(p.proto, PROTO_TCP);
     assert_eq!(p.src, A6);
 }
@@ -201,7 +257,9 @@ fn garbage_never_panics() {
         x ^= x >> 7;
         x ^= x << 17;
         let len = (x % 200) as usize;
-        let mut f: Vec<u8> = (0..len).map(|i| (x.rotate_left(i as u32) & 0xff) as u8).collect();
+        let mut f: Vec<u8> = (0..len)
+            .map(|i| (x.rotate_left(i as u32) & 0xff) as u8)
+            .collect();
         if len > 14 {
             let et = [ETH_P_IPV4, ETH_P_IPV6, ETH_P_8021Q][n % 3];
             f[12..14].copy_from_slice(&et.to_be_bytes());
@@ -212,8 +270,14 @@ fn garbage_never_panics() {
 
 #[test]
 fn mpls_and_pppoe_are_refused_and_old_qinq_is_followed() {
-    assert_eq!(parse(&ether(&[], ETH_P_MPLS_UC, &[0u8; 40])[..]), Err(Reason::UnsupportedEncap));
-    assert_eq!(parse(&ether(&[ETH_P_8021Q], ETH_P_PPPOE_SESSION, &[0u8; 40])[..]), Err(Reason::UnsupportedEncap));
+    assert_eq!(
+        parse(&ether(&[], ETH_P_MPLS_UC, &[0u8; 40])[..]),
+        Err(Reason::UnsupportedEncap)
+    );
+    assert_eq!(
+        parse(&ether(&[ETH_P_8021Q], ETH_P_PPPOE_SESSION, &[0u8; 40])[..]),
+        Err(Reason::UnsupportedEncap)
+    );
     let inner = V4::new(A4, B4, PROTO_UDP).packet(&udp(1, 53, 0));
     let p = ok(&ether(&[ETH_P_QINQ_9100, ETH_P_8021Q], ETH_P_IPV4, &inner));
     assert_eq!((p.vlan_depth, p.dport), (2, 53));
