@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use aya::{
     maps::{Array, PerCpuArray},
     programs::{
-        ProgramError, Xdp,
+        Xdp,
         links::{FdLink, LinkError, PinnedLink},
         xdp::{XdpLink, XdpMode},
     },
@@ -17,7 +17,7 @@ use tierguard_common::maps::{
     stats_index,
 };
 
-use super::{Datapath, DatapathError, Result, tables::zero_per_cpu};
+use super::{Datapath, DatapathError, Result, tables::zero_per_cpu, xdp_program};
 use crate::config::XdpModeSetting;
 
 /// The XDP mode actually in use on an interface.
@@ -136,7 +136,7 @@ impl Datapath {
         })?;
 
         self.set_iface_slot(ifindex, slot)?;
-        let prog = program(&mut self.ebpf, programs::DISPATCH)?;
+        let prog = xdp_program(&mut self.ebpf, programs::DISPATCH)?;
         let tag = prog
             .info()
             .map_err(|source| DatapathError::Program {
@@ -331,19 +331,6 @@ fn setting_allows(setting: XdpModeSetting, mode: AttachMode) -> bool {
         XdpModeSetting::Native => mode == AttachMode::Native,
         XdpModeSetting::Generic => mode == AttachMode::Generic,
     }
-}
-
-fn program<'a>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut Xdp> {
-    ebpf.program_mut(name)
-        .ok_or_else(|| DatapathError::Program {
-            program: name.to_string(),
-            source: ProgramError::NotLoaded,
-        })?
-        .try_into()
-        .map_err(|source| DatapathError::Program {
-            program: name.to_string(),
-            source,
-        })
 }
 
 /// Swaps our dispatcher into an existing link (pinned at `old`) and re-pins

@@ -94,27 +94,15 @@ impl Datapath {
     /// moment enforcement passes from the old agent's program to ours.
     pub fn install(&mut self) -> Result<()> {
         let name = names::PROGRAMS;
-        let fd = {
-            let prog: &Xdp = self
-                .ebpf
-                .program(programs::INGRESS)
-                .ok_or(DatapathError::MissingMap { map: name })?
-                .try_into()
-                .map_err(|source| DatapathError::Program {
-                    program: programs::INGRESS.into(),
-                    source,
-                })?;
-            prog.fd()
-                .map_err(|source| DatapathError::Program {
-                    program: programs::INGRESS.into(),
-                    source,
-                })?
-                .try_clone()
-                .map_err(|e| DatapathError::Program {
-                    program: programs::INGRESS.into(),
-                    source: aya::programs::ProgramError::IOError(e),
-                })?
+        let program_error = |source| DatapathError::Program {
+            program: programs::INGRESS.into(),
+            source,
         };
+        let fd = xdp_program(&mut self.ebpf, programs::INGRESS)?
+            .fd()
+            .map_err(program_error)?
+            .try_clone()
+            .map_err(|e| program_error(aya::programs::ProgramError::IOError(e)))?;
         let map = self
             .ebpf
             .map_mut(name)
@@ -149,9 +137,9 @@ impl Datapath {
     }
 }
 
-fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
-    let prog: &mut Xdp = ebpf
-        .program_mut(name)
+/// An XDP program of the object, by name.
+pub(crate) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
+    ebpf.program_mut(name)
         .ok_or_else(|| DatapathError::Program {
             program: name.to_string(),
             source: aya::programs::ProgramError::NotLoaded,
@@ -160,20 +148,25 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
         .map_err(|source| DatapathError::Program {
             program: name.to_string(),
             source,
-        })?;
-    prog.load().map_err(|source| match source {
-        // An empty log means the kernel said no before verifying (EPERM, ENOMEM...).
-        aya::programs::ProgramError::LoadError {
-            ref verifier_log, ..
-        } if !verifier_log.to_string().trim().is_empty() => DatapathError::Verifier {
-            program: name.to_string(),
-            log: verifier_log.to_string(),
-        },
-        source => DatapathError::Program {
-            program: name.to_string(),
-            source,
-        },
-    })
+        })
+}
+
+fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
+    xdp_program(ebpf, name)?
+        .load()
+        .map_err(|source| match source {
+            // An empty log means the kernel said no before verifying (EPERM, ENOMEM...).
+            aya::programs::ProgramError::LoadError {
+                ref verifier_log, ..
+            } if !verifier_log.to_string().trim().is_empty() => DatapathError::Verifier {
+                program: name.to_string(),
+                log: verifier_log.to_string(),
+            },
+            source => DatapathError::Program {
+                program: name.to_string(),
+                source,
+            },
+        })
 }
 
 fn ensure_pin_dir(dir: &Path) -> Result<()> {

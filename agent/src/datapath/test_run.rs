@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{TestRun, TestRunOptions};
 
-use super::{Datapath, DatapathError, Result, load_xdp};
+use super::{Datapath, DatapathError, Result, load_xdp, xdp_program};
 
 /// Outcome of a test run.
 #[derive(Debug, Clone, Copy)]
@@ -29,18 +29,7 @@ impl Datapath {
                 load_xdp(&mut self.ebpf, name)?;
             }
         }
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| DatapathError::Program {
-                program: name.into(),
-                source: aya::programs::ProgramError::NotLoaded,
-            })?
-            .try_into()
-            .map_err(|source| DatapathError::Program {
-                program: name.into(),
-                source,
-            })?;
+        let prog = xdp_program(&mut self.ebpf, name)?;
         let mut opts = TestRunOptions::new();
         opts.data_in = Some(frame);
         opts.repeat = repeat.max(1);
