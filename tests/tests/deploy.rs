@@ -45,16 +45,33 @@ const METRICS: &[(&str, &str)] = &[
 const EVENT_ONLY_METRICS: &[&str] = &["tierguard_scrape_errors_total"];
 
 /// The capabilities the unit and the DaemonSet grant, as the kernel numbers them.
-const CAPS: &[(&str, u32)] = &[("CAP_BPF", 39), ("CAP_NET_ADMIN", 12), ("CAP_PERFMON", 38), ("CAP_SYS_RESOURCE", 24)];
+const CAPS: &[(&str, u32)] = &[
+    ("CAP_BPF", 39),
+    ("CAP_NET_ADMIN", 12),
+    ("CAP_PERFMON", 38),
+    ("CAP_SYS_RESOURCE", 24),
+];
 
-const DAEMONSET_ARGS: &[&str] =
-    &["run", "--config", "/etc/tierguard/policy.toml", "--persist", "--log-format", "json", "--metrics-address", "0.0.0.0:9642"];
-const UNIT_EXEC_START: &str = "/usr/local/bin/tierguard run --config /etc/tierguard/policy.toml --persist --log-format json";
+const DAEMONSET_ARGS: &[&str] = &[
+    "run",
+    "--config",
+    "/etc/tierguard/policy.toml",
+    "--persist",
+    "--log-format",
+    "json",
+    "--metrics-address",
+    "0.0.0.0:9642",
+];
+const UNIT_EXEC_START: &str =
+    "/usr/local/bin/tierguard run --config /etc/tierguard/policy.toml --persist --log-format json";
 
 // ---- helpers ----------------------------------------------------------------
 
 fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
 }
 
 fn deploy_path(rel: &str) -> PathBuf {
@@ -80,7 +97,8 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     let mut i = 0;
     while let Some(pos) = text[i..].find("tierguard_") {
         let start = i + pos;
-        let preceded = start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        let preceded =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
         let mut end = start + "tierguard_".len();
         while end < bytes.len() && (bytes[end].is_ascii_lowercase() || bytes[end] == b'_') {
             end += 1;
@@ -95,7 +113,10 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 
 fn assert_known_metrics(names: &BTreeSet<String>, what: &str) {
     let known: BTreeSet<&str> = METRICS.iter().map(|(n, _)| *n).collect();
-    let unknown: Vec<&String> = names.iter().filter(|n| !known.contains(n.as_str())).collect();
+    let unknown: Vec<&String> = names
+        .iter()
+        .filter(|n| !known.contains(n.as_str()))
+        .collect();
     assert!(
         unknown.is_empty(),
         "{what} uses metric names the agent does not export: {unknown:?}\nknown: {known:?}"
@@ -105,15 +126,20 @@ fn assert_known_metrics(names: &BTreeSet<String>, what: &str) {
 /// An executable on PATH.
 fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(tool)).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    std::env::split_paths(&path)
+        .map(|d| d.join(tool))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Runs a command that must succeed; panics with its output otherwise.
 fn run_ok(cmd: &mut Command, what: &str) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
@@ -136,10 +162,8 @@ fn json_exprs(v: &Value, path: &str, out: &mut Vec<(String, String)>) {
         Value::Object(m) => {
             for (k, x) in m {
                 let p = format!("{path}/{k}");
-                if k == "expr" {
-                    if let Some(s) = x.as_str() {
-                        out.push((p.clone(), s.to_string()));
-                    }
+                if let (true, Some(s)) = (k == "expr", x.as_str()) {
+                    out.push((p.clone(), s.to_string()));
                 }
                 json_exprs(x, &p, out);
             }
@@ -155,7 +179,9 @@ fn json_exprs(v: &Value, path: &str, out: &mut Vec<(String, String)>) {
 
 fn dashboard() -> Value {
     let text = read_deploy("grafana/tierguard-dashboard.json");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("deploy/grafana/tierguard-dashboard.json is not valid JSON: {e}"))
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!("deploy/grafana/tierguard-dashboard.json is not valid JSON: {e}")
+    })
 }
 
 fn dashboard_exprs() -> Vec<(String, String)> {
@@ -213,19 +239,35 @@ fn yaml_docs(path: &Path) -> Option<(Vec<Value>, &'static str)> {
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .filter(|l| !l.trim().is_empty())
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{tool} output for {} is not JSON: {e}: {l}", path.display())))
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("{tool} output for {} is not JSON: {e}: {l}", path.display())
+                })
+            })
             .filter(|v: &Value| !v.is_null())
             .collect()
     };
     if which("yq").is_some() {
-        let out = Command::new("yq").arg("-c").arg(".").arg(path).output().expect("run yq");
+        let out = Command::new("yq")
+            .arg("-c")
+            .arg(".")
+            .arg(path)
+            .output()
+            .expect("run yq");
         return Some((parse(out, "yq"), "yq"));
     }
     if which("python3").is_some() {
-        let probe = Command::new("python3").args(["-c", "import yaml"]).output().expect("run python3");
+        let probe = Command::new("python3")
+            .args(["-c", "import yaml"])
+            .output()
+            .expect("run python3");
         if probe.status.success() {
             let script = "import json,sys,yaml\nfor d in yaml.safe_load_all(open(sys.argv[1])):\n    print(json.dumps(d))";
-            let out = Command::new("python3").args(["-c", script]).arg(path).output().expect("run python3");
+            let out = Command::new("python3")
+                .args(["-c", script])
+                .arg(path)
+                .output()
+                .expect("run python3");
             return Some((parse(out, "python3 yaml"), "python3 with PyYAML"));
         }
     }
@@ -245,15 +287,28 @@ fn unit_entries(text: &str) -> Vec<(String, String, String)> {
             section = l[1..l.len() - 1].to_string();
             continue;
         }
-        let (k, v) = l.split_once('=').unwrap_or_else(|| panic!("unit line without '=': {l}"));
-        assert!(!v.ends_with('\\'), "continuation lines are not expected in the unit: {l}");
+        let (k, v) = l
+            .split_once('=')
+            .unwrap_or_else(|| panic!("unit line without '=': {l}"));
+        assert!(
+            !v.ends_with('\\'),
+            "continuation lines are not expected in the unit: {l}"
+        );
         out.push((section.clone(), k.trim().to_string(), v.trim().to_string()));
     }
     out
 }
 
-fn unit_values<'a>(entries: &'a [(String, String, String)], section: &str, key: &str) -> Vec<&'a str> {
-    entries.iter().filter(|(s, k, _)| s == section && k == key).map(|(_, _, v)| v.as_str()).collect()
+fn unit_values<'a>(
+    entries: &'a [(String, String, String)],
+    section: &str,
+    key: &str,
+) -> Vec<&'a str> {
+    entries
+        .iter()
+        .filter(|(s, k, _)| s == section && k == key)
+        .map(|(_, _, v)| v.as_str())
+        .collect()
 }
 
 /// The system calls a unit's SystemCallFilter= lines allow, expanded by
@@ -267,7 +322,10 @@ fn allowed_syscalls(filter_lines: &[&str]) -> BTreeSet<String> {
         if let Some(s) = cache.get(item) {
             return s.clone();
         }
-        let out = run_ok(Command::new("systemd-analyze").args(["syscall-filter", item]), "systemd-analyze syscall-filter");
+        let out = run_ok(
+            Command::new("systemd-analyze").args(["syscall-filter", item]),
+            "systemd-analyze syscall-filter",
+        );
         let mut set = BTreeSet::new();
         for l in String::from_utf8_lossy(&out.stdout).lines().skip(1) {
             let t = l.trim();
@@ -276,7 +334,10 @@ fn allowed_syscalls(filter_lines: &[&str]) -> BTreeSet<String> {
             }
             set.extend(expand(t, cache));
         }
-        assert!(!set.is_empty(), "systemd-analyze knows no system call group {item}");
+        assert!(
+            !set.is_empty(),
+            "systemd-analyze knows no system call group {item}"
+        );
         cache.insert(item.to_string(), set.clone());
         set
     }
@@ -287,7 +348,10 @@ fn allowed_syscalls(filter_lines: &[&str]) -> BTreeSet<String> {
             Some(rest) => (true, rest),
             None => (false, *line),
         };
-        assert!(!(i == 0 && deny), "the unit's first SystemCallFilter= must be an allow list: {line}");
+        assert!(
+            !(i == 0 && deny),
+            "the unit's first SystemCallFilter= must be an allow list: {line}"
+        );
         for item in list.split_whitespace() {
             let set = expand(item, &mut cache);
             if deny {
@@ -307,7 +371,10 @@ fn assert_cli_accepts(args: &[&str], what: &str) {
     assert!(out.status.success(), "tierguard {sub} --help failed");
     let help = String::from_utf8_lossy(&out.stdout);
     for a in args.iter().filter(|a| a.starts_with("--")) {
-        assert!(help.contains(a), "{what} passes {a}, which `tierguard {sub} --help` does not list:\n{help}");
+        assert!(
+            help.contains(a),
+            "{what} passes {a}, which `tierguard {sub} --help` does not list:\n{help}"
+        );
     }
 }
 
@@ -317,22 +384,38 @@ fn assert_cli_accepts(args: &[&str], what: &str) {
 fn dashboard_is_a_grafana_dashboard_querying_only_real_metrics() {
     let d = dashboard();
     let schema = d["schemaVersion"].as_u64().expect("schemaVersion");
-    assert!((36..=41).contains(&schema), "schemaVersion {schema}: expected a current Grafana schema (~39)");
-    assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()), "dashboard uid");
-    assert!(d["title"].as_str().is_some_and(|t| !t.is_empty()), "dashboard title");
+    assert!(
+        (36..=41).contains(&schema),
+        "schemaVersion {schema}: expected a current Grafana schema (~39)"
+    );
+    assert!(
+        d["uid"].as_str().is_some_and(|u| !u.is_empty()),
+        "dashboard uid"
+    );
+    assert!(
+        d["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "dashboard title"
+    );
 
     // Template variables: a Prometheus data source, then job, node (instance) and interface.
     let vars = d["templating"]["list"].as_array().expect("templating.list");
     let var = |name: &str| {
-        vars.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no template variable `{name}`"))
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no template variable `{name}`"))
     };
     assert_eq!(var("datasource")["type"], "datasource");
     assert_eq!(var("datasource")["query"], "prometheus");
     for name in ["job", "instance", "interface"] {
         let v = var(name);
         assert_eq!(v["type"], "query", "variable {name} is a query variable");
-        assert_eq!(v["datasource"]["uid"], "${datasource}", "variable {name} queries the chosen data source");
-        let def = v["definition"].as_str().unwrap_or_else(|| panic!("variable {name} has a definition"));
+        assert_eq!(
+            v["datasource"]["uid"], "${datasource}",
+            "variable {name} queries the chosen data source"
+        );
+        let def = v["definition"]
+            .as_str()
+            .unwrap_or_else(|| panic!("variable {name} has a definition"));
         assert!(def.starts_with("label_values("), "variable {name}: {def}");
     }
 
@@ -343,7 +426,10 @@ fn dashboard_is_a_grafana_dashboard_querying_only_real_metrics() {
     let mut graphs = 0;
     for p in panels {
         let title = p["title"].as_str().unwrap_or("<untitled>");
-        assert!(ids.insert(p["id"].as_u64().expect("panel id")), "duplicate panel id in {title}");
+        assert!(
+            ids.insert(p["id"].as_u64().expect("panel id")),
+            "duplicate panel id in {title}"
+        );
         for k in ["h", "w", "x", "y"] {
             assert!(p["gridPos"][k].is_u64(), "panel {title}: gridPos.{k}");
         }
@@ -351,12 +437,23 @@ fn dashboard_is_a_grafana_dashboard_querying_only_real_metrics() {
             continue;
         }
         graphs += 1;
-        assert_eq!(p["datasource"]["uid"], "${datasource}", "panel {title} uses the data source variable");
-        let targets = p["targets"].as_array().unwrap_or_else(|| panic!("panel {title} has targets"));
+        assert_eq!(
+            p["datasource"]["uid"], "${datasource}",
+            "panel {title} uses the data source variable"
+        );
+        let targets = p["targets"]
+            .as_array()
+            .unwrap_or_else(|| panic!("panel {title} has targets"));
         assert!(!targets.is_empty(), "panel {title} has targets");
         for t in targets {
-            assert!(t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()), "panel {title}: a target without expr");
-            assert!(t["refId"].is_string(), "panel {title}: a target without refId");
+            assert!(
+                t["expr"].as_str().is_some_and(|e| !e.trim().is_empty()),
+                "panel {title}: a target without expr"
+            );
+            assert!(
+                t["refId"].is_string(),
+                "panel {title}: a target without refId"
+            );
         }
     }
 
@@ -375,27 +472,58 @@ fn dashboard_is_a_grafana_dashboard_querying_only_real_metrics() {
 
     // The panels the dashboard is for.
     let panel_with = |pred: &dyn Fn(&str) -> bool| {
-        panels.iter().any(|p| p["targets"].as_array().is_some_and(|ts| ts.iter().any(|t| t["expr"].as_str().is_some_and(pred))))
+        panels.iter().any(|p| {
+            p["targets"]
+                .as_array()
+                .is_some_and(|ts| ts.iter().any(|t| t["expr"].as_str().is_some_and(pred)))
+        })
     };
-    let wanted: &[(&str, &dyn Fn(&str) -> bool)] = &[
-        ("dropped packets/s by reason", &|e| e.contains("tierguard_packets_total") && e.contains("verdict=\"drop\"") && e.contains("by (reason)") && e.contains("rate(")),
-        ("passed vs dropped", &|e| e.contains("tierguard_packets_total") && e.contains("by (verdict)")),
-        ("dropped bytes/s", &|e| e.contains("tierguard_bytes_total") && e.contains("verdict=\"drop\"") && e.contains("rate(")),
-        ("top lists by hits", &|e| e.contains("topk(") && e.contains("tierguard_list_hits_total")),
-        ("policy generation", &|e| e.contains("tierguard_policy_generation")),
-        ("reload failures", &|e| e.contains("tierguard_policy_reloads_total") && e.contains("result=\"failure\"")),
-        ("XDP attach mode", &|e| e.contains("tierguard_xdp_attach_mode")),
-        ("scrape errors", &|e| e.contains("tierguard_scrape_errors_total")),
+    type Pred<'a> = &'a dyn Fn(&str) -> bool;
+    let wanted: &[(&str, Pred)] = &[
+        ("dropped packets/s by reason", &|e| {
+            e.contains("tierguard_packets_total")
+                && e.contains("verdict=\"drop\"")
+                && e.contains("by (reason)")
+                && e.contains("rate(")
+        }),
+        ("passed vs dropped", &|e| {
+            e.contains("tierguard_packets_total") && e.contains("by (verdict)")
+        }),
+        ("dropped bytes/s", &|e| {
+            e.contains("tierguard_bytes_total")
+                && e.contains("verdict=\"drop\"")
+                && e.contains("rate(")
+        }),
+        ("top lists by hits", &|e| {
+            e.contains("topk(") && e.contains("tierguard_list_hits_total")
+        }),
+        ("policy generation", &|e| {
+            e.contains("tierguard_policy_generation")
+        }),
+        ("reload failures", &|e| {
+            e.contains("tierguard_policy_reloads_total") && e.contains("result=\"failure\"")
+        }),
+        ("XDP attach mode", &|e| {
+            e.contains("tierguard_xdp_attach_mode")
+        }),
+        ("scrape errors", &|e| {
+            e.contains("tierguard_scrape_errors_total")
+        }),
     ];
     for (what, pred) in wanted {
         assert!(panel_with(*pred), "no panel shows {what}");
     }
     assert!(
         panels.iter().any(|p| p["type"] == "table"
-            && p["targets"][0]["expr"].as_str().is_some_and(|e| e.contains("tierguard_xdp_attach_mode"))),
+            && p["targets"][0]["expr"]
+                .as_str()
+                .is_some_and(|e| e.contains("tierguard_xdp_attach_mode"))),
         "the XDP attach mode is shown as a table"
     );
-    println!("dashboard: {graphs} panels, {} queries; metrics queried: {in_exprs:?}", exprs.len());
+    println!(
+        "dashboard: {graphs} panels, {} queries; metrics queried: {in_exprs:?}",
+        exprs.len()
+    );
 }
 
 #[test]
@@ -404,14 +532,22 @@ fn dashboard_queries_parse_as_promql() {
     let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
     for (i, (_, e)) in exprs.iter().enumerate() {
         let q = serde_json::to_string(&substitute(e, "5m", "1h")).unwrap();
-        rules.push_str(&format!("      - record: dashboard:query_{i}\n        expr: {q}\n"));
+        rules.push_str(&format!(
+            "      - record: dashboard:query_{i}\n        expr: {q}\n"
+        ));
     }
     let dir = tmpdir("promql");
     let file = dir.join("dashboard-queries.yaml");
     std::fs::write(&file, rules).unwrap();
-    let out = run_ok(Command::new(promtool()).args(["check", "rules"]).arg(&file), "promtool check rules on the dashboard's queries");
+    let out = run_ok(
+        Command::new(promtool()).args(["check", "rules"]).arg(&file),
+        "promtool check rules on the dashboard's queries",
+    );
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
-    println!("all {} dashboard queries parse as PromQL (variables substituted)", exprs.len());
+    println!(
+        "all {} dashboard queries parse as PromQL (variables substituted)",
+        exprs.len()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -420,7 +556,12 @@ fn dashboard_queries_parse_as_promql() {
 #[test]
 fn alert_rules_pass_promtool_and_use_only_real_metrics() {
     let rel = "prometheus/tierguard-alerts.yaml";
-    let out = run_ok(Command::new(promtool()).args(["check", "rules"]).arg(deploy_path(rel)), "promtool check rules deploy/prometheus/tierguard-alerts.yaml");
+    let out = run_ok(
+        Command::new(promtool())
+            .args(["check", "rules"])
+            .arg(deploy_path(rel)),
+        "promtool check rules deploy/prometheus/tierguard-alerts.yaml",
+    );
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
 
     let text = read_deploy(rel);
@@ -437,9 +578,15 @@ fn alert_rules_pass_promtool_and_use_only_real_metrics() {
             .find_map(|l| l.trim().strip_prefix("severity: "))
             .unwrap_or_else(|| panic!("alert {name} has no severity label"))
             .to_string();
-        assert!(["critical", "warning", "info"].contains(&severity.as_str()), "alert {name}: severity {severity}");
+        assert!(
+            ["critical", "warning", "info"].contains(&severity.as_str()),
+            "alert {name}: severity {severity}"
+        );
         for a in ["summary:", "description:", "runbook:"] {
-            assert!(b.lines().any(|l| l.trim().starts_with(a)), "alert {name} has no {a} annotation");
+            assert!(
+                b.lines().any(|l| l.trim().starts_with(a)),
+                "alert {name} has no {a} annotation"
+            );
         }
         alerts.insert(name, severity);
     }
@@ -451,7 +598,11 @@ fn alert_rules_pass_promtool_and_use_only_real_metrics() {
         ("TierguardScrapeErrors", "warning"),
         ("TierguardNoProgram", "critical"),
     ] {
-        assert_eq!(alerts.get(name).map(String::as_str), Some(severity), "alert {name} with severity {severity}");
+        assert_eq!(
+            alerts.get(name).map(String::as_str),
+            Some(severity),
+            "alert {name} with severity {severity}"
+        );
     }
 
     // Every alert is exercised by the promtool unit tests.
@@ -468,7 +619,9 @@ fn alert_rules_pass_promtool_and_use_only_real_metrics() {
 #[test]
 fn alert_rules_pass_their_promtool_unit_tests() {
     let out = run_ok(
-        Command::new(promtool()).args(["test", "rules"]).arg(deploy_path("prometheus/tierguard-alerts.test.yaml")),
+        Command::new(promtool())
+            .args(["test", "rules"])
+            .arg(deploy_path("prometheus/tierguard-alerts.test.yaml")),
         "promtool test rules deploy/prometheus/tierguard-alerts.test.yaml",
     );
     println!("{}", String::from_utf8_lossy(&out.stdout).trim());
@@ -484,10 +637,21 @@ fn example_policies_pass_tierguard_check() {
     std::fs::write(&cm_file, &cm_text).unwrap();
 
     for (what, file) in [
-        ("deploy/systemd/policy.toml", deploy_path("systemd/policy.toml")),
-        ("the policy.toml in deploy/kubernetes/configmap.yaml", cm_file.clone()),
+        (
+            "deploy/systemd/policy.toml",
+            deploy_path("systemd/policy.toml"),
+        ),
+        (
+            "the policy.toml in deploy/kubernetes/configmap.yaml",
+            cm_file.clone(),
+        ),
     ] {
-        let out = run_cli(&["check", "--skip-interface-check", "--config", file.to_str().unwrap()]);
+        let out = run_cli(&[
+            "check",
+            "--skip-interface-check",
+            "--config",
+            file.to_str().unwrap(),
+        ]);
         assert!(
             out.status.success(),
             "`tierguard check --skip-interface-check` refuses {what} ({}):\n{}{}",
@@ -503,11 +667,20 @@ fn example_policies_pass_tierguard_check() {
     // The text extraction agrees with a real YAML parser, where there is one.
     match yaml_docs(&deploy_path("kubernetes/configmap.yaml")) {
         Some((docs, tool)) => {
-            let parsed = docs[0]["data"]["policy.toml"].as_str().expect("data.policy.toml is a string");
-            assert_eq!(parsed, cm_text, "the policy extracted from configmap.yaml differs from what {tool} reads");
-            println!("configmap.yaml: the extracted policy equals data[\"policy.toml\"] as {tool} parses it");
+            let parsed = docs[0]["data"]["policy.toml"]
+                .as_str()
+                .expect("data.policy.toml is a string");
+            assert_eq!(
+                parsed, cm_text,
+                "the policy extracted from configmap.yaml differs from what {tool} reads"
+            );
+            println!(
+                "configmap.yaml: the extracted policy equals data[\"policy.toml\"] as {tool} parses it"
+            );
         }
-        None => println!("configmap.yaml: no YAML parser here (yq, python3+PyYAML); checked the text extraction only"),
+        None => println!(
+            "configmap.yaml: no YAML parser here (yq, python3+PyYAML); checked the text extraction only"
+        ),
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -526,11 +699,24 @@ fn systemd_unit_verifies_and_grants_only_what_the_agent_needs() {
     assert_eq!(one("Service", "Type"), "simple");
     assert_eq!(one("Service", "ExecStart"), UNIT_EXEC_START);
     let reload = unit_values(&e, "Service", "ExecReload");
-    assert_eq!(reload.last().copied(), Some("/bin/kill -HUP $MAINPID"), "ExecReload ends with SIGHUP to the agent");
+    assert_eq!(
+        reload.last().copied(),
+        Some("/bin/kill -HUP $MAINPID"),
+        "ExecReload ends with SIGHUP to the agent"
+    );
     assert_eq!(one("Service", "Restart"), "always");
-    let caps = |key: &str| -> BTreeSet<String> { one("Service", key).split_whitespace().map(str::to_string).collect() };
+    let caps = |key: &str| -> BTreeSet<String> {
+        one("Service", key)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
     let expected: BTreeSet<String> = CAPS.iter().map(|(c, _)| c.to_string()).collect();
-    assert_eq!(caps("CapabilityBoundingSet"), expected, "CapabilityBoundingSet");
+    assert_eq!(
+        caps("CapabilityBoundingSet"),
+        expected,
+        "CapabilityBoundingSet"
+    );
     assert_eq!(caps("AmbientCapabilities"), expected, "AmbientCapabilities");
     for (k, v) in [
         ("NoNewPrivileges", "yes"),
@@ -546,8 +732,17 @@ fn systemd_unit_verifies_and_grants_only_what_the_agent_needs() {
         assert_eq!(one("Service", k), v, "[Service] {k}");
     }
     // Settings that would break BPF pinning or the agent's view of the host.
-    for k in ["PrivateDevices", "ProtectKernelTunables", "PrivateNetwork", "User", "DynamicUser"] {
-        assert!(unit_values(&e, "Service", k).is_empty(), "[Service] {k}= must not be set (see the unit's comments)");
+    for k in [
+        "PrivateDevices",
+        "ProtectKernelTunables",
+        "PrivateNetwork",
+        "User",
+        "DynamicUser",
+    ] {
+        assert!(
+            unit_values(&e, "Service", k).is_empty(),
+            "[Service] {k}= must not be set (see the unit's comments)"
+        );
     }
     assert_eq!(one("Install", "WantedBy"), "multi-user.target");
     let exec: Vec<&str> = UNIT_EXEC_START.split_whitespace().skip(1).collect();
@@ -562,17 +757,36 @@ fn systemd_unit_verifies_and_grants_only_what_the_agent_needs() {
     // systemd's own verdict, with ExecStart pointing at the real binary
     // (verify checks that the executable exists).
     if which("systemd-analyze").is_none() {
-        println!("systemd-analyze not found: `systemd-analyze verify` NOT run; only the parsed checks above apply");
+        println!(
+            "systemd-analyze not found: `systemd-analyze verify` NOT run; only the parsed checks above apply"
+        );
         return;
     }
     let dir = tmpdir("unit");
     let unit = dir.join("tierguard.service");
-    std::fs::write(&unit, text.replace("/usr/local/bin/tierguard", binary().to_str().unwrap())).unwrap();
-    let out = run_ok(Command::new("systemd-analyze").arg("verify").arg(&unit), "systemd-analyze verify");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(said.trim().is_empty(), "systemd-analyze verify has remarks on the unit:\n{said}");
+    std::fs::write(
+        &unit,
+        text.replace("/usr/local/bin/tierguard", binary().to_str().unwrap()),
+    )
+    .unwrap();
+    let out = run_ok(
+        Command::new("systemd-analyze").arg("verify").arg(&unit),
+        "systemd-analyze verify",
+    );
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        said.trim().is_empty(),
+        "systemd-analyze verify has remarks on the unit:\n{said}"
+    );
     println!("systemd-analyze verify: no errors, no warnings");
-    let sec = Command::new("systemd-analyze").args(["security", "--offline=true"]).arg(&unit).output();
+    let sec = Command::new("systemd-analyze")
+        .args(["security", "--offline=true"])
+        .arg(&unit)
+        .output();
     match sec {
         Ok(o) if o.status.success() => {
             let s = String::from_utf8_lossy(&o.stdout);
@@ -580,7 +794,9 @@ fn systemd_unit_verifies_and_grants_only_what_the_agent_needs() {
                 println!("systemd-analyze security: {}", l.trim());
             }
         }
-        _ => println!("systemd-analyze security --offline is not supported here (informational only)"),
+        _ => println!(
+            "systemd-analyze security --offline is not supported here (informational only)"
+        ),
     }
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -611,7 +827,12 @@ fn kubernetes_manifests_have_the_agreed_shape() {
         assert!(ds_text.contains(needle), "daemonset.yaml lacks `{needle}`");
     }
     let pm = read_deploy("kubernetes/podmonitor.yaml");
-    for needle in ["apiVersion: monitoring.coreos.com/v1", "kind: PodMonitor", "- port: metrics", "path: /metrics"] {
+    for needle in [
+        "apiVersion: monitoring.coreos.com/v1",
+        "kind: PodMonitor",
+        "- port: metrics",
+        "path: /metrics",
+    ] {
         assert!(pm.contains(needle), "podmonitor.yaml lacks `{needle}`");
     }
 
@@ -629,75 +850,147 @@ fn kubernetes_manifests_have_the_agreed_shape() {
     let spec = &ds["spec"];
     assert_eq!(spec["updateStrategy"]["type"], "RollingUpdate");
     assert_eq!(spec["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
-    let selector = spec["selector"]["matchLabels"].as_object().expect("selector.matchLabels");
+    let selector = spec["selector"]["matchLabels"]
+        .as_object()
+        .expect("selector.matchLabels");
     for (k, v) in selector {
-        assert_eq!(&spec["template"]["metadata"]["labels"][k], v, "the selector matches the pod template's label {k}");
+        assert_eq!(
+            &spec["template"]["metadata"]["labels"][k], v,
+            "the selector matches the pod template's label {k}"
+        );
     }
     let pod = &spec["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["priorityClassName"], "system-node-critical");
     assert_eq!(pod["serviceAccountName"], "tierguard");
     assert!(
-        pod["tolerations"].as_array().is_some_and(|t| t.iter().any(|t| t["operator"] == "Exists" && t.get("key").is_none())),
+        pod["tolerations"].as_array().is_some_and(|t| t
+            .iter()
+            .any(|t| t["operator"] == "Exists" && t.get("key").is_none())),
         "a toleration for every taint"
     );
     let containers = pod["containers"].as_array().expect("containers");
     assert_eq!(containers.len(), 1, "one agent container");
     let c = &containers[0];
-    let args: Vec<&str> = c["args"].as_array().expect("args").iter().map(|a| a.as_str().expect("string arg")).collect();
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .map(|a| a.as_str().expect("string arg"))
+        .collect();
     assert_eq!(args, DAEMONSET_ARGS, "the agent's args");
     let sc = &c["securityContext"];
-    assert_ne!(sc["privileged"], true, "the agent container is not privileged");
+    assert_ne!(
+        sc["privileged"], true,
+        "the agent container is not privileged"
+    );
     assert_eq!(sc["allowPrivilegeEscalation"], false);
     assert_eq!(sc["readOnlyRootFilesystem"], true);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let added: BTreeSet<String> = sc["capabilities"]["add"].as_array().expect("capabilities.add").iter().map(|c| format!("CAP_{}", c.as_str().unwrap())).collect();
+    let added: BTreeSet<String> = sc["capabilities"]["add"]
+        .as_array()
+        .expect("capabilities.add")
+        .iter()
+        .map(|c| format!("CAP_{}", c.as_str().unwrap()))
+        .collect();
     let expected: BTreeSet<String> = CAPS.iter().map(|(c, _)| c.to_string()).collect();
     assert_eq!(added, expected, "the agent's added capabilities");
     let env = c["env"].as_array().expect("env");
     assert!(
-        env.iter().any(|e| e["name"] == "NODE_NAME" && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
+        env.iter().any(|e| e["name"] == "NODE_NAME"
+            && e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"),
         "NODE_NAME from spec.nodeName"
     );
-    let port = c["ports"].as_array().expect("ports").iter().find(|p| p["name"] == "metrics").expect("a port named metrics");
+    let port = c["ports"]
+        .as_array()
+        .expect("ports")
+        .iter()
+        .find(|p| p["name"] == "metrics")
+        .expect("a port named metrics");
     assert_eq!(port["containerPort"], 9642);
-    for (probe, path) in [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz"), ("startupProbe", "/healthz")] {
+    for (probe, path) in [
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+        ("startupProbe", "/healthz"),
+    ] {
         assert_eq!(c[probe]["httpGet"]["path"], path, "{probe}");
         assert_eq!(c[probe]["httpGet"]["port"], "metrics", "{probe} port");
     }
     for k in ["requests", "limits"] {
-        assert!(c["resources"][k]["memory"].is_string(), "resources.{k}.memory");
+        assert!(
+            c["resources"][k]["memory"].is_string(),
+            "resources.{k}.memory"
+        );
     }
     let mounts = c["volumeMounts"].as_array().expect("volumeMounts");
-    let mount = |name: &str| mounts.iter().find(|m| m["name"] == name).unwrap_or_else(|| panic!("agent mounts volume {name}"));
+    let mount = |name: &str| {
+        mounts
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("agent mounts volume {name}"))
+    };
     assert_eq!(mount("bpffs")["mountPath"], "/sys/fs/bpf");
-    assert_eq!(mount("bpffs")["mountPropagation"], "HostToContainer", "unprivileged containers cannot have Bidirectional");
+    assert_eq!(
+        mount("bpffs")["mountPropagation"],
+        "HostToContainer",
+        "unprivileged containers cannot have Bidirectional"
+    );
     assert_eq!(mount("policy")["mountPath"], "/etc/tierguard");
     let volumes = pod["volumes"].as_array().expect("volumes");
-    let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("volume {name}"));
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("volume {name}"))
+    };
     assert_eq!(volume("bpffs")["hostPath"]["path"], "/sys/fs/bpf");
-    let cm_name = volume("policy")["configMap"]["name"].as_str().expect("policy volume is a ConfigMap").to_string();
+    let cm_name = volume("policy")["configMap"]["name"]
+        .as_str()
+        .expect("policy volume is a ConfigMap")
+        .to_string();
 
     // Bidirectional propagation only in the privileged init container, with the agent's image.
-    let inits = pod["initContainers"].as_array().map(Vec::as_slice).unwrap_or_default();
+    let inits = pod["initContainers"]
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or_default();
     for i in inits {
-        let bidi = i["volumeMounts"].as_array().is_some_and(|m| m.iter().any(|m| m["mountPropagation"] == "Bidirectional"));
+        let bidi = i["volumeMounts"]
+            .as_array()
+            .is_some_and(|m| m.iter().any(|m| m["mountPropagation"] == "Bidirectional"));
         if bidi {
-            assert_eq!(i["securityContext"]["privileged"], true, "Bidirectional propagation needs a privileged container");
+            assert_eq!(
+                i["securityContext"]["privileged"], true,
+                "Bidirectional propagation needs a privileged container"
+            );
         }
-        assert_eq!(i["image"], c["image"], "init container {} uses the agent's image", i["name"]);
+        assert_eq!(
+            i["image"], c["image"],
+            "init container {} uses the agent's image",
+            i["name"]
+        );
     }
 
     let (cm, _) = docs("kubernetes/configmap.yaml").expect("parser available");
     assert_eq!(cm[0]["kind"], "ConfigMap");
-    assert_eq!(cm[0]["metadata"]["name"], cm_name.as_str(), "the DaemonSet mounts the ConfigMap by its name");
-    assert!(cm[0]["data"]["policy.toml"].is_string(), "ConfigMap key policy.toml (the agent reads /etc/tierguard/policy.toml)");
+    assert_eq!(
+        cm[0]["metadata"]["name"],
+        cm_name.as_str(),
+        "the DaemonSet mounts the ConfigMap by its name"
+    );
+    assert!(
+        cm[0]["data"]["policy.toml"].is_string(),
+        "ConfigMap key policy.toml (the agent reads /etc/tierguard/policy.toml)"
+    );
 
     let (pm, _) = docs("kubernetes/podmonitor.yaml").expect("parser available");
     let pm = &pm[0];
     assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
     assert_eq!(pm["kind"], "PodMonitor");
-    assert_eq!(pm["spec"]["selector"]["matchLabels"], spec["selector"]["matchLabels"], "the PodMonitor selects the agent's pods");
+    assert_eq!(
+        pm["spec"]["selector"]["matchLabels"], spec["selector"]["matchLabels"],
+        "the PodMonitor selects the agent's pods"
+    );
     let ep = &pm["spec"]["podMetricsEndpoints"][0];
     assert_eq!(ep["port"], "metrics");
     assert_eq!(ep["path"], "/metrics");
@@ -708,26 +1001,59 @@ fn kubernetes_manifests_have_the_agreed_shape() {
     );
 
     let mut namespaces = BTreeSet::new();
-    for rel in ["namespace.yaml", "serviceaccount.yaml", "priority-quota.yaml", "configmap.yaml", "daemonset.yaml", "podmonitor.yaml"] {
+    for rel in [
+        "namespace.yaml",
+        "serviceaccount.yaml",
+        "priority-quota.yaml",
+        "configmap.yaml",
+        "daemonset.yaml",
+        "podmonitor.yaml",
+    ] {
         let (d, _) = docs(&format!("kubernetes/{rel}")).expect("parser available");
         for doc in &d {
-            assert!(doc["apiVersion"].is_string() && doc["kind"].is_string(), "{rel}: apiVersion and kind");
+            assert!(
+                doc["apiVersion"].is_string() && doc["kind"].is_string(),
+                "{rel}: apiVersion and kind"
+            );
             if doc["kind"] == "Namespace" {
                 assert_eq!(doc["metadata"]["name"], "tierguard");
             } else {
-                namespaces.insert(doc["metadata"]["namespace"].as_str().unwrap_or_else(|| panic!("{rel}: metadata.namespace")).to_string());
+                namespaces.insert(
+                    doc["metadata"]["namespace"]
+                        .as_str()
+                        .unwrap_or_else(|| panic!("{rel}: metadata.namespace"))
+                        .to_string(),
+                );
             }
         }
     }
-    assert_eq!(namespaces, BTreeSet::from(["tierguard".to_string()]), "everything lives in the tierguard namespace");
+    assert_eq!(
+        namespaces,
+        BTreeSet::from(["tierguard".to_string()]),
+        "everything lives in the tierguard namespace"
+    );
     println!("kubernetes manifests: structure checked through {tool}");
 
     // kustomize builds the install set, where kubectl is present.
     if which("kubectl").is_some() {
-        let out = run_ok(Command::new("kubectl").arg("kustomize").arg(deploy_path("kubernetes")), "kubectl kustomize deploy/kubernetes");
+        let out = run_ok(
+            Command::new("kubectl")
+                .arg("kustomize")
+                .arg(deploy_path("kubernetes")),
+            "kubectl kustomize deploy/kubernetes",
+        );
         let built = String::from_utf8_lossy(&out.stdout);
-        for kind in ["Namespace", "ResourceQuota", "ServiceAccount", "ConfigMap", "DaemonSet"] {
-            assert!(built.contains(&format!("kind: {kind}\n")), "kubectl kustomize output lacks a {kind}");
+        for kind in [
+            "Namespace",
+            "ResourceQuota",
+            "ServiceAccount",
+            "ConfigMap",
+            "DaemonSet",
+        ] {
+            assert!(
+                built.contains(&format!("kind: {kind}\n")),
+                "kubectl kustomize output lacks a {kind}"
+            );
         }
         println!("kubectl kustomize deploy/kubernetes: builds");
     } else {
@@ -740,7 +1066,11 @@ fn kubernetes_manifests_have_the_agreed_shape() {
 /// Capabilities in this process's bounding set (a sandbox may lack some).
 fn bounding_caps() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    let hex = status.lines().find_map(|l| l.strip_prefix("CapBnd:")).expect("CapBnd").trim();
+    let hex = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .expect("CapBnd")
+        .trim();
     u64::from_str_radix(hex, 16).expect("CapBnd is hex")
 }
 
@@ -791,8 +1121,10 @@ fn prom_query(prom: SocketAddr, expr: &str) -> Vec<Value> {
             enc.push_str(&format!("%{b:02X}"));
         }
     }
-    let (status, body) = get(prom, &format!("/api/v1/query?query={enc}")).unwrap_or_else(|| panic!("Prometheus does not answer the query {expr}"));
-    let v: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("query {expr}: not JSON ({e}): {body}"));
+    let (status, body) = get(prom, &format!("/api/v1/query?query={enc}"))
+        .unwrap_or_else(|| panic!("Prometheus does not answer the query {expr}"));
+    let v: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("query {expr}: not JSON ({e}): {body}"));
     assert_eq!(status, 200, "query {expr} failed: {body}");
     assert_eq!(v["status"], "success", "query {expr}: {body}");
     v["data"]["result"].as_array().cloned().unwrap_or_default()
@@ -806,9 +1138,18 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
 
     // The systemd example policy, on the lab's interface and a private pin directory.
     let policy = read_deploy("systemd/policy.toml");
-    let policy = policy.replace("interfaces = [\"eth0\"]", &format!("interfaces = [\"{}\"]", lab.node_if));
-    let policy = policy.replace("pin_path = \"/sys/fs/bpf/tierguard\"", &format!("pin_path = \"{}\"", pins.path().display()));
-    assert!(policy.contains(&lab.node_if) && policy.contains(pins.path().to_str().unwrap()), "the example policy's interfaces and pin_path lines were rewritten");
+    let policy = policy.replace(
+        "interfaces = [\"eth0\"]",
+        &format!("interfaces = [\"{}\"]", lab.node_if),
+    );
+    let policy = policy.replace(
+        "pin_path = \"/sys/fs/bpf/tierguard\"",
+        &format!("pin_path = \"{}\"", pins.path().display()),
+    );
+    assert!(
+        policy.contains(&lab.node_if) && policy.contains(pins.path().to_str().unwrap()),
+        "the example policy's interfaces and pin_path lines were rewritten"
+    );
     let config = dir.join("policy.toml");
     std::fs::write(&config, &policy).unwrap();
 
@@ -824,50 +1165,117 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
             println!("note: this sandbox has no {name}; the agent runs without it here");
         }
     }
-    let caps = format!("-all,{}", granted.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","));
+    let caps = format!(
+        "-all,{}",
+        granted
+            .iter()
+            .map(|c| format!("+{c}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     let strace = which("strace");
     let trace = dir.join("strace.txt");
     let metrics = free_addr();
     let log = dir.join("agent.log");
     let mut cmd = Command::new("setpriv");
-    cmd.args(["--bounding-set", &caps, "--inh-caps", &caps, "--ambient-caps", &caps, "--no-new-privs", "--"]);
+    cmd.args([
+        "--bounding-set",
+        &caps,
+        "--inh-caps",
+        &caps,
+        "--ambient-caps",
+        &caps,
+        "--no-new-privs",
+        "--",
+    ]);
     if let Some(s) = &strace {
         cmd.arg(s).args(["-f", "-qq", "-o"]).arg(&trace);
     }
     cmd.arg(binary())
-        .args(["run", "--config", config.to_str().unwrap(), "--log-format", "json", "--watch-interval", "1"])
+        .args([
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-format",
+            "json",
+            "--watch-interval",
+            "1",
+        ])
         .arg("--metrics-address")
         .arg(metrics.to_string())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start setpriv (util-linux): {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start setpriv (util-linux): {e}"));
     let pid = child.id();
-    let mut agent = Spawned { child, agent: pid, log };
+    let mut agent = Spawned {
+        child,
+        agent: pid,
+        log,
+    };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = agent.child.try_wait().expect("wait") {
-            panic!("the agent exited early ({status}) under the unit's capabilities {caps}:\n{}", agent.log());
+            panic!(
+                "the agent exited early ({status}) under the unit's capabilities {caps}:\n{}",
+                agent.log()
+            );
         }
         if let Some((200, _)) = get(metrics, "/readyz") {
             break;
         }
-        assert!(Instant::now() < deadline, "agent not ready after 60 s under capabilities {caps}:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "agent not ready after 60 s under capabilities {caps}:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     if strace.is_some() {
         // setpriv exec'd strace, whose one child is the agent.
         agent.agent = *children(pid).first().expect("strace's child, the agent");
     }
-    println!("agent ready with capabilities {caps}, no-new-privs{}", if strace.is_some() { ", under strace" } else { "" });
+    println!(
+        "agent ready with capabilities {caps}, no-new-privs{}",
+        if strace.is_some() {
+            ", under strace"
+        } else {
+            ""
+        }
+    );
 
     // Traffic that shows the example policy's precedence: bogons and the
     // blocked range are dropped, the allow exception inside it passes.
-    for (src, passes) in [("198.51.100.7", false), ("198.18.1.1", false), ("198.18.10.5", true)] {
+    for (src, passes) in [
+        ("198.51.100.7", false),
+        ("198.18.1.1", false),
+        ("198.18.10.5", true),
+    ] {
         lab.add_peer_source(src);
-        let ok = lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", src, &lab.node_v4()]);
-        assert_eq!(ok, passes, "ping from {src}: the example policy should {} it", if passes { "pass" } else { "drop" });
+        let ok = lab.exec(&[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            src,
+            &lab.node_v4(),
+        ]);
+        assert_eq!(
+            ok,
+            passes,
+            "ping from {src}: the example policy should {} it",
+            if passes { "pass" } else { "drop" }
+        );
     }
-    assert!(lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &lab.node_v4()]), "ordinary traffic passes");
+    assert!(
+        lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &lab.node_v4()]),
+        "ordinary traffic passes"
+    );
 
     // Every exported metric the deploy files use is there, with its type.
     let body = scrape(metrics);
@@ -884,10 +1292,20 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
         if EVENT_ONLY_METRICS.contains(name) {
             continue;
         }
-        assert_eq!(types.get(*name).map(String::as_str), Some(*ty), "{name} is in a real scrape as a {ty}:\n{body}");
+        assert_eq!(
+            types.get(*name).map(String::as_str),
+            Some(*ty),
+            "{name} is in a real scrape as a {ty}:\n{body}"
+        );
     }
-    let extra: Vec<&String> = types.keys().filter(|n| !METRICS.iter().any(|(m, _)| m == n)).collect();
-    println!("real scrape: all {} used metrics present with the expected types (not yet seen: {EVENT_ONLY_METRICS:?}; others exported: {extra:?})", METRICS.len() - EVENT_ONLY_METRICS.len());
+    let extra: Vec<&String> = types
+        .keys()
+        .filter(|n| !METRICS.iter().any(|(m, _)| m == n))
+        .collect();
+    println!(
+        "real scrape: all {} used metrics present with the expected types (not yet seen: {EVENT_ONLY_METRICS:?}; others exported: {extra:?})",
+        METRICS.len() - EVENT_ONLY_METRICS.len()
+    );
 
     // A real Prometheus scrapes the agent as job "tierguard" and runs every
     // dashboard query and every alert expression.
@@ -898,8 +1316,14 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     )
     .unwrap();
     let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={prom_addr}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -908,10 +1332,15 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     let deadline = Instant::now() + Duration::from_secs(90);
     // Enough samples for rate() over 10 s, and a policy change inside the window.
     loop {
-        if get(prom_addr, "/-/ready").is_some_and(|(s, _)| s == 200) && !prom_query(prom_addr, "tierguard_build_info{job=\"tierguard\"}").is_empty() {
+        if get(prom_addr, "/-/ready").is_some_and(|(s, _)| s == 200)
+            && !prom_query(prom_addr, "tierguard_build_info{job=\"tierguard\"}").is_empty()
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "Prometheus never scraped the agent");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never scraped the agent"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     // A policy change through the file (the ConfigMap path) and a SIGHUP (the
@@ -919,15 +1348,34 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     std::fs::write(&config, format!("{policy}\n[[lists]]\nname = \"late-addition\"\naction = \"deny\"\ncidrs = [\"192.0.2.128/25\"]\n")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while sample(&scrape(metrics), "tierguard_policy_generation") != Some(2.0) {
-        assert!(Instant::now() < deadline, "the changed policy file was not applied:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "the changed policy file was not applied:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let check = run_cli(&["check", "--config", config.to_str().unwrap()]);
-    assert!(check.status.success(), "ExecReload's `tierguard check` on the node: {}", String::from_utf8_lossy(&check.stderr));
+    assert!(
+        check.status.success(),
+        "ExecReload's `tierguard check` on the node: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
     // SAFETY: signalling the agent this test started.
     unsafe { libc::kill(agent.agent as i32, libc::SIGHUP) };
     for _ in 0..3 {
-        assert!(!lab.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "198.51.100.7", &lab.node_v4()]));
+        assert!(!lab.exec(&[
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "198.51.100.7",
+            &lab.node_v4()
+        ]));
     }
     std::thread::sleep(Duration::from_secs(12));
 
@@ -937,31 +1385,56 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     for (path, e) in dashboard_exprs() {
         let q = substitute(&e, "10s", "5m");
         let result = prom_query(prom_addr, &q);
-        assert!(may_be_empty(&e) || !result.is_empty(), "dashboard query {path} returns nothing against a live agent:\n{q}");
+        assert!(
+            may_be_empty(&e) || !result.is_empty(),
+            "dashboard query {path} returns nothing against a live agent:\n{q}"
+        );
         checked += 1;
     }
     let rules = read_deploy("prometheus/tierguard-alerts.yaml");
     let mut alert_exprs = 0;
     let lines: Vec<&str> = rules.lines().collect();
     for (i, l) in lines.iter().enumerate() {
-        let Some(rest) = l.trim().strip_prefix("expr: ") else { continue };
+        let Some(rest) = l.trim().strip_prefix("expr: ") else {
+            continue;
+        };
         let expr = if rest == ">-" {
-            lines[i + 1..].iter().take_while(|x| x.starts_with("          ")).map(|x| x.trim()).collect::<Vec<_>>().join(" ")
+            lines[i + 1..]
+                .iter()
+                .take_while(|x| x.starts_with("          "))
+                .map(|x| x.trim())
+                .collect::<Vec<_>>()
+                .join(" ")
         } else {
             rest.to_string()
         };
         prom_query(prom_addr, &expr);
         alert_exprs += 1;
     }
-    assert!(alert_exprs >= 6, "found the alert expressions ({alert_exprs})");
+    assert!(
+        alert_exprs >= 6,
+        "found the alert expressions ({alert_exprs})"
+    );
     // On this healthy agent, the critical "no program" alert must not fire.
-    let no_program = lines.iter().find_map(|l| l.trim().strip_prefix("expr: ").filter(|e| e.contains("no_program"))).expect("the no_program alert expression");
-    assert!(prom_query(prom_addr, no_program).is_empty(), "TierguardNoProgram would fire on a healthy agent");
+    let no_program = lines
+        .iter()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix("expr: ")
+                .filter(|e| e.contains("no_program"))
+        })
+        .expect("the no_program alert expression");
+    assert!(
+        prom_query(prom_addr, no_program).is_empty(),
+        "TierguardNoProgram would fire on a healthy agent"
+    );
     let up = prom_query(prom_addr, "up{job=\"tierguard\"} == 1");
     assert_eq!(up.len(), 1, "TierguardDown's `up` series is there and 1");
     let _ = prom.kill();
     let _ = prom.wait();
-    println!("Prometheus ran all {checked} dashboard queries (each with data) and {alert_exprs} alert expressions against the live agent");
+    println!(
+        "Prometheus ran all {checked} dashboard queries (each with data) and {alert_exprs} alert expressions against the live agent"
+    );
 
     // Stop as systemd would (SIGTERM); without --persist the agent cleans up.
     // SAFETY: signalling the agent this test started.
@@ -971,21 +1444,39 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
         if let Some(s) = agent.child.try_wait().expect("wait") {
             break s;
         }
-        assert!(Instant::now() < deadline, "the agent did not stop within 30 s of SIGTERM:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop within 30 s of SIGTERM:\n{}",
+            agent.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success(), "exit status after SIGTERM: {status}\n{}", agent.log());
-    assert!(!pins.path().exists(), "pins removed on SIGTERM without --persist");
+    assert!(
+        status.success(),
+        "exit status after SIGTERM: {status}\n{}",
+        agent.log()
+    );
+    assert!(
+        !pins.path().exists(),
+        "pins removed on SIGTERM without --persist"
+    );
     let agent_log = agent.log();
-    assert!(!agent_log.contains("\"level\":\"ERROR\""), "the agent logged errors under the unit's privileges:\n{agent_log}");
+    assert!(
+        !agent_log.contains("\"level\":\"ERROR\""),
+        "the agent logged errors under the unit's privileges:\n{agent_log}"
+    );
 
     // Every system call the agent made is one the unit's SystemCallFilter allows.
     let Some(_) = strace else {
-        println!("strace not found: the agent's system calls were NOT compared with the unit's SystemCallFilter");
+        println!(
+            "strace not found: the agent's system calls were NOT compared with the unit's SystemCallFilter"
+        );
         return;
     };
     if which("systemd-analyze").is_none() {
-        println!("systemd-analyze not found: cannot expand the unit's SystemCallFilter; system calls NOT compared");
+        println!(
+            "systemd-analyze not found: cannot expand the unit's SystemCallFilter; system calls NOT compared"
+        );
         return;
     }
     let filter = unit_values(&entries, "Service", "SystemCallFilter");
@@ -994,20 +1485,28 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     let f = std::fs::File::open(&trace).expect("strace output");
     for l in BufReader::new(f).lines() {
         let l = l.unwrap();
-        let mut it = l.splitn(2, ' ');
-        let (_pid, rest) = (it.next(), it.next().unwrap_or("").trim_start());
-        if let Some(name) = rest.split('(').next().filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')) {
-            if rest.contains('(') {
-                used.insert(name.to_string());
-            }
+        // `PID name(args) = result`; resumed calls, signals and exits differ.
+        let rest = l.split_once(' ').map_or("", |(_pid, r)| r.trim_start());
+        let Some((name, _)) = rest.split_once('(') else {
+            continue;
+        };
+        let is_name = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+        if !name.is_empty() && name.bytes().all(is_name) {
+            used.insert(name.to_string());
         }
     }
-    assert!(used.contains("bpf"), "strace saw the agent's bpf() calls: {used:?}");
+    assert!(
+        used.contains("bpf"),
+        "strace saw the agent's bpf() calls: {used:?}"
+    );
     let refused: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
     assert!(
         refused.is_empty(),
         "the agent makes system calls the unit's SystemCallFilter ({filter:?}) refuses: {refused:?}\nall calls seen: {used:?}"
     );
-    println!("system calls: all {} the agent made are allowed by SystemCallFilter={filter:?}: {used:?}", used.len());
+    println!(
+        "system calls: all {} the agent made are allowed by SystemCallFilter={filter:?}: {used:?}",
+        used.len()
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
