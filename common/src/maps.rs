@@ -35,8 +35,12 @@ pub mod programs {
 
 /// Prefix-table capacity, both generations together (a reload writes the new
 /// generation beside the live one before switching).
-pub const LIST_V4_CAPACITY: u32 = 4 * 1024 * 1024;
-pub const LIST_V6_CAPACITY: u32 = 4 * 1024 * 1024;
+///
+/// The kernel allocates a hash map's buckets (16 bytes each) for its full
+/// capacity even with BPF_F_NO_PREALLOC, so each of these costs 32 MiB up
+/// front: 2 M entries, 1 M per generation.
+pub const LIST_V4_CAPACITY: u32 = 2 * 1024 * 1024;
+pub const LIST_V6_CAPACITY: u32 = 2 * 1024 * 1024;
 /// IPv4 direct table: one code byte per /24, in 64-byte blocks, per slot.
 pub const V4_DIRECT_PER_BLOCK: u32 = 64;
 pub const V4_DIRECT_BLOCKS: u32 = (1 << 24) / V4_DIRECT_PER_BLOCK;

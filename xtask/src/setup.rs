@@ -19,6 +19,13 @@ const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     "bpftool",
     "netcat-openbsd",
+    // The deploy tests: a real YAML parser for the manifests, and strace to check
+    // the systemd unit's system-call filter against what the agent calls.
+    "yq",
+    "strace",
+    // setpriv (the tests run the agent without capabilities) and systemd-analyze.
+    "util-linux",
+    "systemd",
 ];
 
 /// The LLVM major that nightly must carry: bpf-linker is linked against LLVM 22.
