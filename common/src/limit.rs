@@ -3,8 +3,9 @@
 //! A [`Rate`] is a threshold (packets/s or bits/s) with a burst; a [`Bucket`] is
 //! the state kept per key (a source, a prefix, or one global key). [`admit`]
 //! refills the bucket for the time since it was last used and takes the
-//! packet's cost if it is there. Integer only, no loops, no division, no
-//! panics, no overflow, so the kernel runs the same code as the host tests.
+//! packet's cost if it is there. Integer only; no loops, division, panics or
+//! overflow on the packet path, so the kernel runs the same code as the host
+//! tests.
 //! Semantics and reasons are in docs/design/token-bucket.md.
 
 use core::fmt;
@@ -22,8 +23,9 @@ pub const MAX_PACKETS_PER_SECOND: u64 = 1_000_000_000;
 /// Largest rate accepted in bits per second: 1 Tbit/s.
 pub const MAX_BITS_PER_SECOND: u64 = 1_000_000_000_000;
 /// Largest burst accepted, in tokens of either unit. `MAX_BURST * SCALE` must
-/// fit a u64 with room for one second of the largest rate (see [`refill`]):
-/// 1e19 + 1e12 < 1.8e19. In bits this is 1.25 GB, 0.1 s at 100 Gbit/s.
+/// fit a u64 with room for one nanosecond of refill at the largest rate,
+/// which rounding `fill_ns` up can add (see [`refill`]): 1e19 + 1e12 <
+/// 1.8e19. In bits this is 1.25 GB, 0.1 s at 100 Gbit/s.
 pub const MAX_BURST: u64 = 10_000_000_000;
 /// Smallest burst accepted in bits: one minimal Ethernet frame (64 bytes).
 pub const MIN_BURST_BITS: u64 = 64 * 8;
@@ -296,7 +298,7 @@ pub fn admit(bucket: &mut Bucket, rate: &Rate, now_ns: u64, cost: u64) -> bool {
 ///
 /// Not `u64::saturating_mul`: LLVM lowers that to a 128-bit multiply
 /// (`__multi3`), which the BPF backend cannot call. Built from 32-bit halves,
-/// this is four multiplies, shifts and compares, exact for every input.
+/// this is three multiplies, shifts and compares, exact for every input.
 #[inline(always)]
 pub const fn mul_sat(a: u64, b: u64) -> u64 {
     const LO: u64 = 0xffff_ffff;
