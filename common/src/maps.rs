@@ -15,6 +15,12 @@ pub mod names {
     pub const BENCH_SOURCES: &str = "TG_BENCH_SOURCES";
     pub const V4_DIRECT: &str = "TG_V4_DIRECT";
     pub const V4_CODES: &str = "TG_V4_CODES";
+    /// Ring buffer of security events (`event::Event` records).
+    pub const EVENTS: &str = "TG_EVENTS";
+    /// `event::EventConfig` at index 0, written by the agent.
+    pub const EVENT_CONFIG: &str = "TG_EVENT_CONFIG";
+    /// Per-CPU `event::Bucket`s: one per reason, then the global one.
+    pub const EVENT_SAMPLER: &str = "TG_EVENT_SAMPLER";
 }
 
 /// Program names in the kernel object.

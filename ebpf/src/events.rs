@@ -1,0 +1,71 @@
+//! Sampled security events into the ring buffer. Off by default: then the
+//! only cost on a drop is the read of `TG_EVENT_CONFIG`.
+
+use aya_ebpf::helpers::bpf_ktime_get_ns;
+use tierguard_common::{
+    decide::Decision,
+    event::{self, Event, EVENT_VERSION, GLOBAL_BUCKET, WAKEUP_EVERY},
+    maps::Direction,
+    packet::Packet,
+};
+
+use crate::maps::{EVENTS, EVENT_CONFIG, EVENT_SAMPLER};
+
+/// Submit without waking the consumer (it drains on a timer).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// Submit and wake the consumer.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Records an event for a dropped packet if events are on and sampling allows.
+/// `p` is the parsed packet, or `None` when parsing failed.
+#[inline(always)]
+pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, len: u32) {
+    let cfg = match EVENT_CONFIG.get(0) {
+        Some(c) if c.enabled != 0 => *c,
+        _ => return,
+    };
+    let reason = d.reason as u32;
+    let (Some(b), Some(g)) = (EVENT_SAMPLER.get_ptr_mut(reason), EVENT_SAMPLER.get_ptr_mut(GLOBAL_BUCKET)) else {
+        return;
+    };
+    // SAFETY: per-CPU entries, no other writer on this CPU while we run;
+    // `reason` and `GLOBAL_BUCKET` differ (reasons are below MAX_REASONS).
+    let (b, g) = unsafe { (&mut *b, &mut *g) };
+    let now = unsafe { bpf_ktime_get_ns() };
+    if !event::sample(b, g, &cfg, now) {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        event::lost(b);
+        return;
+    };
+    let mut e = Event::EMPTY;
+    e.version = EVENT_VERSION;
+    e.direction = dir as u8;
+    e.verdict = d.reason.verdict() as u8;
+    e.reason = d.reason as u8;
+    e.list_id = d.id;
+    e.ifindex = ifindex;
+    e.time_ns = now;
+    e.suppressed = b.pending;
+    e.len = len;
+    if let Some(p) = p {
+        e.family = p.family;
+        e.proto = p.proto;
+        e.tcp_flags = p.tcp_flags;
+        e.icmp_type = p.icmp_type;
+        e.icmp_code = p.icmp_code;
+        e.packet_flags = p.flags;
+        e.src = p.src;
+        e.dst = p.dst;
+        e.sport = p.sport;
+        e.dport = p.dport;
+    }
+    entry.write(e);
+    event::emitted(b);
+    // The global bucket's `pending` counts this CPU's emitted events (see
+    // `Bucket`): every WAKEUP_EVERY-th submit wakes the consumer.
+    g.pending = g.pending.wrapping_add(1);
+    let flags = if g.pending % WAKEUP_EVERY == 0 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    entry.submit(flags);
+}
