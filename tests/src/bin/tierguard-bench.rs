@@ -131,6 +131,7 @@ fn config(nets: Vec<IpNetwork>) -> Config {
             origin: Origin { file: "benchmark".into(), line: 0, column: 0 },
             files: Vec::new(),
         }],
+        events: Default::default(),
     }
 }
 
