@@ -3,6 +3,7 @@
 
 mod attach;
 mod error;
+mod events;
 mod stats;
 mod tables;
 mod test_run;
@@ -14,6 +15,7 @@ use tierguard_common::maps::{PROG_INGRESS, names, programs};
 
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use error::{DatapathError, Result};
+pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config};
 pub use stats::{Stats, StatsKey, StatsReader};
 pub use test_run::{RunResult, XDP_DROP, XDP_PASS};
 
