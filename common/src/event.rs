@@ -177,7 +177,7 @@ impl Bucket {
         }
         let room = cap.saturating_sub(self.level);
         // Time to fill the room, rounded up; at or past it, the bucket is full.
-        let fill_ns = room / rate + if room % rate != 0 { 1 } else { 0 };
+        let fill_ns = room.div_ceil(rate);
         if elapsed >= fill_ns {
             self.level = cap;
         } else {

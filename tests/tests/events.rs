@@ -273,6 +273,51 @@ fn events_are_off_by_default_and_a_reload_switches_them_on() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn the_event_file_rotates_and_keeps_the_configured_number_of_files() {
+    let lab = Lab::new("tgv4", 224);
+    let pins = PinDir::new("ev4");
+    let dir = tmpdir("rotate");
+    let out = dir.join("events.jsonl");
+    let config = write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        &format!("enabled = true\nrate_per_reason = 100000\nburst = 100000\nglobal_rate = 100000\noutput = \"{}\"\nfile_max_bytes = 4096\nfile_keep = 2\n", out.display()),
+    );
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    let sent = 200u64;
+    lab.exec(&["hping3", "--udp", "-p", "9", "-a", FLOOD_V4, "-c", &sent.to_string(), "-i", "u1000", "-q", &lab.node_v4()]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = agent.scrape();
+        if metric(&m, "tierguard_events_emitted_total{reason=\"deny_list\"}") == sent {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all {sent} events emitted:\n{m}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The writer thread may still be behind the counter by a few lines.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("events.jsonl"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["events.jsonl", "events.jsonl.1", "events.jsonl.2"], "the live file and file_keep = 2 rotated ones");
+    for n in &names {
+        let p = dir.join(n);
+        assert!(std::fs::metadata(&p).unwrap().len() <= 4096, "{n} is within file_max_bytes");
+        // Whole lines only.
+        assert!(lines(&p).iter().all(|e| e["src"] == FLOOD_V4));
+    }
+    let m = agent.scrape();
+    assert_eq!(metric(&m, "tierguard_events_dropped_total{stage=\"write_error\"}"), 0);
+    assert!(agent.stop().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn promtool_accepts(metrics: &str) {
     let mut p = Command::new("promtool")
         .args(["check", "metrics"])
