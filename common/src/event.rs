@@ -99,7 +99,8 @@ impl Event {
 }
 
 /// Event settings the agent writes into `TG_EVENT_CONFIG[0]`. Rates and
-/// bursts are per CPU (the agent divides the configured figures).
+/// bursts are per CPU (the agent divides the configured figures). Build it
+/// with [`EventConfig::new`] so the fill times match the rates.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventConfig {
@@ -114,23 +115,53 @@ pub struct EventConfig {
     pub global_rate: u64,
     /// All reasons together, bucket size per CPU.
     pub global_burst: u64,
+    /// Nanoseconds to fill an empty per-reason bucket: precomputed so the
+    /// datapath never divides.
+    pub fill_ns: u64,
+    /// The same for the global bucket.
+    pub global_fill_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<EventConfig>() == 56);
+
+const fn clamp(v: u64) -> u64 {
+    if v == 0 {
+        1
+    } else if v > MAX_RATE {
+        MAX_RATE
+    } else {
+        v
+    }
+}
+
+/// Nanoseconds to fill an empty bucket of `burst` at `rate` (rounded up).
+pub const fn fill_ns(rate: u64, burst: u64) -> u64 {
+    let burst = if burst > MAX_RATE { MAX_RATE } else { burst };
+    let rate = if rate == 0 { 1 } else { rate };
+    (burst * NS_PER_SEC).div_ceil(rate)
+}
 
 impl EventConfig {
+    /// Events on, with these per-CPU rates and bursts (each clamped to 1..=MAX_RATE).
+    pub const fn new(rate: u64, burst: u64, global_rate: u64, global_burst: u64) -> EventConfig {
+        let (rate, burst, global_rate, global_burst) = (clamp(rate), clamp(burst), clamp(global_rate), clamp(global_burst));
+        EventConfig {
+            enabled: 1,
+            _pad: 0,
+            rate,
+            burst,
+            global_rate,
+            global_burst,
+            fill_ns: fill_ns(rate, burst),
+            global_fill_ns: fill_ns(global_rate, global_burst),
+        }
+    }
+
     /// The per-CPU configuration for node-wide figures spread over `cpus` CPUs.
     /// Each share is rounded down but never below 1 (so with fewer events per
     /// second than CPUs the node-wide rate can reach one per CPU per second).
     pub fn per_cpu(rate: u64, burst: u64, global_rate: u64, global_burst: u64, cpus: u64) -> EventConfig {
         let share = |v: u64| (v / cpus.max(1)).max(1);
-        EventConfig {
-            enabled: 1,
-            _pad: 0,
-            rate: share(rate),
-            burst: share(burst),
-            global_rate: share(global_rate),
-            global_burst: share(global_burst),
-        }
+        EventConfig::new(share(rate), share(burst), share(global_rate), share(global_burst))
     }
 }
 
@@ -155,11 +186,12 @@ pub struct Bucket {
 const _: () = assert!(core::mem::size_of::<Bucket>() == 40);
 
 impl Bucket {
-    /// Refills for the time elapsed since the last refill. Integer-only and
-    /// overflow-free for any gap: a gap long enough to fill the bucket fills
-    /// it without multiplying, and shorter gaps multiply to less than the cap.
+    /// Refills for the time elapsed since the last refill. Integer-only, no
+    /// division, and overflow-free for any gap: a gap of at least `fill_ns`
+    /// (the time to fill an empty bucket, see [`fill_ns`]) fills it without
+    /// multiplying, and a shorter gap multiplies to less than `cap + rate`.
     #[inline(always)]
-    pub fn refill(&mut self, now: u64, rate: u64, burst: u64) {
+    pub fn refill(&mut self, now: u64, rate: u64, burst: u64, fill_ns: u64) {
         // Bursts are clamped to MAX_RATE so the cap cannot overflow (no
         // saturating_mul: it needs 128-bit arithmetic, which BPF lacks).
         let cap = if burst > MAX_RATE { MAX_RATE } else { burst } * NS_PER_SEC;
@@ -170,20 +202,15 @@ impl Bucket {
         }
         // A clock read before `last_ns` (should not happen per CPU) adds nothing.
         let elapsed = now.saturating_sub(self.last_ns);
-        self.last_ns = if now > self.last_ns { now } else { self.last_ns };
-        if rate == 0 {
-            self.level = if self.level > cap { cap } else { self.level };
-            return;
+        if now > self.last_ns {
+            self.last_ns = now;
         }
-        let room = cap.saturating_sub(self.level);
-        // Time to fill the room, rounded up; at or past it, the bucket is full.
-        let fill_ns = room.div_ceil(rate);
         if elapsed >= fill_ns {
             self.level = cap;
         } else {
-            // elapsed < fill_ns <= room/rate + 1, so elapsed * rate < room + rate: no overflow.
-            let add = elapsed * rate;
-            self.level = if add >= room { cap } else { self.level + add };
+            // elapsed < fill_ns = ceil(cap / rate): elapsed * rate < cap + rate.
+            let level = self.level + elapsed * rate;
+            self.level = if level > cap { cap } else { level };
         }
     }
 
@@ -204,8 +231,8 @@ impl Bucket {
 /// emits the event carrying `per_reason.pending` and then calls [`emitted`].
 #[inline(always)]
 pub fn sample(per_reason: &mut Bucket, global: &mut Bucket, cfg: &EventConfig, now: u64) -> bool {
-    per_reason.refill(now, cfg.rate, cfg.burst);
-    global.refill(now, cfg.global_rate, cfg.global_burst);
+    per_reason.refill(now, cfg.rate, cfg.burst, cfg.fill_ns);
+    global.refill(now, cfg.global_rate, cfg.global_burst, cfg.global_fill_ns);
     if per_reason.has_token() && global.has_token() {
         per_reason.take();
         global.take();
@@ -243,7 +270,7 @@ mod tests {
     use super::*;
 
     fn cfg(rate: u64, burst: u64) -> EventConfig {
-        EventConfig { enabled: 1, _pad: 0, rate, burst, global_rate: MAX_RATE, global_burst: MAX_RATE }
+        EventConfig::new(rate, burst, MAX_RATE, MAX_RATE)
     }
 
     #[test]
@@ -334,7 +361,7 @@ mod tests {
 
     #[test]
     fn no_overflow_after_days_or_at_the_limits() {
-        let c = EventConfig { enabled: 1, _pad: 0, rate: MAX_RATE, burst: MAX_RATE, global_rate: MAX_RATE, global_burst: MAX_RATE };
+        let c = EventConfig::new(MAX_RATE, MAX_RATE, MAX_RATE, MAX_RATE);
         let mut b = Bucket::default();
         let mut g = Bucket::default();
         assert!(sample(&mut b, &mut g, &c, 1));
@@ -351,7 +378,7 @@ mod tests {
 
     #[test]
     fn global_bucket_caps_all_reasons() {
-        let c = EventConfig { enabled: 1, _pad: 0, rate: 100, burst: 100, global_rate: 1, global_burst: 3 };
+        let c = EventConfig::new(100, 100, 1, 3);
         let mut a = Bucket::default();
         let mut b = Bucket::default();
         let mut g = Bucket::default();
@@ -391,5 +418,9 @@ mod tests {
         assert_eq!((c.rate, c.burst, c.global_rate), (33, 66, 333));
         assert!(c.rate * 3 <= 100 && c.burst * 3 <= 200);
         assert_eq!(EventConfig::per_cpu(1, 1, 1, 1, 8).rate, 1);
+        assert_eq!(c.fill_ns, (66 * NS_PER_SEC).div_ceil(33));
+        assert_eq!(fill_ns(3, 1), 333_333_334);
+        let clamped = EventConfig::new(0, u64::MAX, 0, 0);
+        assert_eq!((clamped.rate, clamped.burst), (1, MAX_RATE));
     }
 }

@@ -1,7 +1,7 @@
 //! Sampled security events into the ring buffer. Off by default: then the
 //! only cost on a drop is the read of `TG_EVENT_CONFIG`.
 
-use aya_ebpf::helpers::bpf_ktime_get_ns;
+use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use tierguard_common::{
     decide::Decision,
     event::{self, Event, EVENT_VERSION, GLOBAL_BUCKET, WAKEUP_EVERY},
@@ -31,10 +31,14 @@ pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, l
     // SAFETY: per-CPU entries, no other writer on this CPU while we run;
     // `reason` and `GLOBAL_BUCKET` differ (reasons are below MAX_REASONS).
     let (b, g) = unsafe { (&mut *b, &mut *g) };
-    let now = unsafe { bpf_ktime_get_ns() };
-    if !event::sample(b, g, &cfg, now) {
+    // Sampling runs on the coarse clock (a tick-granular read, much cheaper
+    // than the precise one): the suppressed path must stay cheap. The
+    // record's time is read precisely, only when an event is emitted.
+    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
+    if !event::sample(b, g, &cfg, coarse) {
         return;
     }
+    let now = unsafe { bpf_ktime_get_ns() };
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         event::lost(b);
         return;

@@ -102,5 +102,6 @@ mod tests {
         let on = EventsConfig { enabled: true, ..EventsConfig::default() };
         let k = kernel_config(&on, 4);
         assert_eq!((k.enabled, k.rate, k.burst, k.global_rate, k.global_burst), (1, 25, 50, 250, 250));
+        assert_eq!(k.fill_ns, 2_000_000_000, "50 tokens at 25/s");
     }
 }
