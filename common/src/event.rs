@@ -231,17 +231,43 @@ impl Bucket {
 /// emits the event carrying `per_reason.pending` and then calls [`emitted`].
 #[inline(always)]
 pub fn sample(per_reason: &mut Bucket, global: &mut Bucket, cfg: &EventConfig, now: u64) -> bool {
+    sample_reason(per_reason, cfg, now) && sample_global(per_reason, global, cfg, now)
+}
+
+/// First half of [`sample`]: the per-reason bucket alone. On false the event
+/// is counted as suppressed and the global bucket need not be read at all
+/// (the kernel's cheap path). Refilling later gives the same level as
+/// refilling now, so skipping the global bucket changes nothing.
+#[inline(always)]
+pub fn sample_reason(per_reason: &mut Bucket, cfg: &EventConfig, now: u64) -> bool {
     per_reason.refill(now, cfg.rate, cfg.burst, cfg.fill_ns);
+    if per_reason.has_token() {
+        true
+    } else {
+        suppress(per_reason);
+        false
+    }
+}
+
+/// Second half of [`sample`], after [`sample_reason`] said yes: takes a token
+/// from both buckets if the global one has one, else counts the event as suppressed.
+#[inline(always)]
+pub fn sample_global(per_reason: &mut Bucket, global: &mut Bucket, cfg: &EventConfig, now: u64) -> bool {
     global.refill(now, cfg.global_rate, cfg.global_burst, cfg.global_fill_ns);
-    if per_reason.has_token() && global.has_token() {
+    if global.has_token() {
         per_reason.take();
         global.take();
         true
     } else {
-        per_reason.pending += 1;
-        per_reason.suppressed += 1;
+        suppress(per_reason);
         false
     }
+}
+
+#[inline(always)]
+fn suppress(per_reason: &mut Bucket) {
+    per_reason.pending += 1;
+    per_reason.suppressed += 1;
 }
 
 /// After a successful emit: the pending count went out with the event.

@@ -21,21 +21,27 @@ const BPF_RB_FORCE_WAKEUP: u64 = 2;
 #[inline(always)]
 pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, len: u32) {
     let cfg = match EVENT_CONFIG.get(0) {
-        Some(c) if c.enabled != 0 => *c,
+        Some(c) if c.enabled != 0 => c,
         _ => return,
     };
-    let reason = d.reason as u32;
-    let (Some(b), Some(g)) = (EVENT_SAMPLER.get_ptr_mut(reason), EVENT_SAMPLER.get_ptr_mut(GLOBAL_BUCKET)) else {
+    let Some(b) = EVENT_SAMPLER.get_ptr_mut(d.reason as u32) else {
         return;
     };
-    // SAFETY: per-CPU entries, no other writer on this CPU while we run;
-    // `reason` and `GLOBAL_BUCKET` differ (reasons are below MAX_REASONS).
-    let (b, g) = unsafe { (&mut *b, &mut *g) };
+    // SAFETY: per-CPU entry, no other writer on this CPU while we run.
+    let b = unsafe { &mut *b };
     // Sampling runs on the coarse clock (a tick-granular read, much cheaper
     // than the precise one): the suppressed path must stay cheap. The
     // record's time is read precisely, only when an event is emitted.
     let coarse = unsafe { bpf_ktime_get_coarse_ns() };
-    if !event::sample(b, g, &cfg, coarse) {
+    if !event::sample_reason(b, cfg, coarse) {
+        return;
+    }
+    let Some(g) = EVENT_SAMPLER.get_ptr_mut(GLOBAL_BUCKET) else {
+        return;
+    };
+    // SAFETY: as above; GLOBAL_BUCKET is past every reason's entry.
+    let g = unsafe { &mut *g };
+    if !event::sample_global(b, g, cfg, coarse) {
         return;
     }
     let now = unsafe { bpf_ktime_get_ns() };
