@@ -120,8 +120,12 @@ pub struct EventConfig {
     pub fill_ns: u64,
     /// The same for the global bucket.
     pub global_fill_ns: u64,
+    /// Nanoseconds per kernel jiffy (1e9 / CONFIG_HZ) if the agent could tell
+    /// it: the sampler's clock is then `jiffies × ns_per_jiffy`, a plain
+    /// memory read. 0: the sampler reads the coarse monotonic clock instead.
+    pub ns_per_jiffy: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<EventConfig>() == 64);
 
 const fn clamp(v: u64) -> u64 {
     if v == 0 {
@@ -153,6 +157,7 @@ impl EventConfig {
             global_burst,
             fill_ns: fill_ns(rate, burst),
             global_fill_ns: fill_ns(global_rate, global_burst),
+            ns_per_jiffy: 0,
         }
     }
 
@@ -200,11 +205,10 @@ impl Bucket {
             self.last_ns = now;
             return;
         }
-        // A clock read before `last_ns` (should not happen per CPU) adds nothing.
+        // A clock read before `last_ns` (not expected per CPU, but possible if
+        // the clock source changed) adds nothing and restarts from `now`.
         let elapsed = now.saturating_sub(self.last_ns);
-        if now > self.last_ns {
-            self.last_ns = now;
-        }
+        self.last_ns = now;
         if elapsed >= fill_ns {
             self.level = cap;
         } else {
@@ -397,9 +401,13 @@ mod tests {
         let far = u64::MAX - 1;
         assert!(sample(&mut b, &mut g, &c, far));
         assert_eq!(b.level, (MAX_RATE - 1) * NS_PER_SEC);
-        // Clock going backwards adds nothing and does not panic.
+        // A clock going backwards adds nothing, does not panic, and refills
+        // from there on.
+        let level = b.level;
         assert!(sample(&mut b, &mut g, &c, 5));
-        assert_eq!(b.last_ns, far);
+        assert_eq!((b.last_ns, b.level), (5, level - NS_PER_SEC));
+        assert!(sample(&mut b, &mut g, &c, 5 + 1_000));
+        assert_eq!(b.level, level - NS_PER_SEC + 1_000 * MAX_RATE - NS_PER_SEC);
     }
 
     #[test]

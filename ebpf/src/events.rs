@@ -1,7 +1,7 @@
 //! Sampled security events into the ring buffer. Off by default: then the
 //! only cost on a drop is the read of `TG_EVENT_CONFIG`.
 
-use aya_ebpf::helpers::{bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use tierguard_common::{
     decide::Decision,
     event::{self, Event, EVENT_VERSION, GLOBAL_BUCKET, WAKEUP_EVERY},
@@ -29,10 +29,15 @@ pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, l
     };
     // SAFETY: per-CPU entry, no other writer on this CPU while we run.
     let b = unsafe { &mut *b };
-    // Sampling runs on the coarse clock (a tick-granular read, much cheaper
-    // than the precise one): the suppressed path must stay cheap. The
+    // Sampling runs on a tick-granular clock: jiffies when the agent told us
+    // their length (the verifier inlines bpf_jiffies64 into a memory read),
+    // else the coarse clock. The suppressed path must stay cheap; the
     // record's time is read precisely, only when an event is emitted.
-    let coarse = unsafe { bpf_ktime_get_coarse_ns() };
+    let coarse = if cfg.ns_per_jiffy != 0 {
+        (unsafe { bpf_jiffies64() }) * cfg.ns_per_jiffy
+    } else {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    };
     if !event::sample_reason(b, cfg, coarse) {
         return;
     }

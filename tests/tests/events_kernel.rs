@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tierguard::{
     config::{Config, EventsConfig},
-    datapath::{Datapath, XDP_DROP, XDP_PASS, cpus, kernel_config},
+    datapath::{Datapath, XDP_DROP, XDP_PASS, cpus, kernel_config, ns_per_jiffy},
     policy::CompiledPolicy,
 };
 use tierguard_common::{
@@ -60,7 +60,8 @@ fn drops_write_records_with_the_packet_fields_and_sampling_accounts_for_every_dr
     // On, with one event per second per CPU and a burst of 2 per CPU.
     let cfg = EventsConfig { enabled: true, rate_per_reason: cpus(), burst: 2 * cpus(), global_rate: 1000 * cpus(), ..EventsConfig::default() };
     let k = dp.set_events(&cfg).unwrap();
-    assert_eq!(k, kernel_config(&cfg, cpus()));
+    assert_eq!(k, tierguard_common::event::EventConfig { ns_per_jiffy: ns_per_jiffy(), ..kernel_config(&cfg, cpus()) });
+    assert!([0, 1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&k.ns_per_jiffy), "{}", k.ns_per_jiffy);
     assert_eq!((k.rate, k.burst), (1, 2));
 
     assert_eq!(dp.test_run(programs::INGRESS, &syn, 1).unwrap().action, XDP_DROP);
