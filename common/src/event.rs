@@ -147,7 +147,12 @@ pub const fn fill_ns(rate: u64, burst: u64) -> u64 {
 impl EventConfig {
     /// Events on, with these per-CPU rates and bursts (each clamped to 1..=MAX_RATE).
     pub const fn new(rate: u64, burst: u64, global_rate: u64, global_burst: u64) -> EventConfig {
-        let (rate, burst, global_rate, global_burst) = (clamp(rate), clamp(burst), clamp(global_rate), clamp(global_burst));
+        let (rate, burst, global_rate, global_burst) = (
+            clamp(rate),
+            clamp(burst),
+            clamp(global_rate),
+            clamp(global_burst),
+        );
         EventConfig {
             enabled: 1,
             _pad: 0,
@@ -164,9 +169,20 @@ impl EventConfig {
     /// The per-CPU configuration for node-wide figures spread over `cpus` CPUs.
     /// Each share is rounded down but never below 1 (so with fewer events per
     /// second than CPUs the node-wide rate can reach one per CPU per second).
-    pub fn per_cpu(rate: u64, burst: u64, global_rate: u64, global_burst: u64, cpus: u64) -> EventConfig {
+    pub fn per_cpu(
+        rate: u64,
+        burst: u64,
+        global_rate: u64,
+        global_burst: u64,
+        cpus: u64,
+    ) -> EventConfig {
         let share = |v: u64| (v / cpus.max(1)).max(1);
-        EventConfig::new(share(rate), share(burst), share(global_rate), share(global_burst))
+        EventConfig::new(
+            share(rate),
+            share(burst),
+            share(global_rate),
+            share(global_burst),
+        )
     }
 }
 
@@ -256,7 +272,12 @@ pub fn sample_reason(per_reason: &mut Bucket, cfg: &EventConfig, now: u64) -> bo
 /// Second half of [`sample`], after [`sample_reason`] said yes: takes a token
 /// from both buckets if the global one has one, else counts the event as suppressed.
 #[inline(always)]
-pub fn sample_global(per_reason: &mut Bucket, global: &mut Bucket, cfg: &EventConfig, now: u64) -> bool {
+pub fn sample_global(
+    per_reason: &mut Bucket,
+    global: &mut Bucket,
+    cfg: &EventConfig,
+    now: u64,
+) -> bool {
     global.refill(now, cfg.global_rate, cfg.global_burst, cfg.global_fill_ns);
     if global.has_token() {
         per_reason.take();
@@ -329,7 +350,12 @@ mod tests {
         e.len = 98;
         e.suppressed = 7;
         // SAFETY: viewing a repr(C) value without padding as bytes.
-        let bytes = unsafe { core::slice::from_raw_parts(&e as *const Event as *const u8, core::mem::size_of::<Event>()) };
+        let bytes = unsafe {
+            core::slice::from_raw_parts(
+                &e as *const Event as *const u8,
+                core::mem::size_of::<Event>(),
+            )
+        };
         assert_eq!(Event::from_bytes(bytes), Some(e));
         assert_eq!(Event::from_bytes(&bytes[..71]), None);
         let mut other = bytes.to_vec();
@@ -353,14 +379,27 @@ mod tests {
 
     #[test]
     fn never_exceeds_rate_times_window_plus_burst() {
-        for (rate, burst, gap) in [(100, 200, 1_000), (1, 1, 7), (100, 1, 3_333_333), (1000, 50, 999_999), (7, 3, 10_000_000)] {
+        for (rate, burst, gap) in [
+            (100, 200, 1_000),
+            (1, 1, 7),
+            (100, 1, 3_333_333),
+            (1000, 50, 999_999),
+            (7, 3, 10_000_000),
+        ] {
             let c = cfg(rate, burst);
             let n = 20_000;
             let (allowed, b) = run(&c, 1, gap, n);
             let window = (n - 1) * gap;
             let bound = rate * window / NS_PER_SEC + burst;
-            assert!(allowed <= bound, "rate {rate} burst {burst} gap {gap}: {allowed} > {bound}");
-            assert_eq!(allowed + b.suppressed, n, "every event is either emitted or suppressed");
+            assert!(
+                allowed <= bound,
+                "rate {rate} burst {burst} gap {gap}: {allowed} > {bound}"
+            );
+            assert_eq!(
+                allowed + b.suppressed,
+                n,
+                "every event is either emitted or suppressed"
+            );
             // The burst always goes out (exact refill is checked below).
             assert!(allowed >= burst.min(n));
         }
@@ -386,7 +425,11 @@ mod tests {
         // Long idle: full bucket, never more.
         let t = t + 60 * NS_PER_SEC;
         assert_eq!((0..10).filter(|_| sample(&mut b, &mut g, &c, t)).count(), 5);
-        assert_eq!(b.pending, 2 + 1 + 2 + 5, "pending counts since the last emit() (never called here)");
+        assert_eq!(
+            b.pending,
+            2 + 1 + 2 + 5,
+            "pending counts since the last emit() (never called here)"
+        );
     }
 
     #[test]

@@ -4,12 +4,12 @@
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use tierguard_common::{
     decide::Decision,
-    event::{self, Event, EVENT_VERSION, GLOBAL_BUCKET, WAKEUP_EVERY},
+    event::{self, EVENT_VERSION, Event, GLOBAL_BUCKET, WAKEUP_EVERY},
     maps::Direction,
     packet::Packet,
 };
 
-use crate::maps::{EVENTS, EVENT_CONFIG, EVENT_SAMPLER};
+use crate::maps::{EVENT_CONFIG, EVENT_SAMPLER, EVENTS};
 
 /// Submit without waking the consumer (it drains on a timer).
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -81,6 +81,10 @@ pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, l
     // The global bucket's `pending` counts this CPU's emitted events (see
     // `Bucket`): every WAKEUP_EVERY-th submit wakes the consumer.
     g.pending = g.pending.wrapping_add(1);
-    let flags = if g.pending % WAKEUP_EVERY == 0 { BPF_RB_FORCE_WAKEUP } else { BPF_RB_NO_WAKEUP };
+    let flags = if g.pending % WAKEUP_EVERY == 0 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
     entry.submit(flags);
 }

@@ -44,7 +44,9 @@ fn lines(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
-        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}"))
+        })
         .collect()
 }
 
@@ -57,7 +59,10 @@ fn wait_lines(path: &Path, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<V
         if pred(&l) {
             return l;
         }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; lines so far:\n{l:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; lines so far:\n{l:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -65,7 +70,10 @@ fn wait_lines(path: &Path, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<V
 fn expected_node() -> String {
     match std::env::var("NODE_NAME") {
         Ok(n) if !n.is_empty() => n,
-        _ => std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string(),
+        _ => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -93,18 +101,46 @@ fn denied_traffic_produces_events_with_every_field_right() {
         &dir,
         &lab.node_if,
         pins.path(),
-        &format!("enabled = true\nrate_per_reason = 1000\nburst = 1000\nglobal_rate = 10000\noutput = \"{}\"\n", out.display()),
+        &format!(
+            "enabled = true\nrate_per_reason = 1000\nburst = 1000\nglobal_rate = 10000\noutput = \"{}\"\n",
+            out.display()
+        ),
     );
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
 
     // Allowed traffic makes no events (and fills the neighbour caches).
     assert!(lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &lab.node_v4()]));
-    assert!(lab.exec(&["ping", "-6", "-c", "2", "-i", "0.2", "-W", "2", &lab.node_v6()]));
+    assert!(lab.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "2",
+        &lab.node_v6()
+    ]));
 
     // Denied IPv4 ping: four echo requests, four events.
-    assert!(!lab.exec(&["ping", "-c", "4", "-i", "0.2", "-W", "1", "-I", DENIED_V4, &lab.node_v4()]));
+    assert!(!lab.exec(&[
+        "ping",
+        "-c",
+        "4",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        DENIED_V4,
+        &lab.node_v4()
+    ]));
     let got = wait_lines(&out, "4 IPv4 events", |l| l.len() >= 4);
-    assert_eq!(got.len(), 4, "one event per denied packet, none for allowed ones: {got:#?}");
+    assert_eq!(
+        got.len(),
+        4,
+        "one event per denied packet, none for allowed ones: {got:#?}"
+    );
     let node = expected_node();
     for e in &got {
         assert_eq!(e["version"], 1);
@@ -124,20 +160,46 @@ fn denied_traffic_produces_events_with_every_field_right() {
         assert_eq!(e["icmp_type"], 8, "echo request");
         assert_eq!(e["icmp_code"], 0);
         assert!(e.get("src_port").is_none() && e.get("tcp_flags").is_none());
-        assert_eq!(e["length"], 14 + 20 + 8 + 56, "Ethernet + IPv4 + ICMP + ping's 56 data bytes");
+        assert_eq!(
+            e["length"],
+            14 + 20 + 8 + 56,
+            "Ethernet + IPv4 + ICMP + ping's 56 data bytes"
+        );
         assert_eq!(e["suppressed"], 0);
         assert_eq!(e["fragment"], false);
         assert!(e["time"].as_str().unwrap().ends_with('Z'));
         assert!(e["policy_hash"].as_str().is_some_and(|h| !h.is_empty()));
     }
     // Times are real and in order.
-    let t: Vec<u64> = got.iter().map(|e| e["time_unix_ns"].as_u64().unwrap()).collect();
+    let t: Vec<u64> = got
+        .iter()
+        .map(|e| e["time_unix_ns"].as_u64().unwrap())
+        .collect();
     assert!(t.windows(2).all(|w| w[0] <= w[1]), "{t:?}");
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
-    assert!(now >= t[3] && now - t[0] < 120_000_000_000, "event times are close to now: {t:?} vs {now}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    assert!(
+        now >= t[3] && now - t[0] < 120_000_000_000,
+        "event times are close to now: {t:?} vs {now}"
+    );
 
     // Denied TCP SYN from a fixed source port.
-    lab.exec(&["hping3", "-S", "-p", "22", "-s", "40000", "-k", "-c", "1", "-a", DENIED_V4, &lab.node_v4()]);
+    lab.exec(&[
+        "hping3",
+        "-S",
+        "-p",
+        "22",
+        "-s",
+        "40000",
+        "-k",
+        "-c",
+        "1",
+        "-a",
+        DENIED_V4,
+        &lab.node_v4(),
+    ]);
     let got = wait_lines(&out, "the TCP event", |l| l.len() >= 5);
     let e = &got[4];
     assert_eq!(e["protocol"], "tcp");
@@ -149,7 +211,19 @@ fn denied_traffic_produces_events_with_every_field_right() {
     assert_eq!(e["length"], 14 + 20 + 20);
 
     // Denied IPv6 ping.
-    assert!(!lab.exec(&["ping", "-6", "-c", "2", "-i", "0.2", "-W", "1", "-I", DENIED_V6, &lab.node_v6()]));
+    assert!(!lab.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        DENIED_V6,
+        &lab.node_v6()
+    ]));
     let got = wait_lines(&out, "2 IPv6 events", |l| l.len() >= 7);
     for e in &got[5..] {
         assert_eq!(e["family"], "ipv6");
@@ -162,11 +236,27 @@ fn denied_traffic_produces_events_with_every_field_right() {
     }
 
     let m = agent.scrape();
-    assert_eq!(metric(&m, "tierguard_events_emitted_total{reason=\"deny_list\"}"), 7);
-    assert_eq!(metric(&m, "tierguard_events_suppressed_total{reason=\"deny_list\"}"), 0);
+    assert_eq!(
+        metric(&m, "tierguard_events_emitted_total{reason=\"deny_list\"}"),
+        7
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "tierguard_events_suppressed_total{reason=\"deny_list\"}"
+        ),
+        0
+    );
     assert_eq!(drops(&m, &lab.node_if), 7);
     for stage in ["channel_full", "decode", "ring_full", "write_error"] {
-        assert_eq!(metric(&m, &format!("tierguard_events_dropped_total{{stage=\"{stage}\"}}")), 0, "{stage}");
+        assert_eq!(
+            metric(
+                &m,
+                &format!("tierguard_events_dropped_total{{stage=\"{stage}\"}}")
+            ),
+            0,
+            "{stage}"
+        );
     }
     promtool_accepts(&m);
     assert!(agent.stop().success());
@@ -184,7 +274,10 @@ fn a_flood_is_sampled_and_every_drop_is_emitted_or_suppressed() {
         &dir,
         &lab.node_if,
         pins.path(),
-        &format!("enabled = true\nrate_per_reason = {rate}\nburst = {burst}\nglobal_rate = 1000\noutput = \"{}\"\n", out.display()),
+        &format!(
+            "enabled = true\nrate_per_reason = {rate}\nburst = {burst}\nglobal_rate = 1000\noutput = \"{}\"\n",
+            out.display()
+        ),
     );
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
     assert_eq!(drops(&agent.scrape(), &lab.node_if), 0);
@@ -192,7 +285,23 @@ fn a_flood_is_sampled_and_every_drop_is_emitted_or_suppressed() {
     let sent = 3000u64;
     let start = Instant::now();
     let ok = Command::new("ip")
-        .args(["netns", "exec", &lab.ns, "hping3", "--udp", "-p", "9", "-a", FLOOD_V4, "-c", &sent.to_string(), "-i", "u300", "-q", &lab.node_v4()])
+        .args([
+            "netns",
+            "exec",
+            &lab.ns,
+            "hping3",
+            "--udp",
+            "-p",
+            "9",
+            "-a",
+            FLOOD_V4,
+            "-c",
+            &sent.to_string(),
+            "-i",
+            "u300",
+            "-q",
+            &lab.node_v4(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
@@ -206,22 +315,40 @@ fn a_flood_is_sampled_and_every_drop_is_emitted_or_suppressed() {
         let m = agent.scrape();
         let d = drops(&m, &lab.node_if);
         let e = metric(&m, "tierguard_events_emitted_total{reason=\"deny_list\"}");
-        let s = metric(&m, "tierguard_events_suppressed_total{reason=\"deny_list\"}");
+        let s = metric(
+            &m,
+            "tierguard_events_suppressed_total{reason=\"deny_list\"}",
+        );
         let lost = metric(&m, "tierguard_events_dropped_total{stage=\"ring_full\"}");
         if d == sent && e + s + lost == d {
             assert_eq!(lost, 0, "a 1 MiB ring does not fill at this rate");
             break (d, e, s);
         }
-        assert!(Instant::now() < deadline, "dropped {d}, emitted {e}, suppressed {s}, ring_full {lost}");
+        assert!(
+            Instant::now() < deadline,
+            "dropped {d}, emitted {e}, suppressed {s}, ring_full {lost}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
-    eprintln!("flood: {dropped} dropped, {emitted} emitted, {suppressed} suppressed in {elapsed:?}");
+    eprintln!(
+        "flood: {dropped} dropped, {emitted} emitted, {suppressed} suppressed in {elapsed:?}"
+    );
     assert_eq!(dropped, sent, "every flood packet dropped");
-    assert_eq!(emitted + suppressed, dropped, "each drop is either an event or counted as suppressed");
+    assert_eq!(
+        emitted + suppressed,
+        dropped,
+        "each drop is either an event or counted as suppressed"
+    );
     // The sampler's window is inside the time we measured around the flood.
     let bound = rate * elapsed.as_millis() as u64 / 1000 + rate + burst;
-    assert!(emitted <= bound, "{emitted} events in {elapsed:?} exceeds rate {rate}/s + burst {burst} (bound {bound})");
-    assert!(emitted >= burst / 2, "at least the burst (per-CPU share) goes out: {emitted}");
+    assert!(
+        emitted <= bound,
+        "{emitted} events in {elapsed:?} exceeds rate {rate}/s + burst {burst} (bound {bound})"
+    );
+    assert!(
+        emitted >= burst / 2,
+        "at least the burst (per-CPU share) goes out: {emitted}"
+    );
     assert!(suppressed > 0);
 
     // The file holds exactly the emitted events; their `suppressed` fields
@@ -229,8 +356,14 @@ fn a_flood_is_sampled_and_every_drop_is_emitted_or_suppressed() {
     let got = wait_lines(&out, "all emitted events", |l| l.len() as u64 >= emitted);
     assert_eq!(got.len() as u64, emitted);
     let reported: u64 = got.iter().map(|e| e["suppressed"].as_u64().unwrap()).sum();
-    assert!(reported <= suppressed, "{reported} reported > {suppressed} suppressed");
-    assert!(reported > 0, "events carry the count of suppressed ones before them");
+    assert!(
+        reported <= suppressed,
+        "{reported} reported > {suppressed} suppressed"
+    );
+    assert!(
+        reported > 0,
+        "events carry the count of suppressed ones before them"
+    );
     for e in &got {
         assert_eq!(e["src"], FLOOD_V4);
         assert_eq!(e["protocol"], "udp");
@@ -248,24 +381,73 @@ fn events_are_off_by_default_and_a_reload_switches_them_on() {
     let pins = PinDir::new("ev3");
     let dir = tmpdir("reload");
     let out = dir.join("events.jsonl");
-    let config = write_config(&dir, &lab.node_if, pins.path(), &format!("output = \"{}\"\n", out.display()));
-    let agent = Agent::start(&["--config", config.to_str().unwrap(), "--watch-interval", "0"], free_addr());
-    assert!(!lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", "203.0.113.33", &lab.node_v4()]));
+    let config = write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        &format!("output = \"{}\"\n", out.display()),
+    );
+    let agent = Agent::start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--watch-interval",
+            "0",
+        ],
+        free_addr(),
+    );
+    assert!(!lab.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        "203.0.113.33",
+        &lab.node_v4()
+    ]));
     std::thread::sleep(Duration::from_millis(500));
     let m = agent.scrape();
     assert_eq!(drops(&m, &lab.node_if), 2);
     assert!(lines(&out).is_empty(), "no events while disabled");
-    assert_eq!(metric(&m, "tierguard_events_suppressed_total{reason=\"deny_list\"}"), 0, "disabled is not suppressed");
+    assert_eq!(
+        metric(
+            &m,
+            "tierguard_events_suppressed_total{reason=\"deny_list\"}"
+        ),
+        0,
+        "disabled is not suppressed"
+    );
 
-    write_config(&dir, &lab.node_if, pins.path(), &format!("enabled = true\noutput = \"{}\"\n", out.display()));
+    write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        &format!("enabled = true\noutput = \"{}\"\n", out.display()),
+    );
     agent.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        lab.exec(&["ping", "-c", "1", "-W", "1", "-I", "203.0.113.33", &lab.node_v4()]);
+        lab.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "203.0.113.33",
+            &lab.node_v4(),
+        ]);
         if !lines(&out).is_empty() {
             break;
         }
-        assert!(Instant::now() < deadline, "no event after enabling:\n{}", agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no event after enabling:\n{}",
+            agent.log()
+        );
     }
     let got = lines(&out);
     assert_eq!(got[0]["src"], "203.0.113.33");
@@ -283,18 +465,37 @@ fn the_event_file_rotates_and_keeps_the_configured_number_of_files() {
         &dir,
         &lab.node_if,
         pins.path(),
-        &format!("enabled = true\nrate_per_reason = 100000\nburst = 100000\nglobal_rate = 100000\noutput = \"{}\"\nfile_max_bytes = 4096\nfile_keep = 2\n", out.display()),
+        &format!(
+            "enabled = true\nrate_per_reason = 100000\nburst = 100000\nglobal_rate = 100000\noutput = \"{}\"\nfile_max_bytes = 4096\nfile_keep = 2\n",
+            out.display()
+        ),
     );
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
     let sent = 200u64;
-    lab.exec(&["hping3", "--udp", "-p", "9", "-a", FLOOD_V4, "-c", &sent.to_string(), "-i", "u1000", "-q", &lab.node_v4()]);
+    lab.exec(&[
+        "hping3",
+        "--udp",
+        "-p",
+        "9",
+        "-a",
+        FLOOD_V4,
+        "-c",
+        &sent.to_string(),
+        "-i",
+        "u1000",
+        "-q",
+        &lab.node_v4(),
+    ]);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let m = agent.scrape();
         if metric(&m, "tierguard_events_emitted_total{reason=\"deny_list\"}") == sent {
             break;
         }
-        assert!(Instant::now() < deadline, "not all {sent} events emitted:\n{m}");
+        assert!(
+            Instant::now() < deadline,
+            "not all {sent} events emitted:\n{m}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     // The writer thread may still be behind the counter by a few lines.
@@ -305,15 +506,25 @@ fn the_event_file_rotates_and_keeps_the_configured_number_of_files() {
         .filter(|n| n.starts_with("events.jsonl"))
         .collect();
     names.sort();
-    assert_eq!(names, ["events.jsonl", "events.jsonl.1", "events.jsonl.2"], "the live file and file_keep = 2 rotated ones");
+    assert_eq!(
+        names,
+        ["events.jsonl", "events.jsonl.1", "events.jsonl.2"],
+        "the live file and file_keep = 2 rotated ones"
+    );
     for n in &names {
         let p = dir.join(n);
-        assert!(std::fs::metadata(&p).unwrap().len() <= 4096, "{n} is within file_max_bytes");
+        assert!(
+            std::fs::metadata(&p).unwrap().len() <= 4096,
+            "{n} is within file_max_bytes"
+        );
         // Whole lines only.
         assert!(lines(&p).iter().all(|e| e["src"] == FLOOD_V4));
     }
     let m = agent.scrape();
-    assert_eq!(metric(&m, "tierguard_events_dropped_total{stage=\"write_error\"}"), 0);
+    assert_eq!(
+        metric(&m, "tierguard_events_dropped_total{stage=\"write_error\"}"),
+        0
+    );
     assert!(agent.stop().success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -326,7 +537,16 @@ fn promtool_accepts(metrics: &str) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("promtool");
-    p.stdin.take().unwrap().write_all(metrics.as_bytes()).unwrap();
+    p.stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
     let out = p.wait_with_output().unwrap();
-    assert!(out.status.success(), "promtool: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

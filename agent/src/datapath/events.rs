@@ -20,7 +20,13 @@ pub fn kernel_config(cfg: &EventsConfig, cpus: u64) -> EventConfig {
     if !cfg.enabled {
         return EventConfig::default();
     }
-    EventConfig::per_cpu(cfg.rate_per_reason, cfg.burst, cfg.global_rate, cfg.global_rate, cpus)
+    EventConfig::per_cpu(
+        cfg.rate_per_reason,
+        cfg.burst,
+        cfg.global_rate,
+        cfg.global_rate,
+        cpus,
+    )
 }
 
 /// Nanoseconds per kernel jiffy, or 0 if it cannot be told. Measured once per
@@ -46,8 +52,16 @@ fn read_timer_list() -> Option<(u64, u64)> {
 }
 
 fn parse_timer_list(text: &str) -> Option<(u64, u64)> {
-    let now = text.lines().find_map(|l| l.strip_prefix("now at ")?.strip_suffix(" nsecs")?.trim().parse().ok())?;
-    let jiffies = text.lines().find_map(|l| l.trim().strip_prefix("jiffies: ")?.trim().parse().ok())?;
+    let now = text.lines().find_map(|l| {
+        l.strip_prefix("now at ")?
+            .strip_suffix(" nsecs")?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    let jiffies = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies: ")?.trim().parse().ok())?;
     Some((now, jiffies))
 }
 
@@ -59,7 +73,9 @@ fn hz_from_samples(a: (u64, u64), b: (u64, u64)) -> Option<u64> {
         return None;
     }
     let hz = dj as f64 * 1e9 / dns as f64;
-    [100u64, 250, 300, 1000].into_iter().find(|&h| (hz - h as f64).abs() <= h as f64 * 0.1)
+    [100u64, 250, 300, 1000]
+        .into_iter()
+        .find(|&h| (hz - h as f64).abs() <= h as f64 * 0.1)
 }
 
 /// Possible CPUs: the number of values in a per-CPU map.
@@ -82,9 +98,15 @@ impl Datapath {
         if value.enabled != 0 {
             value.ns_per_jiffy = ns_per_jiffy();
         }
-        let map = self.ebpf.map_mut(name).ok_or(DatapathError::MissingMap { map: name })?;
-        let mut array: Array<_, EventConfig> = Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
-        array.set(0, value, 0).map_err(|source| DatapathError::Map { map: name, source })?;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { map: name })?;
+        let mut array: Array<_, EventConfig> =
+            Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
+        array
+            .set(0, value, 0)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
         Ok(value)
     }
 
@@ -92,13 +114,15 @@ impl Datapath {
     /// the datapath's borrow).
     pub fn event_ring(&self) -> Result<RingBuf<MapData>> {
         let name = names::EVENTS;
-        RingBuf::try_from(open_map(self.pin_dir(), name)?).map_err(|source| DatapathError::Map { map: name, source })
+        RingBuf::try_from(open_map(self.pin_dir(), name)?)
+            .map_err(|source| DatapathError::Map { map: name, source })
     }
 
     /// A reader of the sampler's per-reason counters.
     pub fn sampler_reader(&self) -> Result<SamplerReader> {
         let name = names::EVENT_SAMPLER;
-        let map = PerCpuArray::try_from(open_map(self.pin_dir(), name)?).map_err(|source| DatapathError::Map { map: name, source })?;
+        let map = PerCpuArray::try_from(open_map(self.pin_dir(), name)?)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
         Ok(SamplerReader { map })
     }
 }
@@ -123,7 +147,10 @@ impl SamplerReader {
             let v = self
                 .map
                 .get(&u32::from(reason as u8), 0)
-                .map_err(|source| DatapathError::Map { map: names::EVENT_SAMPLER, source })?;
+                .map_err(|source| DatapathError::Map {
+                    map: names::EVENT_SAMPLER,
+                    source,
+                })?;
             let suppressed = v.iter().fold(0u64, |a, b| a.saturating_add(b.suppressed));
             let lost = v.iter().fold(0u64, |a, b| a.saturating_add(b.lost));
             out.suppressed.push((reason, suppressed));
@@ -140,22 +167,39 @@ mod tests {
     #[test]
     fn hz_is_read_from_timer_list_samples() {
         let text = "Timer List Version: v0.10\nnow at 4719748217687 nsecs\n\ncpu: 0\n jiffies: 4296072170\n";
-        assert_eq!(parse_timer_list(text), Some((4_719_748_217_687, 4_296_072_170)));
+        assert_eq!(
+            parse_timer_list(text),
+            Some((4_719_748_217_687, 4_296_072_170))
+        );
         assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1025)), Some(250));
         assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1026)), Some(250));
         assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1100)), Some(1000));
         assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1010)), Some(100));
-        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1050)), None, "500 Hz is not a usual value");
-        assert_eq!(hz_from_samples((0, 1000), (10_000_000, 1003)), None, "too short to tell");
+        assert_eq!(
+            hz_from_samples((0, 1000), (100_000_000, 1050)),
+            None,
+            "500 Hz is not a usual value"
+        );
+        assert_eq!(
+            hz_from_samples((0, 1000), (10_000_000, 1003)),
+            None,
+            "too short to tell"
+        );
     }
 
     #[test]
     fn disabled_config_writes_zero_and_enabled_divides_by_cpus() {
         let off = EventsConfig::default();
         assert_eq!(kernel_config(&off, 4), EventConfig::default());
-        let on = EventsConfig { enabled: true, ..EventsConfig::default() };
+        let on = EventsConfig {
+            enabled: true,
+            ..EventsConfig::default()
+        };
         let k = kernel_config(&on, 4);
-        assert_eq!((k.enabled, k.rate, k.burst, k.global_rate, k.global_burst), (1, 25, 50, 250, 250));
+        assert_eq!(
+            (k.enabled, k.rate, k.burst, k.global_rate, k.global_burst),
+            (1, 25, 50, 250, 250)
+        );
         assert_eq!(k.fill_ns, 2_000_000_000, "50 tokens at 25/s");
     }
 }

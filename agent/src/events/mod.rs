@@ -48,7 +48,12 @@ pub struct Counters {
 }
 
 /// Reads the ring until the agent stops. `ctx` is updated by reloads.
-pub async fn consume(ring: RingBuf<MapData>, ctx: Arc<RwLock<Context>>, tx: LineSender, counters: Counters) {
+pub async fn consume(
+    ring: RingBuf<MapData>,
+    ctx: Arc<RwLock<Context>>,
+    tx: LineSender,
+    counters: Counters,
+) {
     // SAFETY: the ring buffer owns its map fd and keeps it open, unchanged,
     // for as long as the AsyncFd holds it.
     let mut fd = match unsafe { AsyncFd::register(ring) } {
@@ -84,7 +89,13 @@ pub async fn consume(ring: RingBuf<MapData>, ctx: Arc<RwLock<Context>>, tx: Line
     }
 }
 
-fn drain(ring: &mut RingBuf<MapData>, ctx: &RwLock<Context>, ifaces: &mut Interfaces, tx: &LineSender, counters: &Counters) {
+fn drain(
+    ring: &mut RingBuf<MapData>,
+    ctx: &RwLock<Context>,
+    ifaces: &mut Interfaces,
+    tx: &LineSender,
+    counters: &Counters,
+) {
     let ctx = match ctx.read() {
         Ok(c) => c.clone(),
         Err(p) => p.into_inner().clone(),

@@ -75,7 +75,10 @@ pub struct Interfaces(HashMap<u32, String>);
 
 impl Interfaces {
     pub fn name(&mut self, ifindex: u32) -> String {
-        self.0.entry(ifindex).or_insert_with(|| if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}"))).clone()
+        self.0
+            .entry(ifindex)
+            .or_insert_with(|| if_name(ifindex).unwrap_or_else(|| format!("if{ifindex}")))
+            .clone()
     }
 }
 
@@ -111,9 +114,21 @@ fn proto_name(p: u8) -> String {
 
 /// TCP flags as letters in a fixed order (F S R P A U E C), e.g. "S" or "SA".
 pub fn tcp_flag_letters(f: u8) -> String {
-    const NAMES: [(u8, char); 8] =
-        [(0x01, 'F'), (0x02, 'S'), (0x04, 'R'), (0x08, 'P'), (0x10, 'A'), (0x20, 'U'), (0x40, 'E'), (0x80, 'C')];
-    NAMES.iter().filter(|(b, _)| f & b != 0).map(|(_, c)| *c).collect()
+    const NAMES: [(u8, char); 8] = [
+        (0x01, 'F'),
+        (0x02, 'S'),
+        (0x04, 'R'),
+        (0x08, 'P'),
+        (0x10, 'A'),
+        (0x20, 'U'),
+        (0x40, 'E'),
+        (0x80, 'C'),
+    ];
+    NAMES
+        .iter()
+        .filter(|(b, _)| f & b != 0)
+        .map(|(_, c)| *c)
+        .collect()
 }
 
 /// RFC 3339 UTC time with nanoseconds, from ns since the Unix epoch.
@@ -132,13 +147,21 @@ pub fn rfc3339(unix_ns: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z", rem / 3600, rem / 60 % 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
 }
 
 /// Wall clock minus monotonic clock, now.
 pub fn boot_offset_ns() -> i128 {
     let read = |clock| {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: clock_gettime writes into ts.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -159,7 +182,8 @@ pub fn enrich(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> EventLine {
         1 => Direction::Egress.name(),
         _ => "unknown",
     };
-    let unix_ns = (i128::from(e.time_ns) + ctx.boot_offset_ns).clamp(0, i128::from(u64::MAX)) as u64;
+    let unix_ns =
+        (i128::from(e.time_ns) + ctx.boot_offset_ns).clamp(0, i128::from(u64::MAX)) as u64;
     let ip = e.family == 4 || e.family == 6;
     let l4 = ip && e.packet_flags & FLAG_L4 != 0;
     let ports = l4 && (e.proto == PROTO_TCP || e.proto == PROTO_UDP);
@@ -175,7 +199,12 @@ pub fn enrich(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> EventLine {
         direction,
         verdict,
         reason: reason.map_or("unknown", Reason::name),
-        list: list_id.map(|id| ctx.lists.get(usize::from(id)).cloned().unwrap_or_else(|| format!("list{id}"))),
+        list: list_id.map(|id| {
+            ctx.lists
+                .get(usize::from(id))
+                .cloned()
+                .unwrap_or_else(|| format!("list{id}"))
+        }),
         list_id,
         policy_generation: ctx.generation,
         policy_hash: ctx.policy_hash.clone(),
@@ -206,8 +235,14 @@ mod tests {
     #[test]
     fn dates_are_rfc3339() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000000Z");
-        assert_eq!(rfc3339(951_782_400_000_000_001), "2000-02-29T00:00:00.000000001Z");
-        assert_eq!(rfc3339(1_795_000_000_123_000_000), "2026-11-18T11:06:40.123000000Z");
+        assert_eq!(
+            rfc3339(951_782_400_000_000_001),
+            "2000-02-29T00:00:00.000000001Z"
+        );
+        assert_eq!(
+            rfc3339(1_795_000_000_123_000_000),
+            "2026-11-18T11:06:40.123000000Z"
+        );
     }
 
     #[test]
@@ -241,7 +276,10 @@ mod tests {
         assert_eq!(l.src.as_deref(), Some("203.0.113.7"));
         assert_eq!(l.dst.as_deref(), Some("10.0.0.1"));
         assert_eq!(l.protocol.as_deref(), Some("icmp"));
-        assert_eq!((l.icmp_type, l.icmp_code, l.src_port), (Some(8), Some(0), None));
+        assert_eq!(
+            (l.icmp_type, l.icmp_code, l.src_port),
+            (Some(8), Some(0), None)
+        );
         assert_eq!(l.time_unix_ns, 1_005);
         assert_eq!(l.suppressed, 2);
         let json = serde_json::to_value(&l).unwrap();

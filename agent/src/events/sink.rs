@@ -56,7 +56,13 @@ pub struct RotatingFile {
 
 impl RotatingFile {
     pub fn new(path: PathBuf, max_bytes: u64, keep: u32) -> RotatingFile {
-        RotatingFile { path, max_bytes, keep, file: None, size: 0 }
+        RotatingFile {
+            path,
+            max_bytes,
+            keep,
+            file: None,
+            size: 0,
+        }
     }
 
     fn rotated(&self, i: u32) -> PathBuf {
@@ -81,7 +87,10 @@ impl RotatingFile {
 
     fn open(&mut self) -> io::Result<&mut File> {
         if self.file.is_none() {
-            let f = OpenOptions::new().create(true).append(true).open(&self.path)?;
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
             self.size = f.metadata()?.len();
             self.file = Some(f);
         }
@@ -126,7 +135,9 @@ impl LineSender {
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped.with_label_values(&["channel_full"]).inc(),
-            Err(TrySendError::Disconnected(_)) => self.dropped.with_label_values(&["write_error"]).inc(),
+            Err(TrySendError::Disconnected(_)) => {
+                self.dropped.with_label_values(&["write_error"]).inc()
+            }
         }
     }
 }
@@ -185,9 +196,20 @@ mod tests {
         for i in 0..20 {
             f.write_line(&format!("{line}{}", i % 10)[1..]).unwrap();
         }
-        let mut names: Vec<String> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
-        assert_eq!(names, ["events.jsonl", "events.jsonl.1", "events.jsonl.2", "events.jsonl.3"]);
+        assert_eq!(
+            names,
+            [
+                "events.jsonl",
+                "events.jsonl.1",
+                "events.jsonl.2",
+                "events.jsonl.3"
+            ]
+        );
         for n in &names {
             let len = std::fs::metadata(d.join(n)).unwrap().len();
             assert!(len <= 100, "{n} is {len} bytes");
@@ -205,7 +227,11 @@ mod tests {
         let d = tmp("fail");
         let path = d.join("missing-dir").join("events.jsonl");
         let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["stage"]).unwrap();
-        let tx = spawn_writer(Sink::open(&EventOutput::File(path.clone()), 1 << 20, 2), dropped.clone(), 16);
+        let tx = spawn_writer(
+            Sink::open(&EventOutput::File(path.clone()), 1 << 20, 2),
+            dropped.clone(),
+            16,
+        );
         tx.send("one".into());
         let wait = |n: u64| {
             for _ in 0..200 {
@@ -234,7 +260,10 @@ mod tests {
     fn a_full_channel_sheds_and_counts() {
         let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["stage"]).unwrap();
         let (tx, _rx) = sync_channel(2);
-        let s = LineSender { tx, dropped: dropped.clone() };
+        let s = LineSender {
+            tx,
+            dropped: dropped.clone(),
+        };
         for _ in 0..5 {
             s.send("l".into());
         }
