@@ -529,6 +529,83 @@ fn the_event_file_rotates_and_keeps_the_configured_number_of_files() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
+fn an_unwritable_event_file_never_stops_enforcement_and_is_counted() {
+    let lab = Lab::new("tgv5", 225);
+    lab.add_peer_source("203.0.113.55");
+    let pins = PinDir::new("ev5");
+    let dir = tmpdir("unwritable");
+    // The directory does not exist: every write fails until it does.
+    let out = dir.join("missing").join("events.jsonl");
+    let config = write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        &format!("enabled = true\noutput = \"{}\"\n", out.display()),
+    );
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    assert!(!lab.exec(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        "203.0.113.55",
+        &lab.node_v4()
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let m = agent.scrape();
+        let failed = metric(&m, "tierguard_events_dropped_total{stage=\"write_error\"}");
+        if failed == 3 {
+            assert_eq!(drops(&m, &lab.node_if), 3, "enforcement goes on");
+            assert_eq!(
+                metric(&m, "tierguard_events_emitted_total{reason=\"deny_list\"}"),
+                3
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "write errors not counted ({failed}):\n{m}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        agent.log().matches("cannot write events").count(),
+        1,
+        "said once, not per line:\n{}",
+        agent.log()
+    );
+    // Allowed traffic still flows.
+    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
+
+    // The directory appears: the sink recovers by itself.
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    assert!(!lab.exec(&[
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "-I",
+        "203.0.113.55",
+        &lab.node_v4()
+    ]));
+    let got = wait_lines(&out, "the event after recovery", |l| !l.is_empty());
+    assert_eq!(got[0]["src"], "203.0.113.55");
+    assert!(
+        agent.log().contains("event sink writes again"),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn promtool_accepts(metrics: &str) {
     let mut p = Command::new("promtool")
         .args(["check", "metrics"])
