@@ -4,6 +4,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod datapath;
+pub mod events;
 pub mod explain;
 pub mod metrics;
 pub mod policy;

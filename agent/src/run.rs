@@ -11,7 +11,8 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::check::{interface_errors, load};
 use crate::cli::RunArgs;
 use crate::config::{Config, ConfigErrors};
-use crate::datapath::{Datapath, StatsReader};
+use crate::datapath::{Datapath, SamplerReader, StatsReader};
+use crate::events::{self, Context};
 use crate::metrics::{self, Metrics};
 use crate::policy::{CompiledPolicy, ListInfo};
 
@@ -21,6 +22,9 @@ struct Shared {
     stats: Mutex<Option<StatsReader>>,
     lists: RwLock<Vec<ListInfo>>,
     ready: AtomicBool,
+    sampler: Mutex<Option<SamplerReader>>,
+    /// What event enrichment needs from the live policy.
+    event_ctx: Arc<RwLock<Context>>,
 }
 
 impl metrics::Endpoint for Shared {
@@ -39,7 +43,21 @@ impl metrics::Endpoint for Shared {
                 }
             })
         });
-        self.metrics.render(stats.as_ref(), &lists)
+        let sampler = self.sampler.lock().ok().and_then(|r| {
+            r.as_ref().and_then(|r| match r.read() {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read event sampler counters");
+                    self.metrics
+                        .scrape_errors
+                        .with_label_values(&["event_sampler"])
+                        .inc();
+                    None
+                }
+            })
+        });
+        self.metrics
+            .render_with(stats.as_ref(), &lists, sampler.as_ref())
     }
 
     fn ready(&self) -> bool {
@@ -128,6 +146,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Err(e) = datapath.set_events(&config.events) {
+        eprintln!(
+            "error: cannot write the event settings into the kernel: {}",
+            error_chain(&e)
+        );
+        abandon(datapath, adopted);
+        return ExitCode::FAILURE;
+    }
     if let Err(e) = datapath.install() {
         eprintln!("error: {}", error_chain(&e));
         abandon(datapath, adopted);
@@ -138,6 +164,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         stats: Mutex::new(None),
         lists: RwLock::new(policy.lists.clone()),
         ready: AtomicBool::new(false),
+        sampler: Mutex::new(None),
+        event_ctx: Arc::new(RwLock::new(Context {
+            node: events::node_name(),
+            generation,
+            policy_hash: policy.hash.clone(),
+            lists: policy.lists.iter().map(|l| l.name.clone()).collect(),
+            boot_offset_ns: events::record::boot_offset_ns(),
+        })),
     });
     for iface in &config.agent.interfaces {
         match datapath.attach(iface, config.agent.xdp_mode) {
@@ -186,6 +220,11 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(r) => *shared.stats.lock().expect("stats lock") = Some(r),
         Err(e) => tracing::warn!(error = %e, "kernel counters unavailable to metrics"),
     }
+    match datapath.sampler_reader() {
+        Ok(r) => *shared.sampler.lock().expect("sampler lock") = Some(r),
+        Err(e) => tracing::warn!(error = %e, "event sampler counters unavailable to metrics"),
+    }
+    start_events(&config, &datapath, &shared);
     shared
         .metrics
         .set_policy(generation, &policy.hash, &config.origin, &policy.lists);
@@ -215,6 +254,47 @@ pub async fn run(args: RunArgs) -> ExitCode {
         datapath.detach_and_unpin();
     }
     outcome
+}
+
+/// Starts the event consumer and its writer. The consumer runs even with
+/// events off (it then reads nothing), so a reload can switch them on; the
+/// output is fixed at start.
+fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
+    let ring = match datapath.event_ring() {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot open the event ring buffer; no events will be written");
+            return;
+        }
+    };
+    let ev = &config.events;
+    let sink = events::Sink::open(&ev.output, ev.file_max_bytes, ev.file_keep);
+    let tx = events::spawn_writer(
+        sink,
+        shared.metrics.events_dropped.clone(),
+        events::sink::CHANNEL_LINES,
+    );
+    let counters = events::Counters {
+        emitted: shared.metrics.events_emitted.clone(),
+        dropped: shared.metrics.events_dropped.clone(),
+    };
+    tokio::spawn(events::consume(
+        ring,
+        shared.event_ctx.clone(),
+        tx,
+        counters,
+    ));
+    tracing::info!(
+        enabled = ev.enabled,
+        rate_per_reason = ev.rate_per_reason,
+        burst = ev.burst,
+        global_rate = ev.global_rate,
+        output = %match &ev.output {
+            crate::config::EventOutput::Stdout => "stdout".to_string(),
+            crate::config::EventOutput::File(p) => p.display().to_string(),
+        },
+        "security events"
+    );
 }
 
 /// On a failed start: remove what this agent created, but never tear down
@@ -331,6 +411,13 @@ fn reload(
             );
         }
     }
+    // Event settings are not part of the policy hash: apply them even when the policy is unchanged.
+    if config.events.output != started_with.events.output {
+        tracing::warn!("a new events.output takes effect on restart");
+    }
+    if let Err(e) = datapath.set_events(&config.events) {
+        tracing::error!(trigger, error = %error_chain(&e), "cannot write the new event settings; the old ones stay");
+    }
     if policy.hash == *live_hash {
         tracing::info!(trigger, hash = policy.hash, "policy unchanged");
         return Some(files);
@@ -339,6 +426,11 @@ fn reload(
         Ok(generation) => {
             if let Ok(mut l) = shared.lists.write() {
                 *l = policy.lists.clone();
+            }
+            if let Ok(mut c) = shared.event_ctx.write() {
+                c.generation = generation;
+                c.policy_hash = policy.hash.clone();
+                c.lists = policy.lists.iter().map(|l| l.name.clone()).collect();
             }
             shared
                 .metrics

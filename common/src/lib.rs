@@ -8,6 +8,7 @@
 pub mod build;
 pub mod counters;
 pub mod decide;
+pub mod event;
 pub mod limit;
 pub mod maps;
 pub mod packet;

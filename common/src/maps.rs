@@ -16,6 +16,12 @@ pub mod names {
     pub const V4_DIRECT: &str = "TG_V4_DIRECT";
     pub const V4_CODES: &str = "TG_V4_CODES";
     pub const LIST_NAMES: &str = "TG_LIST_NAMES";
+    /// Ring buffer of security events (`event::Event` records).
+    pub const EVENTS: &str = "TG_EVENTS";
+    /// `event::EventConfig` at index 0, written by the agent.
+    pub const EVENT_CONFIG: &str = "TG_EVENT_CONFIG";
+    /// Per-CPU `event::Bucket`s: one per reason, then the global one.
+    pub const EVENT_SAMPLER: &str = "TG_EVENT_SAMPLER";
 }
 
 /// Program names in the kernel object.

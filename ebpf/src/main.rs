@@ -5,6 +5,7 @@
 
 mod bench;
 mod bytes;
+mod events;
 mod lists;
 mod maps;
 mod stats;
@@ -51,22 +52,26 @@ fn enforce(ctx: &XdpContext, src_override: Option<[u8; 16]>) -> u32 {
     let bytes = XdpBytes::new(ctx);
     let len = bytes.frame_len();
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let decision = match parse(&bytes) {
-        Err(reason) => decide::Decision::new(reason),
-        Ok(p) if p.family == 0 => decide::Decision::new(Reason::NonIp),
+    let parsed = parse(&bytes);
+    let (decision, packet) = match parsed {
+        Err(reason) => (decide::Decision::new(reason), None),
+        Ok(p) if p.family == 0 => (decide::Decision::new(Reason::NonIp), None),
         Ok(mut p) => {
             if let Some(src) = src_override {
                 p.src = src;
             }
             let slot = maps::active_slot();
             let hit = lists::lookup_source(slot, &p);
-            decide::ingress(hit)
+            (decide::ingress(hit), Some(p))
         }
     };
     stats::count(ifindex, Direction::Ingress, &decision, len);
     match decision.reason.verdict() {
         Verdict::Pass => xdp_action::XDP_PASS,
-        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Drop => {
+            events::on_drop(ifindex, Direction::Ingress, &decision, packet.as_ref(), len);
+            xdp_action::XDP_DROP
+        }
     }
 }
 

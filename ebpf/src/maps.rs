@@ -3,8 +3,9 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, ProgramArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf},
 };
+use tierguard_common::event::{Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE};
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, LIST_NAME_LEN, LIST_V4_CAPACITY,
     LIST_V6_CAPACITY, ListEntry, MAX_LISTS, PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6,
@@ -65,6 +66,19 @@ pub static LIST_NAMES: Array<[u8; LIST_NAME_LEN]> = Array::pinned(MAX_LISTS, 0);
 /// Packets and bytes that each list decided.
 #[map(name = "TG_LIST_HITS")]
 pub static LIST_HITS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_LISTS, 0);
+
+/// Security events for the agent (`event::Event` records).
+#[map(name = "TG_EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::pinned(RING_BYTES, 0);
+
+/// Index 0: whether events are on, and the sampling rates. Zeroed (off) until
+/// the agent writes it.
+#[map(name = "TG_EVENT_CONFIG")]
+pub static EVENT_CONFIG: Array<EventConfig> = Array::pinned(1, 0);
+
+/// Sampling state per reason, then the global bucket, per CPU.
+#[map(name = "TG_EVENT_SAMPLER")]
+pub static EVENT_SAMPLER: PerCpuArray<Bucket> = PerCpuArray::pinned(SAMPLER_SIZE, 0);
 
 #[inline(always)]
 pub fn active_slot() -> u8 {

@@ -35,6 +35,20 @@ struct RawConfig {
     agent: RawAgent,
     #[serde(default)]
     lists: Vec<RawList>,
+    #[serde(default)]
+    events: RawEvents,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawEvents {
+    enabled: Option<bool>,
+    rate_per_reason: Option<Spanned<i64>>,
+    burst: Option<Spanned<i64>>,
+    global_rate: Option<Spanned<i64>>,
+    output: Option<Spanned<String>>,
+    file_max_bytes: Option<Spanned<i64>>,
+    file_keep: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -112,7 +126,52 @@ pub struct Config {
     pub origin: String,
     pub agent: AgentConfig,
     pub lists: Vec<List>,
+    pub events: EventsConfig,
 }
+
+/// Where event lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventOutput {
+    Stdout,
+    /// A file, rotated by size.
+    File(PathBuf),
+}
+
+/// The `[events]` section: security events for drops, sampled in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsConfig {
+    pub enabled: bool,
+    /// Events per second per reason (node-wide).
+    pub rate_per_reason: u64,
+    /// Events a reason may emit at once after a quiet period.
+    pub burst: u64,
+    /// Events per second over all reasons (node-wide); its burst is one second's worth.
+    pub global_rate: u64,
+    pub output: EventOutput,
+    /// Size at which the event file is rotated.
+    pub file_max_bytes: u64,
+    /// Rotated files kept besides the live one.
+    pub file_keep: u32,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        EventsConfig {
+            enabled: false,
+            rate_per_reason: 100,
+            burst: 200,
+            global_rate: 1000,
+            output: EventOutput::Stdout,
+            file_max_bytes: 100 * 1024 * 1024,
+            file_keep: 5,
+        }
+    }
+}
+
+/// Bounds of `file_max_bytes` and `file_keep`.
+pub const EVENT_FILE_MIN_BYTES: u64 = 4096;
+pub const EVENT_FILE_MAX_BYTES: u64 = 1 << 40;
+pub const EVENT_FILE_MAX_KEEP: u64 = 1000;
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -166,11 +225,13 @@ impl Config {
         let mut errors = Vec::new();
         let agent = validate_agent(&src, raw.agent, &mut errors);
         let lists = validate_lists(&src, base, raw.lists, &mut errors);
+        let events = validate_events(&src, base, raw.events, &mut errors);
         if errors.is_empty() {
             Ok(Config {
                 origin: name.to_string(),
                 agent,
                 lists,
+                events,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -242,6 +303,76 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
         xdp_mode: raw.xdp_mode,
         metrics_address,
         pin_path,
+    }
+}
+
+fn validate_events(
+    src: &Source,
+    base: &Path,
+    raw: RawEvents,
+    errors: &mut Vec<ConfigError>,
+) -> EventsConfig {
+    let d = EventsConfig::default();
+    let max_rate = tierguard_common::event::MAX_RATE;
+    let mut num = |v: &Option<Spanned<i64>>, what: &str, min: u64, max: u64, default: u64| -> u64 {
+        let Some(v) = v else { return default };
+        let n = *v.get_ref();
+        if n < min as i64 || n as u64 > max {
+            errors.push(src.error_span(
+                &v.span(),
+                format!("events.{what} = {n} is out of range: expected {min} to {max}"),
+            ));
+            return default;
+        }
+        n as u64
+    };
+    let rate_per_reason = num(
+        &raw.rate_per_reason,
+        "rate_per_reason",
+        1,
+        max_rate,
+        d.rate_per_reason,
+    );
+    let burst = num(&raw.burst, "burst", 1, max_rate, d.burst);
+    let global_rate = num(&raw.global_rate, "global_rate", 1, max_rate, d.global_rate);
+    let file_max_bytes = num(
+        &raw.file_max_bytes,
+        "file_max_bytes",
+        EVENT_FILE_MIN_BYTES,
+        EVENT_FILE_MAX_BYTES,
+        d.file_max_bytes,
+    );
+    let file_keep = num(
+        &raw.file_keep,
+        "file_keep",
+        1,
+        EVENT_FILE_MAX_KEEP,
+        u64::from(d.file_keep),
+    ) as u32;
+    let output = match &raw.output {
+        None => EventOutput::Stdout,
+        Some(o) if o.get_ref() == "stdout" => EventOutput::Stdout,
+        Some(o) => {
+            let text = o.get_ref();
+            if text.is_empty() || text.ends_with('/') || text.contains('\0') {
+                errors.push(src.error_span(
+                    &o.span(),
+                    format!("events.output '{text}' is neither \"stdout\" nor a file path"),
+                ));
+                EventOutput::Stdout
+            } else {
+                EventOutput::File(base.join(text))
+            }
+        }
+    };
+    EventsConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        rate_per_reason,
+        burst,
+        global_rate,
+        output,
+        file_max_bytes,
+        file_keep,
     }
 }
 

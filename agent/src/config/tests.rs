@@ -185,3 +185,60 @@ fn list_files_in_both_formats_load_and_bad_lines_name_the_file() {
     assert_eq!(errs[0].line, 2);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn events_default_off_and_parse() {
+    let c = load("").unwrap();
+    assert_eq!(c.events, EventsConfig::default());
+    assert!(!c.events.enabled);
+    let c = load(
+        "[events]\nenabled = true\nrate_per_reason = 5\nburst = 10\nglobal_rate = 50\noutput = \"/var/log/tg.jsonl\"\nfile_max_bytes = 65536\nfile_keep = 3\n",
+    )
+    .unwrap();
+    assert!(c.events.enabled);
+    assert_eq!(
+        (
+            c.events.rate_per_reason,
+            c.events.burst,
+            c.events.global_rate
+        ),
+        (5, 10, 50)
+    );
+    assert_eq!(
+        c.events.output,
+        EventOutput::File("/var/log/tg.jsonl".into())
+    );
+    assert_eq!((c.events.file_max_bytes, c.events.file_keep), (65536, 3));
+    let c = load("[events]\noutput = \"stdout\"\n").unwrap();
+    assert_eq!(c.events.output, EventOutput::Stdout);
+}
+
+#[test]
+fn events_bad_values_are_refused_with_their_place() {
+    let e = only_error("[events]\nenabled = true\nrate_per_reason = 0\n");
+    assert_eq!((e.line, e.column), (3, 19));
+    assert!(
+        e.message.contains("rate_per_reason = 0 is out of range"),
+        "{}",
+        e.message
+    );
+    let e = only_error("[events]\nburst = 99999999999\n");
+    assert_eq!(e.line, 2);
+    assert!(e.message.contains("burst"), "{}", e.message);
+    let e = only_error("[events]\nglobal_rate = -1\n");
+    assert!(e.message.contains("global_rate"), "{}", e.message);
+    let e = only_error("[events]\nfile_keep = 0\n");
+    assert!(e.message.contains("file_keep"), "{}", e.message);
+    let e = only_error("[events]\nfile_max_bytes = 10\n");
+    assert!(e.message.contains("file_max_bytes"), "{}", e.message);
+    let e = only_error("[events]\noutput = \"/var/log/\"\n");
+    assert!(e.message.contains("neither"), "{}", e.message);
+    let e = only_error("[events]\nrate = 5\n");
+    assert_eq!(e.line, 2);
+    assert!(e.message.contains("unknown field"), "{}", e.message);
+    // Several problems: all reported.
+    let errs = load("[events]\nrate_per_reason = 0\nburst = 0\n")
+        .unwrap_err()
+        .0;
+    assert_eq!(errs.len(), 2);
+}

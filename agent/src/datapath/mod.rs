@@ -4,6 +4,7 @@
 mod attach;
 mod caps;
 mod error;
+mod events;
 mod stats;
 mod tables;
 mod test_run;
@@ -15,6 +16,7 @@ use tierguard_common::maps::{PROG_INGRESS, names, programs};
 
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use error::{DatapathError, Result};
+pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config, ns_per_jiffy};
 pub use stats::{Stats, StatsKey, StatsReader};
 pub use test_run::{RunResult, XDP_DROP, XDP_PASS};
 

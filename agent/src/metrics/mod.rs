@@ -11,7 +11,7 @@ use prometheus::{
 
 pub use http::{Endpoint, serve};
 
-use crate::datapath::Stats;
+use crate::datapath::{SamplerCounts, Stats};
 use crate::policy::ListInfo;
 
 pub const PREFIX: &str = "tierguard";
@@ -26,7 +26,12 @@ pub struct Metrics {
     pub attach_mode: IntGaugeVec,
     pub policy_info: IntGaugeVec,
     pub scrape_errors: IntCounterVec,
+    pub events_emitted: IntCounterVec,
+    pub events_dropped: IntCounterVec,
 }
+
+/// Stages at which the agent can lose an event (`ring_full` is counted by the kernel).
+pub const EVENT_DROP_STAGES: [&str; 3] = ["channel_full", "write_error", "decode"];
 
 fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace(PREFIX)
@@ -85,6 +90,22 @@ impl Metrics {
             &["stage"],
         )
         .expect("valid metric");
+        let events_emitted = IntCounterVec::new(
+            opts(
+                "events_emitted_total",
+                "Security events read from the kernel ring buffer, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let events_dropped = IntCounterVec::new(
+            opts(
+                "events_dropped_total",
+                "Security events lost after sampling allowed them, by stage (ring_full, channel_full, write_error, decode).",
+            ),
+            &["stage"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             opts("build_info", "1, labelled with the agent's version."),
             &["version"],
@@ -99,6 +120,8 @@ impl Metrics {
             Box::new(attach_mode.clone()),
             Box::new(policy_info.clone()),
             Box::new(scrape_errors.clone()),
+            Box::new(events_emitted.clone()),
+            Box::new(events_dropped.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -106,6 +129,9 @@ impl Metrics {
         // Both results exist from the start, so rate() works before the first failure.
         reloads.with_label_values(&["success"]);
         reloads.with_label_values(&["failure"]);
+        for stage in EVENT_DROP_STAGES {
+            events_dropped.with_label_values(&[stage]);
+        }
         Metrics {
             registry,
             generation,
@@ -115,6 +141,8 @@ impl Metrics {
             attach_mode,
             policy_info,
             scrape_errors,
+            events_emitted,
+            events_dropped,
         }
     }
 
@@ -137,9 +165,38 @@ impl Metrics {
 
     /// The text exposition: registry metrics plus kernel counters.
     pub fn render(&self, stats: Option<&Stats>, lists: &[ListInfo]) -> String {
+        self.render_with(stats, lists, None)
+    }
+
+    /// As `render`, with the event sampler's counters when they could be read.
+    pub fn render_with(
+        &self,
+        stats: Option<&Stats>,
+        lists: &[ListInfo],
+        sampler: Option<&SamplerCounts>,
+    ) -> String {
         let mut families = self.registry.gather();
         if let Some(s) = stats {
             families.extend(kernel_families(s, lists));
+        }
+        if let Some(c) = sampler {
+            let suppressed = c
+                .suppressed
+                .iter()
+                .map(|(r, n)| counter(vec![label("reason", r.name())], *n))
+                .collect();
+            families.push(family(
+                "events_suppressed_total",
+                "Security events not emitted because sampling said no (rate per reason or global cap), by reason.",
+                suppressed,
+            ));
+            let ring_full: u64 = c.ring_full.iter().map(|(_, n)| n).sum();
+            let name = format!("{PREFIX}_events_dropped_total");
+            if let Some(f) = families.iter_mut().find(|f| f.name() == name) {
+                let ms = f.mut_metric();
+                ms.push(counter(vec![label("stage", "ring_full")], ring_full));
+                ms.sort_by(|a, b| a.get_label()[0].value().cmp(b.get_label()[0].value()));
+            }
         }
         // The text encoder refuses a family without samples (a policy with no
         // lists has no list-hit series): leave such families out.
@@ -292,5 +349,48 @@ mod tests {
             "tierguard_policy_list_prefixes{action=\"deny\",family=\"ipv4\",list=\"bogons\"} 2"
         ));
         assert!(text.contains("tierguard_policy_reloads_total{result=\"failure\"} 0"));
+    }
+
+    #[test]
+    fn renders_event_counters() {
+        let m = Metrics::new();
+        m.events_emitted.with_label_values(&["deny_list"]).inc_by(5);
+        m.events_dropped
+            .with_label_values(&["channel_full"])
+            .inc_by(2);
+        let sampler = SamplerCounts {
+            suppressed: vec![(Reason::DenyList, 40), (Reason::Malformed, 0)],
+            ring_full: vec![(Reason::DenyList, 3)],
+        };
+        let text = m.render_with(None, &[], Some(&sampler));
+        assert!(
+            text.contains("tierguard_events_emitted_total{reason=\"deny_list\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierguard_events_suppressed_total{reason=\"deny_list\"} 40"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierguard_events_suppressed_total{reason=\"malformed\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierguard_events_dropped_total{stage=\"channel_full\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierguard_events_dropped_total{stage=\"ring_full\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tierguard_events_dropped_total{stage=\"write_error\"} 0"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE tierguard_events_dropped_total counter")
+                .count(),
+            1
+        );
     }
 }

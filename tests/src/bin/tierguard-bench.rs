@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 use tierguard::{
-    config::{AgentConfig, Config, List, Origin, XdpModeSetting},
+    config::{AgentConfig, Config, EventsConfig, List, Origin, XdpModeSetting},
     datapath::{Datapath, XDP_DROP, XDP_PASS},
     policy::CompiledPolicy,
 };
@@ -50,6 +50,8 @@ struct Row {
     empty: f64,
     rotation: f64,
     denied: f64,
+    /// Denied with events on and sampling saying no (rate and burst of 1).
+    denied_events: f64,
     passed: f64,
 }
 
@@ -74,8 +76,8 @@ fn main() {
             eprintln!("{} with {n} deny prefixes...", family.name());
             let (row, compile, apply) = measure(family, n);
             eprintln!(
-                "  empty {:.1} ns, rotation {:.1} ns, denied {:.1} ns, passed {:.1} ns; compile {:?}, load {:?}",
-                row.empty, row.rotation, row.denied, row.passed, compile, apply
+                "  empty {:.1} ns, rotation {:.1} ns, denied {:.1} ns, denied with events sampled out {:.1} ns, passed {:.1} ns; compile {:?}, load {:?}",
+                row.empty, row.rotation, row.denied, row.denied_events, row.passed, compile, apply
             );
             load_times.push((family, n, compile, apply));
             rows.push(row);
@@ -131,6 +133,7 @@ fn config(nets: Vec<IpNetwork>) -> Config {
             origin: Origin { file: "benchmark".into(), line: 0, column: 0 },
             files: Vec::new(),
         }],
+        events: Default::default(),
     }
 }
 
@@ -218,11 +221,17 @@ fn measure(family: Family, n: usize) -> (Row, Duration, Duration) {
     let rotation = median_ns(&mut dp, programs::BENCH_BASELINE, &frame, XDP_PASS);
     fill_sources(&mut dp, &denied);
     let denied_ns = median_ns(&mut dp, programs::BENCH_INGRESS, &frame, XDP_DROP);
+    // Events on, sampling saying no: after the first event of each second every
+    // drop takes the suppressed path (the ring is not read here).
+    let sampled_out = EventsConfig { enabled: true, rate_per_reason: 1, burst: 1, global_rate: 1, ..EventsConfig::default() };
+    dp.set_events(&sampled_out).unwrap_or_else(|e| panic!("set events: {e}"));
+    let denied_events = median_ns(&mut dp, programs::BENCH_INGRESS, &frame, XDP_DROP);
+    dp.set_events(&EventsConfig::default()).unwrap_or_else(|e| panic!("set events: {e}"));
     fill_sources(&mut dp, &passed);
     let passed_ns = median_ns(&mut dp, programs::BENCH_INGRESS, &frame, XDP_PASS);
     drop(dp);
     drop(pins);
-    (Row { family, prefixes: n, empty, rotation, denied: denied_ns, passed: passed_ns }, compile, apply)
+    (Row { family, prefixes: n, empty, rotation, denied: denied_ns, denied_events, passed: passed_ns }, compile, apply)
 }
 
 fn cpu_model() -> String {
@@ -246,17 +255,19 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
     let _ = writeln!(s, "- sources vary within each run: 65,536 source addresses rotate through the lookup (see below)\n");
     let _ = writeln!(s, "## Per-packet cost of the ingress program\n");
     let _ = writeln!(s, "`overhead` = ingress with rotating sources minus the rotation alone, i.e. what enforcement adds to an empty program.\n");
-    let _ = writeln!(s, "| family | deny prefixes | empty program (ns) | rotation alone (ns) | denied (ns) | passed (ns) | denied overhead (ns) | passed overhead (ns) |");
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(s, "`denied, events sampled out` = denied with security events on and sampling saying no (the suppressed path).\n");
+    let _ = writeln!(s, "| family | deny prefixes | empty program (ns) | rotation alone (ns) | denied (ns) | denied, events sampled out (ns) | passed (ns) | denied overhead (ns) | passed overhead (ns) |");
+    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     for r in rows {
         let _ = writeln!(
             s,
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
             r.family.name(),
             r.prefixes,
             r.empty,
             r.rotation,
             r.denied,
+            r.denied_events,
             r.passed,
             r.denied - r.rotation,
             r.passed - r.rotation
@@ -276,6 +287,16 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
                 yes(worst <= 60.0)
             );
         }
+    }
+    for r in rows {
+        let extra = r.denied_events - r.denied;
+        let _ = writeln!(
+            s,
+            "| {} with {} prefixes: denied with events on and sampling saying no within 10 ns of events off | {extra:+.1} ns | {} |",
+            r.family.name(),
+            r.prefixes,
+            yes(extra <= 10.0)
+        );
     }
     for family in [Family::V4, Family::V6] {
         let at = |n: usize| rows.iter().find(|r| r.family == family && r.prefixes == n);

@@ -1,0 +1,205 @@
+//! The event maps: writing the sampling configuration, opening the ring
+//! buffer and reading the sampler's counters.
+
+use std::path::Path;
+
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use tierguard_common::{
+    event::{Bucket, EventConfig},
+    maps::names,
+    reason::Reason,
+};
+
+use super::{Datapath, DatapathError, Result};
+use crate::config::EventsConfig;
+
+/// The kernel configuration for `cfg` on a machine with `cpus` possible CPUs:
+/// each CPU samples on its own, so rates and bursts are divided among them.
+/// The global bucket holds one second's worth of the global rate.
+pub fn kernel_config(cfg: &EventsConfig, cpus: u64) -> EventConfig {
+    if !cfg.enabled {
+        return EventConfig::default();
+    }
+    EventConfig::per_cpu(
+        cfg.rate_per_reason,
+        cfg.burst,
+        cfg.global_rate,
+        cfg.global_rate,
+        cpus,
+    )
+}
+
+/// Nanoseconds per kernel jiffy, or 0 if it cannot be told. Measured once per
+/// process from /proc/timer_list (jiffies and the monotonic clock, 100 ms
+/// apart) and snapped to the usual CONFIG_HZ values.
+pub fn ns_per_jiffy() -> u64 {
+    static CACHE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CACHE.get_or_init(|| {
+        let a = read_timer_list();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let b = read_timer_list();
+        match (a, b) {
+            (Some(a), Some(b)) => hz_from_samples(a, b).map_or(0, |hz| 1_000_000_000 / hz),
+            _ => 0,
+        }
+    })
+}
+
+/// (monotonic ns, jiffies) from /proc/timer_list.
+fn read_timer_list() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/timer_list").ok()?;
+    parse_timer_list(&text)
+}
+
+fn parse_timer_list(text: &str) -> Option<(u64, u64)> {
+    let now = text.lines().find_map(|l| {
+        l.strip_prefix("now at ")?
+            .strip_suffix(" nsecs")?
+            .trim()
+            .parse()
+            .ok()
+    })?;
+    let jiffies = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("jiffies: ")?.trim().parse().ok())?;
+    Some((now, jiffies))
+}
+
+/// CONFIG_HZ from two (ns, jiffies) samples, if it is one of the usual values.
+fn hz_from_samples(a: (u64, u64), b: (u64, u64)) -> Option<u64> {
+    let dns = b.0.checked_sub(a.0)?;
+    let dj = b.1.checked_sub(a.1)?;
+    if dns < 50_000_000 {
+        return None;
+    }
+    let hz = dj as f64 * 1e9 / dns as f64;
+    [100u64, 250, 300, 1000]
+        .into_iter()
+        .find(|&h| (hz - h as f64).abs() <= h as f64 * 0.1)
+}
+
+/// Possible CPUs: the number of values in a per-CPU map.
+pub fn cpus() -> u64 {
+    aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1).max(1)
+}
+
+fn open_map(pin_dir: &Path, name: &'static str) -> Result<Map> {
+    let err = |source| DatapathError::Map { map: name, source };
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(err)?;
+    Map::from_map_data(data).map_err(err)
+}
+
+impl Datapath {
+    /// Writes the `[events]` settings into `TG_EVENT_CONFIG`: one map write,
+    /// effective on the next packet.
+    pub fn set_events(&mut self, cfg: &EventsConfig) -> Result<EventConfig> {
+        let name = names::EVENT_CONFIG;
+        let mut value = kernel_config(cfg, cpus());
+        if value.enabled != 0 {
+            value.ns_per_jiffy = ns_per_jiffy();
+        }
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DatapathError::MissingMap { map: name })?;
+        let mut array: Array<_, EventConfig> =
+            Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
+        array
+            .set(0, value, 0)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
+        Ok(value)
+    }
+
+    /// The event ring buffer, opened from its pin (so it is independent of
+    /// the datapath's borrow).
+    pub fn event_ring(&self) -> Result<RingBuf<MapData>> {
+        let name = names::EVENTS;
+        RingBuf::try_from(open_map(self.pin_dir(), name)?)
+            .map_err(|source| DatapathError::Map { map: name, source })
+    }
+
+    /// A reader of the sampler's per-reason counters.
+    pub fn sampler_reader(&self) -> Result<SamplerReader> {
+        let name = names::EVENT_SAMPLER;
+        let map = PerCpuArray::try_from(open_map(self.pin_dir(), name)?)
+            .map_err(|source| DatapathError::Map { map: name, source })?;
+        Ok(SamplerReader { map })
+    }
+}
+
+/// Sampler counters summed over CPUs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SamplerCounts {
+    /// Events not emitted because sampling said no, by reason.
+    pub suppressed: Vec<(Reason, u64)>,
+    /// Events sampling allowed but the full ring buffer refused, by reason.
+    pub ring_full: Vec<(Reason, u64)>,
+}
+
+pub struct SamplerReader {
+    map: PerCpuArray<MapData, Bucket>,
+}
+
+impl SamplerReader {
+    pub fn read(&self) -> Result<SamplerCounts> {
+        let mut out = SamplerCounts::default();
+        for reason in Reason::ALL {
+            let v = self
+                .map
+                .get(&u32::from(reason as u8), 0)
+                .map_err(|source| DatapathError::Map {
+                    map: names::EVENT_SAMPLER,
+                    source,
+                })?;
+            let suppressed = v.iter().fold(0u64, |a, b| a.saturating_add(b.suppressed));
+            let lost = v.iter().fold(0u64, |a, b| a.saturating_add(b.lost));
+            out.suppressed.push((reason, suppressed));
+            out.ring_full.push((reason, lost));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hz_is_read_from_timer_list_samples() {
+        let text = "Timer List Version: v0.10\nnow at 4719748217687 nsecs\n\ncpu: 0\n jiffies: 4296072170\n";
+        assert_eq!(
+            parse_timer_list(text),
+            Some((4_719_748_217_687, 4_296_072_170))
+        );
+        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1025)), Some(250));
+        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1026)), Some(250));
+        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1100)), Some(1000));
+        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1010)), Some(100));
+        assert_eq!(
+            hz_from_samples((0, 1000), (100_000_000, 1050)),
+            None,
+            "500 Hz is not a usual value"
+        );
+        assert_eq!(
+            hz_from_samples((0, 1000), (10_000_000, 1003)),
+            None,
+            "too short to tell"
+        );
+    }
+
+    #[test]
+    fn disabled_config_writes_zero_and_enabled_divides_by_cpus() {
+        let off = EventsConfig::default();
+        assert_eq!(kernel_config(&off, 4), EventConfig::default());
+        let on = EventsConfig {
+            enabled: true,
+            ..EventsConfig::default()
+        };
+        let k = kernel_config(&on, 4);
+        assert_eq!(
+            (k.enabled, k.rate, k.burst, k.global_rate, k.global_burst),
+            (1, 25, 50, 250, 250)
+        );
+        assert_eq!(k.fill_ns, 2_000_000_000, "50 tokens at 25/s");
+    }
+}

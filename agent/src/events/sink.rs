@@ -1,0 +1,272 @@
+//! Where event lines are written: stdout, or a file rotated by size.
+//!
+//! The writer runs on its own thread behind a bounded channel: the consumer
+//! never waits for it. A failing sink logs once when it starts failing and
+//! once when it recovers, and every line it could not write is counted.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+
+use prometheus::IntCounterVec;
+
+use crate::config::EventOutput;
+
+/// Lines the channel holds before the consumer sheds.
+pub const CHANNEL_LINES: usize = 8192;
+
+pub enum Sink {
+    Stdout(io::Stdout),
+    File(RotatingFile),
+}
+
+impl Sink {
+    pub fn open(output: &EventOutput, max_bytes: u64, keep: u32) -> Sink {
+        match output {
+            EventOutput::Stdout => Sink::Stdout(io::stdout()),
+            EventOutput::File(p) => Sink::File(RotatingFile::new(p.clone(), max_bytes, keep)),
+        }
+    }
+
+    /// Writes one line (without its newline) and flushes.
+    pub fn write_line(&mut self, line: &str) -> io::Result<()> {
+        match self {
+            Sink::Stdout(s) => {
+                let mut s = s.lock();
+                s.write_all(line.as_bytes())?;
+                s.write_all(b"\n")?;
+                s.flush()
+            }
+            Sink::File(f) => f.write_line(line),
+        }
+    }
+}
+
+/// A file rotated when the next line would take it past `max_bytes`:
+/// `path` becomes `path.1`, `path.1` becomes `path.2`, ... and `path.{keep}`
+/// is removed, so at most `keep` rotated files stay beside the live one.
+pub struct RotatingFile {
+    path: PathBuf,
+    max_bytes: u64,
+    keep: u32,
+    file: Option<File>,
+    size: u64,
+}
+
+impl RotatingFile {
+    pub fn new(path: PathBuf, max_bytes: u64, keep: u32) -> RotatingFile {
+        RotatingFile {
+            path,
+            max_bytes,
+            keep,
+            file: None,
+            size: 0,
+        }
+    }
+
+    fn rotated(&self, i: u32) -> PathBuf {
+        let mut s = self.path.as_os_str().to_owned();
+        s.push(format!(".{i}"));
+        PathBuf::from(s)
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        self.file = None;
+        let _ = std::fs::remove_file(self.rotated(self.keep));
+        for i in (1..self.keep).rev() {
+            let from = self.rotated(i);
+            if from.exists() {
+                std::fs::rename(&from, self.rotated(i + 1))?;
+            }
+        }
+        std::fs::rename(&self.path, self.rotated(1))?;
+        self.size = 0;
+        Ok(())
+    }
+
+    fn open(&mut self) -> io::Result<&mut File> {
+        if self.file.is_none() {
+            let f = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+            self.size = f.metadata()?.len();
+            self.file = Some(f);
+        }
+        Ok(self.file.as_mut().expect("just opened"))
+    }
+
+    pub fn write_line(&mut self, line: &str) -> io::Result<()> {
+        let n = line.len() as u64 + 1;
+        self.open()?;
+        if self.size > 0 && self.size + n > self.max_bytes {
+            self.rotate()?;
+            self.open()?;
+        }
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        let r = self.file.as_mut().expect("open").write_all(&buf);
+        if r.is_err() {
+            // Reopen on the next line: the file may have been removed or the disk freed.
+            self.file = None;
+        } else {
+            self.size += n;
+        }
+        r
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The consumer's end: never blocks.
+#[derive(Clone)]
+pub struct LineSender {
+    tx: SyncSender<String>,
+    dropped: IntCounterVec,
+}
+
+impl LineSender {
+    /// Queues a line; if the writer is behind, sheds it and counts it.
+    pub fn send(&self, line: String) {
+        match self.tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => self.dropped.with_label_values(&["channel_full"]).inc(),
+            Err(TrySendError::Disconnected(_)) => {
+                self.dropped.with_label_values(&["write_error"]).inc()
+            }
+        }
+    }
+}
+
+/// Starts the writer thread for `sink`. `dropped` counts lines lost, by stage.
+pub fn spawn_writer(mut sink: Sink, dropped: IntCounterVec, capacity: usize) -> LineSender {
+    let (tx, rx): (SyncSender<String>, Receiver<String>) = sync_channel(capacity);
+    let counter = dropped.clone();
+    std::thread::Builder::new()
+        .name("tg-events".into())
+        .spawn(move || {
+            let mut failing = false;
+            for line in rx {
+                match sink.write_line(&line) {
+                    Ok(()) => {
+                        if failing {
+                            failing = false;
+                            tracing::info!("event sink writes again");
+                        }
+                    }
+                    Err(e) => {
+                        counter.with_label_values(&["write_error"]).inc();
+                        if !failing {
+                            failing = true;
+                            let target = match &sink {
+                                Sink::Stdout(_) => "stdout".to_string(),
+                                Sink::File(f) => f.path().display().to_string(),
+                            };
+                            tracing::error!(sink = target, error = %e, "cannot write events; counting them in tierguard_events_dropped_total{{stage=\"write_error\"}} until it recovers");
+                        }
+                    }
+                }
+            }
+        })
+        .expect("spawn event writer thread");
+    LineSender { tx, dropped }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("tg-sink-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn rotation_keeps_the_configured_number_of_files() {
+        let d = tmp("rot");
+        let path = d.join("events.jsonl");
+        let mut f = RotatingFile::new(path.clone(), 100, 3);
+        let line = "x".repeat(39); // 40 bytes with the newline: two per file
+        for i in 0..20 {
+            f.write_line(&format!("{line}{}", i % 10)[1..]).unwrap();
+        }
+        let mut names: Vec<String> = std::fs::read_dir(&d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "events.jsonl",
+                "events.jsonl.1",
+                "events.jsonl.2",
+                "events.jsonl.3"
+            ]
+        );
+        for n in &names {
+            let len = std::fs::metadata(d.join(n)).unwrap().len();
+            assert!(len <= 100, "{n} is {len} bytes");
+        }
+        // The newest lines are in the live file, the ones before in .1.
+        let live = std::fs::read_to_string(&path).unwrap();
+        assert!(live.ends_with("xxx9\n"), "{live}");
+        let one = std::fs::read_to_string(d.join("events.jsonl.1")).unwrap();
+        assert!(one.ends_with("xxx7\n"), "{one}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn an_unwritable_file_counts_and_recovers() {
+        let d = tmp("fail");
+        let path = d.join("missing-dir").join("events.jsonl");
+        let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["stage"]).unwrap();
+        let tx = spawn_writer(
+            Sink::open(&EventOutput::File(path.clone()), 1 << 20, 2),
+            dropped.clone(),
+            16,
+        );
+        tx.send("one".into());
+        let wait = |n: u64| {
+            for _ in 0..200 {
+                if dropped.with_label_values(&["write_error"]).get() >= n {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            panic!("write error not counted");
+        };
+        wait(1);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        tx.send("two".into());
+        for _ in 0..200 {
+            if std::fs::read_to_string(&path).is_ok_and(|t| t == "two\n") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "two\n");
+        assert_eq!(dropped.with_label_values(&["write_error"]).get(), 1);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_full_channel_sheds_and_counts() {
+        let dropped = IntCounterVec::new(prometheus::Opts::new("d", "d"), &["stage"]).unwrap();
+        let (tx, _rx) = sync_channel(2);
+        let s = LineSender {
+            tx,
+            dropped: dropped.clone(),
+        };
+        for _ in 0..5 {
+            s.send("l".into());
+        }
+        assert_eq!(dropped.with_label_values(&["channel_full"]).get(), 3);
+    }
+}

@@ -1,0 +1,90 @@
+//! Sampled security events into the ring buffer. Off by default: then the
+//! only cost on a drop is the read of `TG_EVENT_CONFIG`.
+
+use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
+use tierguard_common::{
+    decide::Decision,
+    event::{self, EVENT_VERSION, Event, GLOBAL_BUCKET, WAKEUP_EVERY},
+    maps::Direction,
+    packet::Packet,
+};
+
+use crate::maps::{EVENT_CONFIG, EVENT_SAMPLER, EVENTS};
+
+/// Submit without waking the consumer (it drains on a timer).
+const BPF_RB_NO_WAKEUP: u64 = 1;
+/// Submit and wake the consumer.
+const BPF_RB_FORCE_WAKEUP: u64 = 2;
+
+/// Records an event for a dropped packet if events are on and sampling allows.
+/// `p` is the parsed packet, or `None` when parsing failed.
+#[inline(always)]
+pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, len: u32) {
+    let cfg = match EVENT_CONFIG.get(0) {
+        Some(c) if c.enabled != 0 => c,
+        _ => return,
+    };
+    let Some(b) = EVENT_SAMPLER.get_ptr_mut(d.reason as u32) else {
+        return;
+    };
+    // SAFETY: per-CPU entry, no other writer on this CPU while we run.
+    let b = unsafe { &mut *b };
+    // Sampling runs on a tick-granular clock: jiffies when the agent told us
+    // their length (the verifier inlines bpf_jiffies64 into a memory read),
+    // else the coarse clock. The suppressed path must stay cheap; the
+    // record's time is read precisely, only when an event is emitted.
+    let coarse = if cfg.ns_per_jiffy != 0 {
+        (unsafe { bpf_jiffies64() }) * cfg.ns_per_jiffy
+    } else {
+        unsafe { bpf_ktime_get_coarse_ns() }
+    };
+    if !event::sample_reason(b, cfg, coarse) {
+        return;
+    }
+    let Some(g) = EVENT_SAMPLER.get_ptr_mut(GLOBAL_BUCKET) else {
+        return;
+    };
+    // SAFETY: as above; GLOBAL_BUCKET is past every reason's entry.
+    let g = unsafe { &mut *g };
+    if !event::sample_global(b, g, cfg, coarse) {
+        return;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        event::lost(b);
+        return;
+    };
+    let mut e = Event::EMPTY;
+    e.version = EVENT_VERSION;
+    e.direction = dir as u8;
+    e.verdict = d.reason.verdict() as u8;
+    e.reason = d.reason as u8;
+    e.list_id = d.id;
+    e.ifindex = ifindex;
+    e.time_ns = now;
+    e.suppressed = b.pending;
+    e.len = len;
+    if let Some(p) = p {
+        e.family = p.family;
+        e.proto = p.proto;
+        e.tcp_flags = p.tcp_flags;
+        e.icmp_type = p.icmp_type;
+        e.icmp_code = p.icmp_code;
+        e.packet_flags = p.flags;
+        e.src = p.src;
+        e.dst = p.dst;
+        e.sport = p.sport;
+        e.dport = p.dport;
+    }
+    entry.write(e);
+    event::emitted(b);
+    // The global bucket's `pending` counts this CPU's emitted events (see
+    // `Bucket`): every WAKEUP_EVERY-th submit wakes the consumer.
+    g.pending = g.pending.wrapping_add(1);
+    let flags = if g.pending % WAKEUP_EVERY == 0 {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags);
+}

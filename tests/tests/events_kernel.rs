@@ -1,0 +1,192 @@
+//! The kernel half of security events through BPF_PROG_TEST_RUN: records
+//! read straight from the ring buffer, field by field, and the sampler's
+//! accounting (every drop emitted or suppressed) on one CPU.
+
+use std::path::Path;
+use std::time::Duration;
+
+use tierguard::{
+    config::{Config, EventsConfig},
+    datapath::{Datapath, XDP_DROP, XDP_PASS, cpus, kernel_config, ns_per_jiffy},
+    policy::CompiledPolicy,
+};
+use tierguard_common::{
+    Reason,
+    build::{tcp, v4_frame},
+    event::{EVENT_VERSION, Event},
+    maps::programs,
+    packet::{FLAG_L4, PROTO_TCP, TCP_SYN},
+};
+use tierguard_tests::pins::PinDir;
+
+const POLICY: &str = "[[lists]]\nname = \"allowed\"\naction = \"allow\"\ncidrs = [\"192.0.2.0/24\"]\n\n\
+                      [[lists]]\nname = \"denied\"\naction = \"deny\"\ncidrs = [\"198.51.100.0/24\"]\n";
+
+/// Runs this thread on CPU 0 only: the sampler is per CPU.
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; we set one bit and pass its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "pin to CPU 0"
+        );
+    }
+}
+
+fn records(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(item) = ring.next() {
+        out.push(Event::from_bytes(&item).expect("a version 1 record"));
+    }
+    out
+}
+
+#[test]
+fn drops_write_records_with_the_packet_fields_and_sampling_accounts_for_every_drop() {
+    pin_to_cpu0();
+    let pins = PinDir::new("evk");
+    let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
+    let policy = CompiledPolicy::compile(&config).unwrap();
+    let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
+    dp.apply(&policy).unwrap();
+    let mut ring = dp.event_ring().unwrap();
+    let sampler = dp.sampler_reader().unwrap();
+
+    let syn = v4_frame(
+        [198, 51, 100, 7],
+        [10, 0, 0, 1],
+        PROTO_TCP,
+        &tcp(40000, 22, TCP_SYN, 0),
+    );
+    // Off by default: a drop writes nothing and counts nothing.
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &syn, 1).unwrap().action,
+        XDP_DROP
+    );
+    assert!(records(&mut ring).is_empty());
+    assert!(
+        sampler
+            .read()
+            .unwrap()
+            .suppressed
+            .iter()
+            .all(|(_, n)| *n == 0)
+    );
+
+    // On, with one event per second per CPU and a burst of 2 per CPU.
+    let cfg = EventsConfig {
+        enabled: true,
+        rate_per_reason: cpus(),
+        burst: 2 * cpus(),
+        global_rate: 1000 * cpus(),
+        ..EventsConfig::default()
+    };
+    let k = dp.set_events(&cfg).unwrap();
+    assert_eq!(
+        k,
+        tierguard_common::event::EventConfig {
+            ns_per_jiffy: ns_per_jiffy(),
+            ..kernel_config(&cfg, cpus())
+        }
+    );
+    assert!(
+        [0, 1_000_000, 3_333_333, 4_000_000, 10_000_000].contains(&k.ns_per_jiffy),
+        "{}",
+        k.ns_per_jiffy
+    );
+    assert_eq!((k.rate, k.burst), (1, 2));
+
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &syn, 1).unwrap().action,
+        XDP_DROP
+    );
+    let r = records(&mut ring);
+    assert_eq!(r.len(), 1);
+    let e = r[0];
+    assert_eq!(e.version, EVENT_VERSION);
+    assert_eq!(e.reason, Reason::DenyList as u8);
+    assert_eq!(e.verdict, 1);
+    assert_eq!(e.direction, 0);
+    assert_eq!(e.list_id, 1, "the second list");
+    assert_eq!(e.family, 4);
+    assert_eq!(&e.src[..4], &[198, 51, 100, 7]);
+    assert_eq!(&e.src[4..], &[0; 12]);
+    assert_eq!(&e.dst[..4], &[10, 0, 0, 1]);
+    assert_eq!(
+        (e.proto, e.sport, e.dport, e.tcp_flags),
+        (PROTO_TCP, 40000, 22, TCP_SYN)
+    );
+    assert_ne!(e.packet_flags & FLAG_L4, 0);
+    assert_eq!(e.len as usize, syn.len());
+    assert_eq!(e.suppressed, 0);
+    assert!(e.time_ns > 0);
+
+    // Passed packets write nothing.
+    let ok = v4_frame(
+        [192, 0, 2, 1],
+        [10, 0, 0, 1],
+        PROTO_TCP,
+        &tcp(1, 2, TCP_SYN, 0),
+    );
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &ok, 1).unwrap().action,
+        XDP_PASS
+    );
+    assert!(records(&mut ring).is_empty());
+
+    // A packet the parser refuses: reason only, no addresses.
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &syn[..20], 1)
+            .unwrap()
+            .action,
+        XDP_DROP
+    );
+    let r = records(&mut ring);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].reason, Reason::Truncated as u8);
+    assert_eq!(
+        (r[0].family, r[0].list_id, r[0].src),
+        (0, u16::MAX, [0; 16])
+    );
+    assert_eq!(r[0].len, 20);
+
+    // A flood of 1000 denied packets: the bucket had one token left (burst 2,
+    // one spent), plus at most one more refilled during the run.
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &syn, 1000).unwrap().action,
+        XDP_DROP
+    );
+    let flood = records(&mut ring);
+    assert!(
+        (1..=2).contains(&flood.len()),
+        "{} events for 1000 drops at 1/s with a burst of 2",
+        flood.len()
+    );
+    let counts = sampler.read().unwrap();
+    let suppressed = counts
+        .suppressed
+        .iter()
+        .find(|(r, _)| *r == Reason::DenyList)
+        .unwrap()
+        .1;
+    assert_eq!(
+        flood.len() as u64 + suppressed,
+        1000,
+        "every drop emitted or suppressed"
+    );
+    assert!(counts.ring_full.iter().all(|(_, n)| *n == 0));
+
+    // A second later the next event says how many were held back since the last one.
+    let held: u64 = suppressed - flood.iter().map(|e| e.suppressed).sum::<u64>();
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &syn, 1).unwrap().action,
+        XDP_DROP
+    );
+    let r = records(&mut ring);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].suppressed, held, "N more like this");
+}
