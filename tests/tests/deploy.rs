@@ -39,10 +39,13 @@ const METRICS: &[(&str, &str)] = &[
     ("tierguard_xdp_attach_mode", "gauge"),
     ("tierguard_policy_info", "gauge"),
     ("tierguard_build_info", "gauge"),
+    ("tierguard_events_emitted_total", "counter"),
+    ("tierguard_events_suppressed_total", "counter"),
+    ("tierguard_events_dropped_total", "counter"),
 ];
 
 /// Metrics that appear in a scrape only after some event (a first error).
-const EVENT_ONLY_METRICS: &[&str] = &["tierguard_scrape_errors_total"];
+const EVENT_ONLY_METRICS: &[&str] = &["tierguard_scrape_errors_total", "tierguard_events_emitted_total"];
 
 /// The capabilities the unit and the DaemonSet grant, as the kernel numbers them.
 const CAPS: &[(&str, u32)] = &[
@@ -597,6 +600,7 @@ fn alert_rules_pass_promtool_and_use_only_real_metrics() {
         ("TierguardHighDropRate", "warning"),
         ("TierguardScrapeErrors", "warning"),
         ("TierguardNoProgram", "critical"),
+        ("TierguardEventsLost", "warning"),
     ] {
         assert_eq!(
             alerts.get(name).map(String::as_str),
