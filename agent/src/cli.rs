@@ -45,6 +45,19 @@ pub enum Command {
     /// Show what the policy does with a packet and which list decides,
     /// computed by the same code the kernel runs.
     Explain(ExplainArgs),
+    /// Work with the audit log of policy changes.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check a hash-chained audit log; names the first line that was edited,
+    /// removed or reordered. Exit 0 if intact, 1 if broken, 2 if unreadable.
+    Verify {
+        /// The audit log (the `audit_log` of the policy's [agent] section).
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]

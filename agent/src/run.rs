@@ -10,6 +10,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::check::{interface_errors, load};
 use crate::cli::RunArgs;
+use crate::audit::{self, AuditLog};
 use crate::config::{Config, ConfigErrors};
 use crate::datapath::{Datapath, SamplerReader, StatsReader};
 use crate::events::{self, Context};
@@ -25,6 +26,37 @@ struct Shared {
     sampler: Mutex<Option<SamplerReader>>,
     /// What event enrichment needs from the live policy.
     event_ctx: Arc<RwLock<Context>>,
+    /// The audit trail of policy changes, if `audit_log` is set.
+    audit: Mutex<Option<AuditLog>>,
+    /// The live policy's config, for the audit summary of the next change.
+    live_config: Mutex<Option<Config>>,
+}
+
+impl Shared {
+    /// Appends an audit record; a failure is logged and enforcement goes on.
+    fn audit(&self, trigger: &str, result: &str, fields: serde_json::Value, new: Option<&Config>) {
+        let Ok(mut audit) = self.audit.lock() else { return };
+        let Some(log) = audit.as_mut() else { return };
+        let old = self.live_config.lock().ok().and_then(|c| c.clone());
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut r = serde_json::Map::new();
+        r.insert("kind".into(), "policy_change".into());
+        r.insert("time".into(), events::record::rfc3339(now).into());
+        r.insert("node".into(), events::node_name().into());
+        r.insert("trigger".into(), trigger.into());
+        r.insert("result".into(), result.into());
+        if let serde_json::Value::Object(f) = fields {
+            r.extend(f);
+        }
+        if new.is_some() {
+            r.insert("changes".into(), audit::summary(old.as_ref(), new));
+        }
+        if let Err(e) = log.append(r) {
+            tracing::error!(error = %e, "cannot write the audit log; enforcement goes on");
+        }
+    }
 }
 
 impl metrics::Endpoint for Shared {
@@ -172,6 +204,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
             lists: policy.lists.iter().map(|l| l.name.clone()).collect(),
             boot_offset_ns: events::record::boot_offset_ns(),
         })),
+        audit: Mutex::new(config.agent.audit_log.as_deref().and_then(|p| match AuditLog::open(p) {
+            Ok(log) => Some(log),
+            Err(e) => {
+                tracing::error!(error = %e, "audit log unavailable; policy changes are logged but not chained");
+                None
+            }
+        })),
+        live_config: Mutex::new(None),
     });
     for iface in &config.agent.interfaces {
         match datapath.attach(iface, config.agent.xdp_mode) {
@@ -242,6 +282,21 @@ pub async fn run(args: RunArgs) -> ExitCode {
         metrics = %format!("http://{}/metrics", config.agent.metrics_address),
         "enforcing"
     );
+    shared.audit(
+        "start",
+        "applied",
+        serde_json::json!({
+            "source": config.origin,
+            "old_hash": serde_json::Value::Null,
+            "new_hash": policy.hash,
+            "generation": generation,
+            "adopted_pinned_state": adopted,
+        }),
+        Some(&config),
+    );
+    if let Ok(mut c) = shared.live_config.lock() {
+        *c = Some(config.clone());
+    }
     tokio::spawn(metrics::serve(listener, shared.clone()));
 
     let outcome = event_loop(&args, &config, &mut datapath, &shared, policy.hash).await;
@@ -390,6 +445,8 @@ fn reload(
         Err(e) => {
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!(trigger, errors = %e, "new policy refused; the live policy stays");
+            let errors: Vec<String> = e.0.iter().map(ToString::to_string).collect();
+            shared.audit(trigger, "refused", serde_json::json!({ "live_hash": live_hash, "errors": errors }), None);
             return None;
         }
     };
@@ -420,6 +477,7 @@ fn reload(
     }
     if policy.hash == *live_hash {
         tracing::info!(trigger, hash = policy.hash, "policy unchanged");
+        shared.audit(trigger, "unchanged", serde_json::json!({ "live_hash": live_hash }), None);
         return Some(files);
     }
     match datapath.apply(&policy) {
@@ -438,12 +496,32 @@ fn reload(
             shared.metrics.load_seconds.set(t.elapsed().as_secs_f64());
             shared.metrics.reloads.with_label_values(&["success"]).inc();
             tracing::info!(trigger, generation, old_hash = %live_hash, new_hash = policy.hash, "policy applied");
+            shared.audit(
+                trigger,
+                "applied",
+                serde_json::json!({
+                    "source": config.origin,
+                    "old_hash": live_hash,
+                    "new_hash": policy.hash,
+                    "generation": generation,
+                }),
+                Some(&config),
+            );
+            if let Ok(mut c) = shared.live_config.lock() {
+                *c = Some(config);
+            }
             *live_hash = policy.hash;
             Some(files)
         }
         Err(e) => {
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!(trigger, error = %error_chain(&e), "cannot apply the new policy; the live policy stays");
+            shared.audit(
+                trigger,
+                "refused",
+                serde_json::json!({ "live_hash": live_hash, "errors": [error_chain(&e)] }),
+                None,
+            );
             None
         }
     }

@@ -477,3 +477,87 @@ fn generic_mode_is_used_when_asked_and_reported() {
     assert_eq!(list_hits(&agent.scrape(), "bogons"), 2.0);
     assert!(agent.stop().success());
 }
+
+#[test]
+fn audit_log_chains_every_policy_change_and_verify_finds_tampering() {
+    let lab = Lab::new("tgea", 227);
+    let pins = PinDir::new("e2ea");
+    let dir = tmpdir("audit");
+    let audit = dir.join("audit.jsonl");
+    let policy = |extra: &str| {
+        format!(
+            "[agent]\ninterfaces = [\"{}\"]\npin_path = \"{}\"\naudit_log = \"{}\"\n\n\
+             [[lists]]\nname = \"blocked\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n{extra}",
+            lab.node_if,
+            pins.path().display(),
+            audit.display()
+        )
+    };
+    let config = dir.join("policy.toml");
+    let cfg = config.to_str().unwrap().to_string();
+    std::fs::write(&config, policy("")).unwrap();
+    let addr = free_addr();
+    let agent = Agent::start(&["--config", &cfg, "--watch-interval", "1"], addr);
+    let wait_for = |a: &Agent, what: &str, f: &dyn Fn(&str) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(&a.scrape()) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", a.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let more = "[[lists]]\nname = \"more\"\naction = \"deny\"\ncidrs = [\"198.51.100.0/24\"]\n";
+    std::fs::write(&config, policy(more)).unwrap();
+    wait_for(&agent, "generation 2", &|m| sample(m, "tierguard_policy_generation") == Some(2.0));
+    std::fs::write(&config, policy("[[lists]]\nname = \"bad\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n")).unwrap();
+    wait_for(&agent, "a refused reload", &|m| sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0));
+    std::fs::write(&config, policy(more)).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    agent.signal(libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(agent.stop().success());
+    let again = Agent::start(&["--config", &cfg], addr);
+    assert!(again.stop().success());
+
+    let text = std::fs::read_to_string(&audit).expect("the audit log was written");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let outline: Vec<(String, String)> = lines
+        .iter()
+        .map(|l| (l["trigger"].as_str().unwrap().to_string(), l["result"].as_str().unwrap().to_string()))
+        .collect();
+    let pairs: Vec<(&str, &str)> = outline.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    assert_eq!(
+        pairs,
+        [
+            ("start", "applied"),
+            ("config file changed", "applied"),
+            ("config file changed", "refused"),
+            ("config file changed", "unchanged"),
+            ("SIGHUP", "unchanged"),
+            ("start", "applied"),
+        ],
+        "{text}"
+    );
+    assert_eq!(lines[1]["changes"]["lists_added"], serde_json::json!(["more"]));
+    assert_eq!(lines[1]["old_hash"], lines[0]["new_hash"]);
+    assert_eq!(lines[1]["generation"], 2);
+    assert!(lines[2]["errors"][0].as_str().unwrap().contains("'10.0.0.0/33' is not a CIDR"), "{}", lines[2]);
+    assert_eq!(lines[5]["seq"], 6, "a restarted agent continues the chain");
+
+    let ok = run_cli(&["audit", "verify", audit.to_str().unwrap()]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("6 records, chain intact"));
+
+    // An edited line, then a removed line, are named by number.
+    let edited = dir.join("edited.jsonl");
+    std::fs::write(&edited, text.replacen("\"result\":\"refused\"", "\"result\":\"applied\"", 1)).unwrap();
+    let bad = run_cli(&["audit", "verify", edited.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("edited.jsonl:3: hash does not match"), "{}", String::from_utf8_lossy(&bad.stdout));
+    let removed = dir.join("removed.jsonl");
+    let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 3).map(|(_, l)| l).collect();
+    std::fs::write(&removed, kept.join("\n")).unwrap();
+    let bad = run_cli(&["audit", "verify", removed.to_str().unwrap()]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("removed.jsonl:4: prev does not match"), "{}", String::from_utf8_lossy(&bad.stdout));
+    let _ = std::fs::remove_dir_all(dir);
+}

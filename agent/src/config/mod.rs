@@ -60,6 +60,7 @@ struct RawAgent {
     xdp_mode: XdpModeSetting,
     metrics_address: Option<Spanned<String>>,
     pin_path: Option<Spanned<String>>,
+    audit_log: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,6 +180,8 @@ pub struct AgentConfig {
     pub xdp_mode: XdpModeSetting,
     pub metrics_address: SocketAddr,
     pub pin_path: PathBuf,
+    /// Hash-chained record of every policy change (absolute path), if set.
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -298,11 +301,19 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
             path
         }
     };
+    let audit_log = raw.audit_log.as_ref().map(|a| {
+        let path = PathBuf::from(a.get_ref());
+        if !path.is_absolute() || a.get_ref().ends_with('/') {
+            errors.push(src.error_span(&a.span(), "audit_log must be an absolute path to a file"));
+        }
+        path
+    });
     AgentConfig {
         interfaces,
         xdp_mode: raw.xdp_mode,
         metrics_address,
         pin_path,
+        audit_log,
     }
 }
 

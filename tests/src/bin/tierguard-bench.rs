@@ -124,6 +124,7 @@ fn config(nets: Vec<IpNetwork>) -> Config {
             xdp_mode: XdpModeSetting::Auto,
             metrics_address: "127.0.0.1:0".parse().unwrap(),
             pin_path: PathBuf::new(),
+            audit_log: None,
         },
         lists: vec![List {
             name: "bench".into(),
