@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::audit::{self, AuditLog};
 use crate::check::{interface_errors, load};
 use crate::cli::RunArgs;
-use crate::audit::{self, AuditLog};
 use crate::config::{Config, ConfigErrors};
 use crate::datapath::{Datapath, SamplerReader, StatsReader};
 use crate::events::{self, Context};
@@ -35,7 +35,9 @@ struct Shared {
 impl Shared {
     /// Appends an audit record; a failure is logged and enforcement goes on.
     fn audit(&self, trigger: &str, result: &str, fields: serde_json::Value, new: Option<&Config>) {
-        let Ok(mut audit) = self.audit.lock() else { return };
+        let Ok(mut audit) = self.audit.lock() else {
+            return;
+        };
         let Some(log) = audit.as_mut() else { return };
         let old = self.live_config.lock().ok().and_then(|c| c.clone());
         let now = std::time::SystemTime::now()
@@ -313,7 +315,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
 /// Starts the event consumer and its writer. The consumer runs even with
 /// events off (it then reads nothing), so a reload can switch them on; the
-/// output is fixed at start.
+/// output (and the webhook) is fixed at start.
 fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
     let ring = match datapath.event_ring() {
         Ok(r) => r,
@@ -324,11 +326,30 @@ fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
     };
     let ev = &config.events;
     let sink = events::Sink::open(&ev.output, ev.file_max_bytes, ev.file_keep);
-    let tx = events::spawn_writer(
+    let mut tx = events::spawn_writer(
         sink,
         shared.metrics.events_dropped.clone(),
         events::sink::CHANNEL_LINES,
     );
+    if let Some(w) = &ev.webhook {
+        tx = tx.with_webhook(events::webhook::spawn(
+            w.clone(),
+            shared.metrics.events_dropped.clone(),
+            shared
+                .metrics
+                .events_delivered
+                .with_label_values(&["webhook"]),
+        ));
+        tracing::info!(
+            url = w.url,
+            token = if w.token.is_some() { "set" } else { "none" },
+            batch_max = w.batch_max,
+            flush_ms = w.flush_ms,
+            queue = w.queue,
+            max_attempts = w.max_attempts,
+            "event webhook"
+        );
+    }
     let counters = events::Counters {
         emitted: shared.metrics.events_emitted.clone(),
         dropped: shared.metrics.events_dropped.clone(),
@@ -446,7 +467,12 @@ fn reload(
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!(trigger, errors = %e, "new policy refused; the live policy stays");
             let errors: Vec<String> = e.0.iter().map(ToString::to_string).collect();
-            shared.audit(trigger, "refused", serde_json::json!({ "live_hash": live_hash, "errors": errors }), None);
+            shared.audit(
+                trigger,
+                "refused",
+                serde_json::json!({ "live_hash": live_hash, "errors": errors }),
+                None,
+            );
             return None;
         }
     };
@@ -477,7 +503,12 @@ fn reload(
     }
     if policy.hash == *live_hash {
         tracing::info!(trigger, hash = policy.hash, "policy unchanged");
-        shared.audit(trigger, "unchanged", serde_json::json!({ "live_hash": live_hash }), None);
+        shared.audit(
+            trigger,
+            "unchanged",
+            serde_json::json!({ "live_hash": live_hash }),
+            None,
+        );
         return Some(files);
     }
     match datapath.apply(&policy) {
