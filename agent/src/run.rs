@@ -313,7 +313,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
 
 /// Starts the event consumer and its writer. The consumer runs even with
 /// events off (it then reads nothing), so a reload can switch them on; the
-/// output is fixed at start.
+/// output (and the webhook) is fixed at start.
 fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
     let ring = match datapath.event_ring() {
         Ok(r) => r,
@@ -324,11 +324,30 @@ fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
     };
     let ev = &config.events;
     let sink = events::Sink::open(&ev.output, ev.file_max_bytes, ev.file_keep);
-    let tx = events::spawn_writer(
+    let mut tx = events::spawn_writer(
         sink,
         shared.metrics.events_dropped.clone(),
         events::sink::CHANNEL_LINES,
     );
+    if let Some(w) = &ev.webhook {
+        tx = tx.with_webhook(events::webhook::spawn(
+            w.clone(),
+            shared.metrics.events_dropped.clone(),
+            shared
+                .metrics
+                .events_delivered
+                .with_label_values(&["webhook"]),
+        ));
+        tracing::info!(
+            url = w.url,
+            token = if w.token.is_some() { "set" } else { "none" },
+            batch_max = w.batch_max,
+            flush_ms = w.flush_ms,
+            queue = w.queue,
+            max_attempts = w.max_attempts,
+            "event webhook"
+        );
+    }
     let counters = events::Counters {
         emitted: shared.metrics.events_emitted.clone(),
         dropped: shared.metrics.events_dropped.clone(),

@@ -49,6 +49,13 @@ struct RawEvents {
     output: Option<Spanned<String>>,
     file_max_bytes: Option<Spanned<i64>>,
     file_keep: Option<Spanned<i64>>,
+    webhook_url: Option<Spanned<String>>,
+    webhook_token_env: Option<Spanned<String>>,
+    webhook_token_file: Option<Spanned<String>>,
+    webhook_batch_max: Option<Spanned<i64>>,
+    webhook_flush_ms: Option<Spanned<i64>>,
+    webhook_queue: Option<Spanned<i64>>,
+    webhook_max_attempts: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -153,7 +160,67 @@ pub struct EventsConfig {
     pub file_max_bytes: u64,
     /// Rotated files kept besides the live one.
     pub file_keep: u32,
+    /// An HTTP webhook that receives every event line too, if set.
+    pub webhook: Option<WebhookConfig>,
 }
+
+/// `[events] webhook_*`: where and how event batches are POSTed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookConfig {
+    /// The URL as written, for messages.
+    pub url: String,
+    /// Host to connect to (a name or an IP address, without brackets).
+    pub host: String,
+    pub port: u16,
+    /// The Host header: `host` or `host:port` as written in the URL.
+    pub host_header: String,
+    /// Request target: path and query, at least `/`.
+    pub path: String,
+    /// Bearer token, if one was configured. Its Debug output is redacted.
+    pub token: Option<Token>,
+    /// Events per POST.
+    pub batch_max: usize,
+    /// Longest an event waits for its batch to fill, in milliseconds.
+    pub flush_ms: u64,
+    /// Events the webhook's queue holds before new ones are shed.
+    pub queue: usize,
+    /// Attempts per batch before it is given up.
+    pub max_attempts: u32,
+}
+
+/// A secret: never shown by Debug and has no Display.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(s: String) -> Token {
+        Token(s)
+    }
+
+    /// The secret itself, for the Authorization header only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token(<redacted>)")
+    }
+}
+
+/// Bounds and defaults of the webhook settings.
+pub const WEBHOOK_DEFAULT_BATCH_MAX: u64 = 100;
+pub const WEBHOOK_MAX_BATCH_MAX: u64 = 10_000;
+pub const WEBHOOK_DEFAULT_FLUSH_MS: u64 = 1000;
+pub const WEBHOOK_MIN_FLUSH_MS: u64 = 10;
+pub const WEBHOOK_MAX_FLUSH_MS: u64 = 600_000;
+pub const WEBHOOK_DEFAULT_QUEUE: u64 = 10_000;
+pub const WEBHOOK_MAX_QUEUE: u64 = 1_000_000;
+pub const WEBHOOK_DEFAULT_MAX_ATTEMPTS: u64 = 10;
+pub const WEBHOOK_MAX_MAX_ATTEMPTS: u64 = 100;
+/// Longest accepted token, in bytes.
+pub const WEBHOOK_MAX_TOKEN_LEN: usize = 8192;
 
 impl Default for EventsConfig {
     fn default() -> Self {
@@ -165,6 +232,7 @@ impl Default for EventsConfig {
             output: EventOutput::Stdout,
             file_max_bytes: 100 * 1024 * 1024,
             file_keep: 5,
+            webhook: None,
         }
     }
 }
@@ -360,6 +428,34 @@ fn validate_events(
         EVENT_FILE_MAX_KEEP,
         u64::from(d.file_keep),
     ) as u32;
+    let batch_max = num(
+        &raw.webhook_batch_max,
+        "webhook_batch_max",
+        1,
+        WEBHOOK_MAX_BATCH_MAX,
+        WEBHOOK_DEFAULT_BATCH_MAX,
+    ) as usize;
+    let flush_ms = num(
+        &raw.webhook_flush_ms,
+        "webhook_flush_ms",
+        WEBHOOK_MIN_FLUSH_MS,
+        WEBHOOK_MAX_FLUSH_MS,
+        WEBHOOK_DEFAULT_FLUSH_MS,
+    );
+    let queue = num(
+        &raw.webhook_queue,
+        "webhook_queue",
+        1,
+        WEBHOOK_MAX_QUEUE,
+        WEBHOOK_DEFAULT_QUEUE,
+    ) as usize;
+    let max_attempts = num(
+        &raw.webhook_max_attempts,
+        "webhook_max_attempts",
+        1,
+        WEBHOOK_MAX_MAX_ATTEMPTS,
+        WEBHOOK_DEFAULT_MAX_ATTEMPTS,
+    ) as u32;
     let output = match &raw.output {
         None => EventOutput::Stdout,
         Some(o) if o.get_ref() == "stdout" => EventOutput::Stdout,
@@ -376,6 +472,21 @@ fn validate_events(
             }
         }
     };
+    let webhook = validate_webhook(src, base, &raw, errors).map(|(target, token)| {
+        let (url, host, port, host_header, path) = target;
+        WebhookConfig {
+            url,
+            host,
+            port,
+            host_header,
+            path,
+            token,
+            batch_max,
+            flush_ms,
+            queue,
+            max_attempts,
+        }
+    });
     EventsConfig {
         enabled: raw.enabled.unwrap_or(d.enabled),
         rate_per_reason,
@@ -384,7 +495,237 @@ fn validate_events(
         output,
         file_max_bytes,
         file_keep,
+        webhook,
     }
+}
+
+type WebhookTarget = (String, String, u16, String, String);
+
+/// The webhook URL and token; None (with errors pushed) when they are unusable
+/// or when no URL is set (then the other webhook keys are refused).
+fn validate_webhook(
+    src: &Source,
+    base: &Path,
+    raw: &RawEvents,
+    errors: &mut Vec<ConfigError>,
+) -> Option<(WebhookTarget, Option<Token>)> {
+    let Some(url) = &raw.webhook_url else {
+        for (key, span) in [
+            (
+                "webhook_token_env",
+                raw.webhook_token_env.as_ref().map(|v| v.span()),
+            ),
+            (
+                "webhook_token_file",
+                raw.webhook_token_file.as_ref().map(|v| v.span()),
+            ),
+            (
+                "webhook_batch_max",
+                raw.webhook_batch_max.as_ref().map(|v| v.span()),
+            ),
+            (
+                "webhook_flush_ms",
+                raw.webhook_flush_ms.as_ref().map(|v| v.span()),
+            ),
+            (
+                "webhook_queue",
+                raw.webhook_queue.as_ref().map(|v| v.span()),
+            ),
+            (
+                "webhook_max_attempts",
+                raw.webhook_max_attempts.as_ref().map(|v| v.span()),
+            ),
+        ] {
+            if let Some(span) = span {
+                errors.push(src.error_span(
+                    &span,
+                    format!("events.{key} is set but events.webhook_url is not"),
+                ));
+            }
+        }
+        return None;
+    };
+    let target = match parse_webhook_url(url.get_ref()) {
+        Ok(t) => Some(t),
+        Err(msg) => {
+            errors.push(src.error_span(&url.span(), msg));
+            None
+        }
+    };
+    let token = match (&raw.webhook_token_env, &raw.webhook_token_file) {
+        (Some(_), Some(f)) => {
+            errors.push(src.error_span(
+                &f.span(),
+                "events.webhook_token_env and events.webhook_token_file are mutually exclusive: set one",
+            ));
+            None
+        }
+        (Some(e), None) => {
+            let name = e.get_ref();
+            let valid_name =
+                !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid_name {
+                errors.push(src.error_span(
+                    &e.span(),
+                    format!(
+                        "events.webhook_token_env '{name}' is not an environment variable name"
+                    ),
+                ));
+                None
+            } else {
+                match std::env::var(name) {
+                    Ok(v) => match check_token(v.trim()) {
+                        Ok(t) => Some(t),
+                        Err(why) => {
+                            errors.push(src.error_span(
+                                &e.span(),
+                                format!(
+                                    "the webhook token in environment variable {name} is {why}"
+                                ),
+                            ));
+                            None
+                        }
+                    },
+                    Err(std::env::VarError::NotPresent) => {
+                        errors.push(src.error_span(
+                            &e.span(),
+                            format!(
+                                "environment variable {name} (events.webhook_token_env) is not set"
+                            ),
+                        ));
+                        None
+                    }
+                    Err(std::env::VarError::NotUnicode(_)) => {
+                        errors.push(src.error_span(
+                            &e.span(),
+                            format!("the webhook token in environment variable {name} is not valid UTF-8"),
+                        ));
+                        None
+                    }
+                }
+            }
+        }
+        (None, Some(f)) => {
+            let path = base.join(f.get_ref());
+            let shown = path.display().to_string();
+            match std::fs::read(&path) {
+                Err(e) => {
+                    errors.push(src.error_span(
+                        &f.span(),
+                        format!("cannot read webhook token file {shown}: {}", e.kind()),
+                    ));
+                    None
+                }
+                Ok(bytes) => match std::str::from_utf8(&bytes) {
+                    Err(_) => {
+                        errors.push(src.error_span(
+                            &f.span(),
+                            format!("webhook token file {shown} is not valid UTF-8"),
+                        ));
+                        None
+                    }
+                    Ok(text) => match check_token(text.trim()) {
+                        Ok(t) => Some(t),
+                        Err(why) => {
+                            errors.push(src.error_span(
+                                &f.span(),
+                                format!("the webhook token in file {shown} is {why}"),
+                            ));
+                            None
+                        }
+                    },
+                },
+            }
+        }
+        (None, None) => None,
+    };
+    Some((target?, token))
+}
+
+/// A token must fit in a header line: printable ASCII, no spaces. The
+/// reason never quotes the token.
+fn check_token(t: &str) -> Result<Token, &'static str> {
+    if t.is_empty() {
+        return Err("empty");
+    }
+    if t.len() > WEBHOOK_MAX_TOKEN_LEN {
+        return Err("too long (more than 8192 bytes)");
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("malformed: expected one line of printable ASCII without spaces");
+    }
+    Ok(Token::new(t.to_string()))
+}
+
+/// Parses `http://host[:port][/path]`: (url, host, port, Host header, target).
+pub fn parse_webhook_url(url: &str) -> Result<WebhookTarget, String> {
+    let bad = |why: &str| format!("events.webhook_url '{url}' {why}");
+    if url.len() > 2048 {
+        return Err("events.webhook_url is longer than 2048 bytes".to_string());
+    }
+    if url.starts_with("https://") {
+        return Err(bad(
+            "uses https, which the agent does not speak: point it at a local shipper or sidecar that forwards over TLS (http://127.0.0.1:PORT/...)",
+        ));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(bad("is not an http:// URL"));
+    };
+    if !url.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(bad(
+            "contains spaces or characters that are not printable ASCII",
+        ));
+    }
+    let (authority, path) = match rest.find(['/', '?']) {
+        Some(i) if rest.as_bytes()[i] == b'/' => (&rest[..i], rest[i..].to_string()),
+        Some(i) => (&rest[..i], format!("/{}", &rest[i..])),
+        None => (rest, "/".to_string()),
+    };
+    let path = match path.split_once('#') {
+        Some((p, _)) => p.to_string(),
+        None => path,
+    };
+    if authority.contains('@') {
+        return Err(bad(
+            "has user information: put the token in webhook_token_env or webhook_token_file",
+        ));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let Some((h, after)) = v6.split_once(']') else {
+            return Err(bad("has an unclosed [ in its host"));
+        };
+        if h.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("has an invalid IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(
+                p.strip_prefix(':')
+                    .ok_or_else(|| bad("has junk after its host"))?,
+            ),
+        };
+        (h.to_string(), port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), Some(p)),
+            None => (authority.to_string(), None),
+        }
+    };
+    if host.is_empty()
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | ':'))
+    {
+        return Err(bad("has no valid host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n > 0 => n,
+            _ => return Err(bad("has an invalid port: expected 1 to 65535")),
+        },
+    };
+    Ok((url.to_string(), host, port, authority.to_string(), path))
 }
 
 /// Parses a metrics listen address: `host:port` with an IP host.

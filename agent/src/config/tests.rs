@@ -252,3 +252,172 @@ fn audit_log_must_be_an_absolute_file_path() {
     assert!(e.message.contains("absolute path"), "{e}");
     assert_eq!(load("").unwrap().agent.audit_log, None);
 }
+
+#[test]
+fn webhook_keys_parse_with_defaults() {
+    let c = load("[events]\nenabled = true\n").unwrap();
+    assert_eq!(c.events.webhook, None);
+    let c = load("[events]\nwebhook_url = \"http://127.0.0.1:8080/events?src=tg\"\n").unwrap();
+    let w = c.events.webhook.expect("webhook set");
+    assert_eq!((w.host.as_str(), w.port), ("127.0.0.1", 8080));
+    assert_eq!(w.host_header, "127.0.0.1:8080");
+    assert_eq!(w.path, "/events?src=tg");
+    assert_eq!(w.token, None);
+    assert_eq!(
+        (w.batch_max, w.flush_ms, w.queue, w.max_attempts),
+        (100, 1000, 10_000, 10)
+    );
+    let c = load(
+        "[events]\nwebhook_url = \"http://siem.local\"\nwebhook_batch_max = 5\nwebhook_flush_ms = 50\nwebhook_queue = 7\nwebhook_max_attempts = 2\n",
+    )
+    .unwrap();
+    let w = c.events.webhook.unwrap();
+    assert_eq!(
+        (w.host.as_str(), w.port, w.path.as_str()),
+        ("siem.local", 80, "/")
+    );
+    assert_eq!(
+        (w.batch_max, w.flush_ms, w.queue, w.max_attempts),
+        (5, 50, 7, 2)
+    );
+    let c = load("[events]\nwebhook_url = \"http://[::1]:9/x\"\n").unwrap();
+    let w = c.events.webhook.unwrap();
+    assert_eq!(
+        (w.host.as_str(), w.port, w.host_header.as_str()),
+        ("::1", 9, "[::1]:9")
+    );
+}
+
+#[test]
+fn webhook_token_from_file_and_env() {
+    let dir = std::env::temp_dir().join(format!("tg-cfg-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good");
+    std::fs::write(&good, "abc.DEF-123_x=\n").unwrap();
+    let c = Config::load_str(
+        &format!(
+            "[events]\nwebhook_url = \"http://127.0.0.1:1/\"\nwebhook_token_file = \"{}\"\n",
+            good.display()
+        ),
+        "p.toml",
+        &dir,
+    )
+    .unwrap();
+    let w = c.events.webhook.unwrap();
+    assert_eq!(w.token.as_ref().unwrap().expose(), "abc.DEF-123_x=");
+    assert!(
+        !format!("{w:?}").contains("abc.DEF"),
+        "token in Debug output"
+    );
+    // Relative to the config's directory.
+    let c = Config::load_str(
+        "[events]\nwebhook_url = \"http://127.0.0.1:1/\"\nwebhook_token_file = \"good\"\n",
+        "p.toml",
+        &dir,
+    )
+    .unwrap();
+    assert!(c.events.webhook.unwrap().token.is_some());
+
+    // Empty, malformed, unreadable: errors name the file, never the content.
+    let empty = dir.join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let bad = dir.join("bad");
+    std::fs::write(&bad, "secret part\nsecond line\n").unwrap();
+    for (file, want) in [
+        (empty.clone(), "is empty"),
+        (bad.clone(), "malformed"),
+        (dir.join("missing"), "cannot read webhook token file"),
+    ] {
+        let text = format!(
+            "[events]\nwebhook_url = \"http://127.0.0.1:1/\"\nwebhook_token_file = \"{}\"\n",
+            file.display()
+        );
+        let errs = Config::load_str(&text, "p.toml", &dir).unwrap_err().0;
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        let e = &errs[0];
+        assert_eq!((e.line, e.column), (3, 22), "{e:?}");
+        assert!(e.message.contains(want), "{}", e.message);
+        assert!(
+            e.message.contains(&file.display().to_string()),
+            "{}",
+            e.message
+        );
+        assert!(!e.message.contains("secret"), "{}", e.message);
+    }
+
+    // SAFETY (edition 2024 marks set_var unsafe): a name only this test uses.
+    unsafe { std::env::set_var("TG_TEST_WEBHOOK_TOKEN_4711", "envtoken") };
+    let c = load("[events]\nwebhook_url = \"http://127.0.0.1:1/\"\nwebhook_token_env = \"TG_TEST_WEBHOOK_TOKEN_4711\"\n").unwrap();
+    assert_eq!(
+        c.events.webhook.unwrap().token.unwrap().expose(),
+        "envtoken"
+    );
+    let e = only_error(
+        "[events]\nwebhook_url = \"http://127.0.0.1:1/\"\nwebhook_token_env = \"TG_TEST_WEBHOOK_UNSET_4711\"\n",
+    );
+    assert!(
+        e.message.contains("TG_TEST_WEBHOOK_UNSET_4711") && e.message.contains("not set"),
+        "{}",
+        e.message
+    );
+    let e = only_error(&format!(
+        "[events]\nwebhook_url = \"http://127.0.0.1:1/\"\nwebhook_token_env = \"TG_TEST_WEBHOOK_TOKEN_4711\"\nwebhook_token_file = \"{}\"\n",
+        good.display()
+    ));
+    assert_eq!(e.line, 4);
+    assert!(e.message.contains("mutually exclusive"), "{}", e.message);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn webhook_bad_values_are_refused_with_their_place() {
+    let e = only_error("[events]\nwebhook_url = \"https://siem.example/x\"\n");
+    assert_eq!((e.line, e.column), (2, 15));
+    assert!(e.message.contains("sidecar"), "{}", e.message);
+    for url in [
+        "ftp://x/",
+        "http://",
+        "http://host:0/",
+        "http://host:70000/",
+        "http://a b/",
+        "http://u:p@host/",
+        "http://[::1/",
+    ] {
+        let e = only_error(&format!("[events]\nwebhook_url = \"{url}\"\n"));
+        assert_eq!(e.line, 2, "{url}");
+        assert!(e.message.contains("webhook_url"), "{url}: {}", e.message);
+    }
+    for (key, v) in [
+        ("webhook_batch_max", "0"),
+        ("webhook_batch_max", "1000000"),
+        ("webhook_flush_ms", "0"),
+        ("webhook_flush_ms", "86400000"),
+        ("webhook_queue", "0"),
+        ("webhook_queue", "-5"),
+        ("webhook_queue", "100000000"),
+        ("webhook_max_attempts", "0"),
+        ("webhook_max_attempts", "1000"),
+    ] {
+        let e = only_error(&format!(
+            "[events]\nwebhook_url = \"http://127.0.0.1:1/\"\n{key} = {v}\n"
+        ));
+        assert_eq!((e.line, e.column), (3, key.len() + 4), "{key} = {v}");
+        assert!(
+            e.message.contains(&format!("{key} = {v} is out of range")),
+            "{}",
+            e.message
+        );
+    }
+    let e = only_error("[events]\nwebhook_queue = 5\n");
+    assert!(e.message.contains("webhook_url is not"), "{}", e.message);
+    let e = only_error(
+        "[events]\nwebhook_url = \"http://127.0.0.1:1/\"\nwebhook_token_env = \"A-B\"\n",
+    );
+    assert!(
+        e.message.contains("not an environment variable name"),
+        "{}",
+        e.message
+    );
+    let e = only_error("[events]\nwebhook_token = \"x\"\n");
+    assert!(e.message.contains("unknown field"), "{}", e.message);
+}

@@ -7,6 +7,7 @@
 
 pub mod record;
 pub mod sink;
+pub mod webhook;
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

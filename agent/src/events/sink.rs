@@ -1,4 +1,5 @@
-//! Where event lines are written: stdout, or a file rotated by size.
+//! Where event lines are written: stdout, or a file rotated by size; and,
+//! if configured, the webhook (webhook.rs), which has a queue of its own.
 //!
 //! The writer runs on its own thread behind a bounded channel: the consumer
 //! never waits for it. A failing sink logs once when it starts failing and
@@ -127,11 +128,23 @@ impl RotatingFile {
 pub struct LineSender {
     tx: SyncSender<String>,
     dropped: IntCounterVec,
+    /// The webhook's own queue, if one is configured: it gets every line too.
+    webhook: Option<super::webhook::WebhookSender>,
 }
 
 impl LineSender {
+    /// Also hands every line to the webhook sink (through its own queue).
+    pub fn with_webhook(mut self, webhook: super::webhook::WebhookSender) -> LineSender {
+        self.webhook = Some(webhook);
+        self
+    }
+
     /// Queues a line; if the writer is behind, sheds it and counts it.
+    /// The webhook, if any, gets its own copy and sheds on its own.
     pub fn send(&self, line: String) {
+        if let Some(w) = &self.webhook {
+            w.send(line.clone());
+        }
         match self.tx.try_send(line) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => self.dropped.with_label_values(&["channel_full"]).inc(),
@@ -173,7 +186,11 @@ pub fn spawn_writer(mut sink: Sink, dropped: IntCounterVec, capacity: usize) -> 
             }
         })
         .expect("spawn event writer thread");
-    LineSender { tx, dropped }
+    LineSender {
+        tx,
+        dropped,
+        webhook: None,
+    }
 }
 
 #[cfg(test)]
@@ -263,6 +280,7 @@ mod tests {
         let s = LineSender {
             tx,
             dropped: dropped.clone(),
+            webhook: None,
         };
         for _ in 0..5 {
             s.send("l".into());

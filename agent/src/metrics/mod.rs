@@ -28,6 +28,7 @@ pub struct Metrics {
     pub scrape_errors: IntCounterVec,
     pub events_emitted: IntCounterVec,
     pub events_dropped: IntCounterVec,
+    pub events_delivered: IntCounterVec,
 }
 
 /// Stages at which the agent can lose an event (`ring_full` is counted by the kernel).
@@ -106,6 +107,14 @@ impl Metrics {
             &["stage"],
         )
         .expect("valid metric");
+        let events_delivered = IntCounterVec::new(
+            opts(
+                "events_delivered_total",
+                "Security events a sink confirmed delivered, by sink (webhook); present only when that sink is configured.",
+            ),
+            &["sink"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             opts("build_info", "1, labelled with the agent's version."),
             &["version"],
@@ -122,6 +131,7 @@ impl Metrics {
             Box::new(scrape_errors.clone()),
             Box::new(events_emitted.clone()),
             Box::new(events_dropped.clone()),
+            Box::new(events_delivered.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -143,6 +153,7 @@ impl Metrics {
             scrape_errors,
             events_emitted,
             events_dropped,
+            events_delivered,
         }
     }
 
