@@ -13,7 +13,7 @@ use tierguard_common::{
     maps::{
         CODE_ENTRY, CODE_LONGER, DirectBlock, DirectCode, LIST_V4_CAPACITY, LIST_V6_CAPACITY,
         ListAction, ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK, V6_BUCKETS, V6_MAX_PROBES,
-        V6_TABLE_MAX_STRIDE, V6Bucket, V6Slot,
+        V6_SLOTS_PER_BUCKET, V6_TABLE_MAX_STRIDE, V6Bucket, V6Slot,
     },
     prefix::{
         V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len,
@@ -173,23 +173,30 @@ impl CompiledPolicy {
         }
     }
 
-    /// Places the entries of `v6` with strides up to /64 in the bucket table:
-    /// each in the first bucket of its probe sequence with a free slot (in
-    /// order of stride and address, so equal policies give equal tables).
+    /// Places the entries of `v6` with strides up to /64 in the bucket table,
+    /// each in the first bucket of its probe sequence with a free slot.
+    /// Entries are placed in order of home bucket (then stride and address,
+    /// so equal policies give equal tables): a run of full buckets then holds
+    /// its entries sorted by home, the order that keeps the longest probe
+    /// distance smallest (as Robin Hood hashing does). In arbitrary order, a
+    /// million /48s did not fit within `V6_MAX_PROBES` buckets.
     fn build_v6_table(&mut self) -> Result<(), String> {
-        let mut short: Vec<(u8, [u8; 16], ListEntry)> = Vec::new();
+        let mut short: Vec<(u32, u8, [u8; 16], ListEntry)> = Vec::new();
         for (&(len, addr), e) in &self.v6 {
             if len <= V6_TABLE_MAX_STRIDE {
-                short.push((len, addr, *e));
+                short.push((v6_bucket(v6_top64(&addr, len), len), len, addr, *e));
             }
         }
         self.v6_long = self.v6.len() - short.len();
         if short.is_empty() {
             return Ok(());
         }
-        short.sort_unstable_by_key(|&(len, addr, _)| (len, addr));
+        let start = v6_run_start(short.iter().map(|s| s.0));
+        short.sort_unstable_by_key(|&(home, len, addr, _)| {
+            (home.wrapping_sub(start) & (V6_BUCKETS - 1), len, addr)
+        });
         let mut table = vec![V6Bucket::EMPTY; V6_BUCKETS as usize];
-        for &(len, addr, e) in &short {
+        for &(_, len, addr, e) in &short {
             let key = v6_top64(&addr, len);
             if !v6_place(&mut table, V6Slot::new(key, len, e)) {
                 return Err(format!(
@@ -289,6 +296,29 @@ fn upsert<K: std::hash::Hash + Eq>(table: &mut HashMap<K, ListEntry>, key: K, en
             }
         })
         .or_insert(entry);
+}
+
+/// A bucket where no run of full buckets wraps in from the one before, given
+/// the home buckets of all entries: placing from there, entries of a run that
+/// wraps around the end of the table are not placed after those of bucket 0.
+fn v6_run_start(homes: impl Iterator<Item = u32>) -> u32 {
+    let per = V6_SLOTS_PER_BUCKET as u32;
+    let mut count = vec![0u32; V6_BUCKETS as usize];
+    for h in homes {
+        count[h as usize] += 1;
+    }
+    // Entries spilling into the next bucket, around the table twice: after
+    // the first round the carry into bucket 0 is known.
+    let mut carry = 0u32;
+    for round in 0..2 {
+        for (b, &c) in count.iter().enumerate() {
+            carry = (carry + c).saturating_sub(per);
+            if round == 1 && carry == 0 {
+                return (b as u32 + 1) & (V6_BUCKETS - 1);
+            }
+        }
+    }
+    0
 }
 
 /// Puts `slot` in the first free slot of its probe sequence in `table` (one
@@ -520,6 +550,41 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
             v6_table_find(keys[16], 48, |b| Some(&table[b as usize])),
             None
         );
+    }
+
+    #[test]
+    fn placement_starts_where_no_run_wraps_around() {
+        // 8 entries at home bucket NB-1 (4 spill into bucket 0), then 4 at
+        // each of buckets 0, 1 and 2. Placed from bucket 0 on, the last of
+        // NB-1's would need a fifth bucket; placed from NB-1, all fit.
+        let want = [(V6_BUCKETS - 1, 8), (0, 4), (1, 4), (2, 4)];
+        let mut have = [0; 4];
+        let mut p = CompiledPolicy::default();
+        let e = ListEntry {
+            list_id: 0,
+            action: ListAction::Deny as u8,
+            orig_len: 64,
+        };
+        let mut k = 0u64;
+        while have != [8, 4, 4, 4] {
+            k += 1;
+            let home = v6_bucket(k, 64);
+            if let Some(i) = want.iter().position(|w| w.0 == home)
+                && have[i] < want[i].1
+            {
+                have[i] += 1;
+                let mut a = [0u8; 16];
+                a[..8].copy_from_slice(&k.to_be_bytes());
+                p.v6.insert((64, a), e);
+            }
+        }
+        p.v6_strides = 1 << stride_bit(64);
+        p.build_v6_table().unwrap();
+        for (&(len, addr), e) in &p.v6 {
+            let got = v6_table_find(v6_top64(&addr, len), len, |b| p.v6_buckets.get(&b));
+            assert_eq!(got, Some(*e));
+        }
+        assert_eq!(p.v6_buckets.len(), 5, "buckets NB-1 and 0 to 3");
     }
 
     #[test]
