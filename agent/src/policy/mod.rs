@@ -195,7 +195,8 @@ impl CompiledPolicy {
         short.sort_unstable_by_key(|&(home, len, addr, _)| {
             (home.wrapping_sub(start) & (V6_BUCKETS - 1), len, addr)
         });
-        let mut table = vec![V6Bucket::EMPTY; V6_BUCKETS as usize];
+        // Sparse: memory follows the policy, not the table's 32 MiB.
+        let mut table: HashMap<u32, V6Bucket> = HashMap::with_capacity(short.len());
         for &(_, len, addr, e) in &short {
             let key = v6_top64(&addr, len);
             if !v6_place(&mut table, V6Slot::new(key, len, e)) {
@@ -204,16 +205,11 @@ impl CompiledPolicy {
                      {}/{len} ({} entries of /64 or shorter; {} slots)",
                     std::net::Ipv6Addr::from(addr),
                     short.len(),
-                    V6_BUCKETS as usize * table[0].slots.len()
+                    V6_BUCKETS as usize * V6_SLOTS_PER_BUCKET
                 ));
             }
         }
-        self.v6_buckets = table
-            .into_iter()
-            .enumerate()
-            .filter(|(_, b)| b.slots[0].len != 0)
-            .map(|(i, b)| (i as u32, b))
-            .collect();
+        self.v6_buckets = table.into_iter().collect();
         Ok(())
     }
 
@@ -323,10 +319,11 @@ fn v6_run_start(homes: impl Iterator<Item = u32>) -> u32 {
 
 /// Puts `slot` in the first free slot of its probe sequence in `table` (one
 /// generation's buckets); false if the `V6_MAX_PROBES` buckets are full.
-fn v6_place(table: &mut [V6Bucket], slot: V6Slot) -> bool {
+fn v6_place(table: &mut HashMap<u32, V6Bucket>, slot: V6Slot) -> bool {
     let home = v6_bucket(slot.key, slot.len);
     for p in 0..V6_MAX_PROBES {
-        let b = &mut table[v6_probe(home, p) as usize];
+        // A bucket added here has room, so it is filled: none stays empty.
+        let b = table.entry(v6_probe(home, p)).or_insert(V6Bucket::EMPTY);
         if let Some(free) = b.slots.iter_mut().find(|s| s.len == 0) {
             *free = slot;
             return true;
@@ -526,7 +523,7 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
             action: ListAction::Deny as u8,
             orig_len: 48,
         };
-        let mut table = vec![V6Bucket::EMPTY; V6_BUCKETS as usize];
+        let mut table = HashMap::new();
         // Keys that share a home bucket: search for 17 of them.
         let home = v6_bucket(0, 48);
         let keys: Vec<u64> = (0u64..)
@@ -539,17 +536,14 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
             assert_eq!(placed, n < 16, "entry {n}");
         }
         for p in 0..V6_MAX_PROBES {
-            let b = &table[v6_probe(home, p) as usize];
+            let b = &table[&v6_probe(home, p)];
             assert!(b.slots.iter().all(|s| s.len == 48), "bucket {p} filled");
         }
         for &k in &keys[..16] {
-            let got = v6_table_find(k, 48, |b| Some(&table[b as usize]));
+            let got = v6_table_find(k, 48, |b| table.get(&b));
             assert_eq!(got, Some(e));
         }
-        assert_eq!(
-            v6_table_find(keys[16], 48, |b| Some(&table[b as usize])),
-            None
-        );
+        assert_eq!(v6_table_find(keys[16], 48, |b| table.get(&b)), None);
     }
 
     #[test]
