@@ -168,7 +168,11 @@ impl Datapath {
         std::thread::sleep(GRACE);
         match self.live.take() {
             Some(previous) => delete(&mut self.ebpf, &previous),
-            // Written by an earlier agent (or nothing): find it by slot.
+            // Maps this load created: the old slot was never written.
+            None if !self.adopted => {}
+            // Written by an earlier agent (or nothing): find it by slot. The
+            // scan reads every array entry of the slot (786,432 map lookups),
+            // so it is done only here and in `clear_inactive`.
             None => sweep_slot(&mut self.ebpf, old)?,
         }
         self.live = Some(written);
