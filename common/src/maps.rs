@@ -22,6 +22,7 @@ pub mod names {
     pub const EVENT_CONFIG: &str = "TG_EVENT_CONFIG";
     /// Per-CPU `event::Bucket`s: one per reason, then the global one.
     pub const EVENT_SAMPLER: &str = "TG_EVENT_SAMPLER";
+    pub const V6_TABLE: &str = "TG_V6_TABLE";
 }
 
 /// Program names in the kernel object.
@@ -43,10 +44,22 @@ pub mod programs {
 /// generation beside the live one before switching).
 ///
 /// The kernel allocates a hash map's buckets (16 bytes each) for its full
-/// capacity even with BPF_F_NO_PREALLOC, so each of these costs 32 MiB up
-/// front: 2 M entries, 1 M per generation.
+/// capacity even with BPF_F_NO_PREALLOC: 32 MiB up front for 2 M entries
+/// (1 M per generation) for IPv4 /25-/32. IPv6 hashes only strides longer
+/// than /64 (the others live in `TG_V6_TABLE`): 512 Ki entries, 8 MiB.
 pub const LIST_V4_CAPACITY: u32 = 2 * 1024 * 1024;
-pub const LIST_V6_CAPACITY: u32 = 2 * 1024 * 1024;
+pub const LIST_V6_CAPACITY: u32 = 512 * 1024;
+/// IPv6 bucket table (strides /8 to /64): buckets per generation slot. The
+/// map holds `2 * V6_BUCKETS` buckets, slot 0's first.
+pub const V6_BUCKET_BITS: u32 = 19;
+pub const V6_BUCKETS: u32 = 1 << V6_BUCKET_BITS;
+/// Slots in one 64-byte bucket.
+pub const V6_SLOTS_PER_BUCKET: usize = 4;
+/// Consecutive buckets an entry may be placed in (linear probing from its
+/// home bucket, wrapping within the slot's buckets).
+pub const V6_MAX_PROBES: u32 = 4;
+/// Longest stride kept in `TG_V6_TABLE`; longer ones go to `TG_LIST_V6`.
+pub const V6_TABLE_MAX_STRIDE: u8 = 64;
 /// IPv4 direct table: one code byte per /24, in 64-byte blocks, per slot.
 pub const V4_DIRECT_PER_BLOCK: u32 = 64;
 pub const V4_DIRECT_BLOCKS: u32 = (1 << 24) / V4_DIRECT_PER_BLOCK;
@@ -167,6 +180,70 @@ impl DirectBlock {
     };
 }
 
+/// One entry of the IPv6 bucket table: a prefix of stride `len` (at most
+/// /64), identified by the top 64 bits of its masked address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Slot {
+    /// The first 8 bytes of the masked address, as a big-endian u64.
+    pub key: u64,
+    /// Stride length; 0 marks an empty slot.
+    pub len: u8,
+    /// `ListEntry::action`.
+    pub action: u8,
+    /// `ListEntry::list_id`.
+    pub list_id: u16,
+    /// `ListEntry::orig_len`.
+    pub orig_len: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<V6Slot>() == 16);
+
+impl V6Slot {
+    pub const EMPTY: V6Slot = V6Slot {
+        key: 0,
+        len: 0,
+        action: 0,
+        list_id: 0,
+        orig_len: 0,
+        _pad: [0; 3],
+    };
+
+    pub const fn new(key: u64, len: u8, e: ListEntry) -> V6Slot {
+        V6Slot {
+            key,
+            len,
+            action: e.action,
+            list_id: e.list_id,
+            orig_len: e.orig_len,
+            _pad: [0; 3],
+        }
+    }
+
+    #[inline(always)]
+    pub const fn entry(&self) -> ListEntry {
+        ListEntry {
+            list_id: self.list_id,
+            action: self.action,
+            orig_len: self.orig_len,
+        }
+    }
+}
+
+/// One cache line of the IPv6 bucket table. Slots fill in order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V6Bucket {
+    pub slots: [V6Slot; V6_SLOTS_PER_BUCKET],
+}
+const _: () = assert!(core::mem::size_of::<V6Bucket>() == 64);
+
+impl V6Bucket {
+    pub const EMPTY: V6Bucket = V6Bucket {
+        slots: [V6Slot::EMPTY; V6_SLOTS_PER_BUCKET],
+    };
+}
+
 /// What a direct-table code means.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -215,6 +292,7 @@ mod pod {
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DirectBlock {}
     unsafe impl aya::Pod for super::DirectCode {}
+    unsafe impl aya::Pod for super::V6Bucket {}
 }
 
 #[cfg(test)]

@@ -3,17 +3,21 @@
 use tierguard_common::{
     maps::{
         ListEntry, PrefixKeyV4, PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
-        V4_DIRECT_PER_BLOCK,
+        V4_DIRECT_PER_BLOCK, V6_BUCKETS, V6_TABLE_MAX_STRIDE,
     },
     packet::Packet,
-    prefix::{V6_STRIDES, mask, resolve_v4, slash24, stride_len},
+    prefix::{
+        V6_STRIDES, mask, resolve_v4, slash24, stride_bit, stride_len, v6_mask64, v6_table_find,
+        v6_top,
+    },
 };
 
-use crate::maps::{LIST_V4, LIST_V6, V4_CODES, V4_DIRECT, policy_meta};
+use crate::maps::{LIST_V4, LIST_V6, V4_CODES, V4_DIRECT, V6_TABLE, policy_meta};
 
 /// The winning list entry for the packet's source, if any. IPv4: one read of
 /// the direct table, plus the /32 table only where longer prefixes exist.
-/// IPv6: the strides in use, longest first, so the first hit is the longest match.
+/// IPv6: the strides in use, longest first, so the first hit is the longest
+/// match; strides longer than /64 in the hash map, the others in the bucket table.
 #[inline(always)]
 pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
     if p.family == 4 {
@@ -43,7 +47,8 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
     } else {
         let meta = policy_meta(slot);
         let mut i = V6_STRIDES;
-        while i > 0 {
+        let table_strides = stride_bit(V6_TABLE_MAX_STRIDE) + 1;
+        while i > table_strides {
             i -= 1;
             if meta.v6_strides & (1 << i) != 0 {
                 let len = stride_len(i);
@@ -56,6 +61,18 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
                 // SAFETY: as above.
                 if let Some(e) = unsafe { LIST_V6.get(&key) } {
                     return Some(*e);
+                }
+            }
+        }
+        let top = v6_top(&p.src);
+        let base = u32::from(slot) * V6_BUCKETS;
+        while i > 0 {
+            i -= 1;
+            if meta.v6_strides & (1 << i) != 0 {
+                let len = stride_len(i);
+                let found = v6_table_find(v6_mask64(top, len), len, |b| V6_TABLE.get(base + b));
+                if found.is_some() {
+                    return found;
                 }
             }
         }

@@ -9,7 +9,7 @@ use tierguard_common::event::{Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE};
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, LIST_NAME_LEN, LIST_V4_CAPACITY,
     LIST_V6_CAPACITY, ListEntry, MAX_LISTS, PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6,
-    STATS_SIZE, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS,
+    STATS_SIZE, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKETS, V6Bucket,
 };
 
 /// Allocate hash entries on insert: memory follows the configured lists, not
@@ -36,7 +36,14 @@ pub static V4_CODES: Array<DirectCode> = Array::pinned(2 * V4_CODES_PER_SLOT, 0)
 pub static LIST_V4: HashMap<PrefixKeyV4, ListEntry> =
     HashMap::pinned(LIST_V4_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// IPv6 list prefixes, as above.
+/// IPv6 prefixes stored at strides up to /64: a bucketised open-addressing
+/// table, 64-byte buckets of four slots, `V6_BUCKETS` per generation (slot 0
+/// buckets, then slot 1). A lookup reads one cache line per probe, usually one.
+#[map(name = "TG_V6_TABLE")]
+pub static V6_TABLE: Array<V6Bucket> = Array::pinned(2 * V6_BUCKETS, 0);
+
+/// IPv6 prefixes stored at strides longer than /64, keyed by (slot, stride,
+/// masked address).
 #[map(name = "TG_LIST_V6")]
 pub static LIST_V6: HashMap<PrefixKeyV6, ListEntry> =
     HashMap::pinned(LIST_V6_CAPACITY, BPF_F_NO_PREALLOC);

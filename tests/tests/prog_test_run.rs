@@ -12,7 +12,7 @@ use tierguard::{
 use tierguard_common::{
     build::*,
     decide,
-    maps::{DirectBlock, Direction, ListEntry, PrefixKeyV4, PrefixKeyV6, V4_DIRECT_BLOCKS, names, programs},
+    maps::{DirectBlock, Direction, ListEntry, PrefixKeyV4, PrefixKeyV6, V4_DIRECT_BLOCKS, V6_BUCKETS, V6Bucket, names, programs},
     packet::*,
     parse::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, MAX_IPV6_EXT_HEADERS},
     Reason, Verdict,
@@ -120,6 +120,47 @@ fn ipv6_deny_allow_and_miss() {
     f.expect(&v6_frame(OTHER6, NODE6, PROTO_TCP, &tcp(1, 443, TCP_SYN, 0)), Reason::NoMatch);
 }
 
+/// Prefix lengths on both sides of /64 (bucket table up to /64, hash map
+/// beyond), nested so that the longest match must win across the two.
+#[test]
+fn ipv6_prefixes_of_many_lengths() {
+    const MANY: &str = r#"
+[[lists]]
+name = "deny"
+action = "deny"
+cidrs = ["2001:db8::/32", "2001:db8:0:1::/64", "2001:db8:0:1:8000::/65", "2001:db8:0:1::5/128", "2001:db8:0:2::/63", "2001:db8:0:4::/62", "2001:db8:70::/44", "fd00::/8"]
+
+[[lists]]
+name = "allow"
+action = "allow"
+cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "2001:db8:0:4:1::/80", "fd00:1::/33", "2001:db8:77:8000::/49"]
+"#;
+    let mut f = fixture("v6many", MANY);
+    let cases: [(&str, Reason); 15] = [
+        ("2001:db8:0:1::5", Reason::DenyList),       // /128 inside /127 inside /72
+        ("2001:db8:0:1::4", Reason::AllowList),      // /127
+        ("2001:db8:0:1::6", Reason::AllowList),      // /72
+        ("2001:db8:0:1:100::", Reason::DenyList),    // /64
+        ("2001:db8:0:1:8000::1", Reason::DenyList),  // /65
+        ("2001:db8:0:3::1", Reason::DenyList),       // /63
+        ("2001:db8:0:7:ffff::", Reason::DenyList),   // /62
+        ("2001:db8:0:4:1::9", Reason::AllowList),    // /80 inside the /62
+        ("2001:db8:7f::1", Reason::DenyList),        // /44
+        ("2001:db8:77:8000::1", Reason::AllowList),  // /49
+        ("2001:db8:9::1", Reason::DenyList),         // /32
+        ("fd00:1::1", Reason::AllowList),            // /33
+        ("fd00:1:8000::1", Reason::DenyList),        // /8, outside the /33
+        ("2001:db9::1", Reason::NoMatch),
+        ("fe80::1", Reason::NoMatch),
+    ];
+    for (addr, reason) in cases {
+        let a: std::net::Ipv6Addr = addr.parse().unwrap();
+        let want = decide::ingress(f.policy.lookup_source(IpAddr::V6(a))).reason;
+        assert_eq!(want, reason, "user space for {addr}");
+        f.expect(&v6_frame(a.octets(), NODE6, PROTO_UDP, &udp(1, 2, 0)), reason);
+    }
+}
+
 #[test]
 fn no_evasion_by_vlan_options_extension_headers_or_fragments() {
     let mut f = fixture("evasion", POLICY);
@@ -211,8 +252,17 @@ fn kernel_matches_user_space_on_random_policies() {
             let mut cidrs = Vec::new();
             for _ in 0..40 {
                 if rng.below(3) == 0 {
-                    let a: [u8; 16] = rng.bytes();
-                    let len = rng.below(129) as u8;
+                    let mut a: [u8; 16] = rng.bytes();
+                    let len = if rng.below(2) == 0 {
+                        rng.below(129) as u8
+                    } else {
+                        // Cluster half of them in 2001:db8::/32 with lengths
+                        // around /64 (the bucket table's limit) so they nest.
+                        a[..4].copy_from_slice(&[0x20, 0x01, 0x0d, 0xb8]);
+                        a[4] &= 0x01;
+                        a[5..7].fill(0);
+                        32 + rng.below(97) as u8
+                    };
                     let n = ipnet(IpAddr::from(a), len);
                     anchors6.push(a);
                     cidrs.push(n);
@@ -275,11 +325,15 @@ fn ipnet(addr: IpAddr, len: u8) -> String {
 
 #[test]
 fn reload_switches_generation_and_removes_the_old_one() {
-    let mut f = fixture("reload", POLICY);
+    // Generation 1 has IPv6 entries in both tables (a /128 in the hash map).
+    let first = format!("{POLICY}\n[[lists]]\nname = \"host\"\naction = \"deny\"\ncidrs = [\"2001:db8:1::9/128\"]\n");
+    let mut f = fixture("reload", &first);
     assert_eq!(f.dp.generation().unwrap(), 1);
     f.expect(&v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
+    let host6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
+    f.expect(&v6_frame(host6, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
     let next = Config::load_str(
-        "[[lists]]\nname = \"only\"\naction = \"deny\"\ncidrs = [\"10.1.1.0/24\"]\n",
+        "[[lists]]\nname = \"only\"\naction = \"deny\"\ncidrs = [\"10.1.1.0/24\", \"fd00:5::/48\", \"fd00:6::1/128\"]\n",
         "next.toml",
         Path::new("."),
     )
@@ -289,6 +343,15 @@ fn reload_switches_generation_and_removes_the_old_one() {
     f.expect(&v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0)), Reason::NoMatch);
     f.expect(&v4_frame(OTHER4, NODE4, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
     f.expect(&v6_frame(DENIED6, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::NoMatch);
+    f.expect(&v6_frame(host6, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::NoMatch);
+    let mut in48 = [0u8; 16];
+    in48[..6].copy_from_slice(&[0xfd, 0, 0, 5, 0, 0]);
+    in48[15] = 1;
+    f.expect(&v6_frame(in48, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
+    let mut host = [0u8; 16];
+    host[..4].copy_from_slice(&[0xfd, 0, 0, 6]);
+    host[15] = 1;
+    f.expect(&v6_frame(host, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
     // Only the live generation's entries remain in the tables.
     let map = f.dp.ebpf_mut().map_mut(names::V4_DIRECT).unwrap();
     let direct = aya::maps::Array::<_, DirectBlock>::try_from(map).unwrap();
@@ -302,5 +365,15 @@ fn reload_switches_generation_and_removes_the_old_one() {
     assert_eq!(v4.keys().count(), 0);
     let map = f.dp.ebpf_mut().map_mut(names::LIST_V6).unwrap();
     let v6 = aya::maps::HashMap::<_, PrefixKeyV6, ListEntry>::try_from(map).unwrap();
-    assert_eq!(v6.keys().count(), 0);
+    let keys: Vec<PrefixKeyV6> = v6.keys().map(|k| k.unwrap()).collect();
+    assert_eq!(keys, [PrefixKeyV6 { slot: 0, len: 128, _pad: [0; 2], addr: host }], "only the live /128 remains");
+    let map = f.dp.ebpf_mut().map_mut(names::V6_TABLE).unwrap();
+    let table = aya::maps::Array::<_, V6Bucket>::try_from(map).unwrap();
+    let used: Vec<u32> = (0..2 * V6_BUCKETS)
+        .filter(|i| table.get(i, 0).unwrap() != V6Bucket::EMPTY)
+        .collect();
+    // The /48 is the only bucket-table entry of generation 2, in slot 0.
+    let live: Vec<u32> = next.v6_buckets.keys().copied().collect();
+    assert_eq!(live.len(), 1);
+    assert_eq!(used, live, "only the live generation's bucket remains");
 }

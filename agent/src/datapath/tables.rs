@@ -10,7 +10,8 @@ use aya::{
 };
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4,
-    PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, names,
+    PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKETS, V6_TABLE_MAX_STRIDE, V6Bucket,
+    names,
 };
 
 use super::{Datapath, DatapathError, Result};
@@ -20,6 +21,8 @@ use crate::policy::CompiledPolicy;
 pub(super) struct Written {
     /// Direct-table blocks written (absolute indexes, slot included).
     blocks: Vec<u32>,
+    /// IPv6 bucket-table buckets written (absolute indexes, slot included).
+    v6_buckets: Vec<u32>,
     v4: Vec<PrefixKeyV4>,
     v6: Vec<PrefixKeyV6>,
 }
@@ -94,6 +97,15 @@ fn sweep_slot(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
                 .map_err(map_err(names::V4_DIRECT))?;
         }
     }
+    let mut table: Array<_, V6Bucket> = array(ebpf, names::V6_TABLE)?;
+    let base = u32::from(slot) * V6_BUCKETS;
+    for i in base..base + V6_BUCKETS {
+        if table.get(&i, 0).is_ok_and(|b| b != V6Bucket::EMPTY) {
+            table
+                .set(i, V6Bucket::EMPTY, 0)
+                .map_err(map_err(names::V6_TABLE))?;
+        }
+    }
     Ok(())
 }
 
@@ -126,8 +138,9 @@ impl Datapath {
 
         let mut written = Written {
             blocks: Vec::with_capacity(policy.v4_blocks.len()),
+            v6_buckets: Vec::with_capacity(policy.v6_buckets.len()),
             v4: Vec::with_capacity(policy.v4_long.len()),
-            v6: Vec::with_capacity(policy.v6.len()),
+            v6: Vec::with_capacity(policy.v6_long),
         };
         if let Err(e) = write_generation(ebpf, policy, new, &mut written) {
             delete(ebpf, &written);
@@ -155,7 +168,11 @@ impl Datapath {
         std::thread::sleep(GRACE);
         match self.live.take() {
             Some(previous) => delete(&mut self.ebpf, &previous),
-            // Written by an earlier agent (or nothing): find it by slot.
+            // Maps this load created: the old slot was never written.
+            None if !self.adopted => {}
+            // Written by an earlier agent (or nothing): find it by slot. The
+            // scan reads every array entry of the slot (786,432 map lookups),
+            // so it is done only here and in `clear_inactive`.
             None => sweep_slot(&mut self.ebpf, old)?,
         }
         self.live = Some(written);
@@ -236,8 +253,15 @@ fn write_generation(
         v4.insert(key, *entry, 0).map_err(map_err(names::LIST_V4))?;
         written.v4.push(key);
     }
+    let mut table: Array<_, V6Bucket> = array(ebpf, names::V6_TABLE)?;
+    for (&bucket, b) in &policy.v6_buckets {
+        let i = u32::from(slot) * V6_BUCKETS + bucket;
+        table.set(i, *b, 0).map_err(map_err(names::V6_TABLE))?;
+        written.v6_buckets.push(i);
+    }
     let mut v6: HashMap<_, PrefixKeyV6, ListEntry> = hash(ebpf, names::LIST_V6)?;
-    for (&(len, addr), entry) in &policy.v6 {
+    // Strides up to /64 are in the bucket table.
+    for (&(len, addr), entry) in policy.v6.iter().filter(|(k, _)| k.0 > V6_TABLE_MAX_STRIDE) {
         let key = PrefixKeyV6 {
             slot,
             len,
@@ -254,6 +278,11 @@ fn delete(ebpf: &mut Ebpf, w: &Written) {
     if let Ok(mut a) = array::<DirectBlock>(ebpf, names::V4_DIRECT) {
         for i in &w.blocks {
             let _ = a.set(*i, DirectBlock::EMPTY, 0);
+        }
+    }
+    if let Ok(mut a) = array::<V6Bucket>(ebpf, names::V6_TABLE) {
+        for i in &w.v6_buckets {
+            let _ = a.set(*i, V6Bucket::EMPTY, 0);
         }
     }
     if let Ok(mut m) = hash::<PrefixKeyV4, ListEntry>(ebpf, names::LIST_V4) {

@@ -12,10 +12,12 @@ use ipnetwork::IpNetwork;
 use tierguard_common::{
     maps::{
         CODE_ENTRY, CODE_LONGER, DirectBlock, DirectCode, LIST_V4_CAPACITY, LIST_V6_CAPACITY,
-        ListAction, ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK,
+        ListAction, ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK, V6_BUCKETS, V6_MAX_PROBES,
+        V6_SLOTS_PER_BUCKET, V6_TABLE_MAX_STRIDE, V6Bucket, V6Slot,
     },
     prefix::{
-        V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len, wins,
+        V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len,
+        v6_bucket, v6_probe, v6_table_find, v6_top64, wins,
     },
 };
 
@@ -40,8 +42,14 @@ pub struct CompiledPolicy {
     pub v4_codes: Vec<DirectCode>,
     /// IPv4 prefixes longer than /24, expanded to /32.
     pub v4_long: HashMap<[u8; 4], ListEntry>,
-    /// (stride length, masked address) → winning entry.
+    /// (stride length, masked address) → winning entry: every IPv6 entry,
+    /// whichever kernel table holds it.
     pub v6: HashMap<(u8, [u8; 16]), ListEntry>,
+    /// The entries of `v6` with strides up to /64, placed in the bucket table:
+    /// non-empty buckets by index within a generation.
+    pub v6_buckets: BTreeMap<u32, V6Bucket>,
+    /// Entries of `v6` with strides longer than /64 (kept in `TG_LIST_V6`).
+    pub v6_long: usize,
     pub v6_strides: u32,
     /// Stable hash of what is enforced (hex), for audit and metrics.
     pub hash: String,
@@ -99,6 +107,14 @@ impl CompiledPolicy {
                 message,
             });
         }
+        if let Err(message) = p.build_v6_table() {
+            errors.push(ConfigError {
+                file: config.origin.clone(),
+                line: 0,
+                column: 0,
+                message,
+            });
+        }
         // Both generations share a map during a reload, so one may use half.
         for (what, used, cap) in [
             (
@@ -106,7 +122,7 @@ impl CompiledPolicy {
                 p.v4_long.len(),
                 LIST_V4_CAPACITY / 2,
             ),
-            ("IPv6", p.v6.len(), LIST_V6_CAPACITY / 2),
+            ("IPv6 (longer than /64)", p.v6_long, LIST_V6_CAPACITY / 2),
         ] {
             if used > cap as usize {
                 errors.push(ConfigError {
@@ -140,8 +156,61 @@ impl CompiledPolicy {
                 let code = (code != 0).then(|| self.v4_codes[code as usize]);
                 resolve_v4(code, || self.v4_long.get(&a).copied())
             }
-            IpAddr::V6(a) => lookup(&self.v6, self.v6_strides, V6_STRIDES, &a.octets()),
+            IpAddr::V6(a) => {
+                let a = a.octets();
+                (0..V6_STRIDES)
+                    .rev()
+                    .filter(|i| self.v6_strides & (1 << i) != 0)
+                    .find_map(|i| {
+                        let len = stride_len(i);
+                        if len <= V6_TABLE_MAX_STRIDE {
+                            v6_table_find(v6_top64(&a, len), len, |b| self.v6_buckets.get(&b))
+                        } else {
+                            self.v6.get(&(len, mask(&a, len))).copied()
+                        }
+                    })
+            }
         }
+    }
+
+    /// Places the entries of `v6` with strides up to /64 in the bucket table,
+    /// each in the first bucket of its probe sequence with a free slot.
+    /// Entries are placed in order of home bucket (then stride and address,
+    /// so equal policies give equal tables): a run of full buckets then holds
+    /// its entries sorted by home, the order that keeps the longest probe
+    /// distance smallest (as Robin Hood hashing does). In arbitrary order, a
+    /// million /48s did not fit within `V6_MAX_PROBES` buckets.
+    fn build_v6_table(&mut self) -> Result<(), String> {
+        let mut short: Vec<(u32, u8, [u8; 16], ListEntry)> = Vec::new();
+        for (&(len, addr), e) in &self.v6 {
+            if len <= V6_TABLE_MAX_STRIDE {
+                short.push((v6_bucket(v6_top64(&addr, len), len), len, addr, *e));
+            }
+        }
+        self.v6_long = self.v6.len() - short.len();
+        if short.is_empty() {
+            return Ok(());
+        }
+        let start = v6_run_start(short.iter().map(|s| s.0));
+        short.sort_unstable_by_key(|&(home, len, addr, _)| {
+            (home.wrapping_sub(start) & (V6_BUCKETS - 1), len, addr)
+        });
+        // Sparse: memory follows the policy, not the table's 32 MiB.
+        let mut table: HashMap<u32, V6Bucket> = HashMap::with_capacity(short.len());
+        for &(_, len, addr, e) in &short {
+            let key = v6_top64(&addr, len);
+            if !v6_place(&mut table, V6Slot::new(key, len, e)) {
+                return Err(format!(
+                    "IPv6 table too full: no free slot within {V6_MAX_PROBES} buckets for \
+                     {}/{len} ({} entries of /64 or shorter; {} slots)",
+                    std::net::Ipv6Addr::from(addr),
+                    short.len(),
+                    V6_BUCKETS as usize * V6_SLOTS_PER_BUCKET
+                ));
+            }
+        }
+        self.v6_buckets = table.into_iter().collect();
+        Ok(())
     }
 
     /// Paints prefixes of /24 or shorter into a /24-indexed table, shortest
@@ -225,19 +294,42 @@ fn upsert<K: std::hash::Hash + Eq>(table: &mut HashMap<K, ListEntry>, key: K, en
         .or_insert(entry);
 }
 
-fn lookup<const N: usize>(
-    table: &HashMap<(u8, [u8; N]), ListEntry>,
-    strides: u32,
-    max: u32,
-    addr: &[u8; N],
-) -> Option<ListEntry> {
-    (0..max)
-        .rev()
-        .filter(|i| strides & (1 << i) != 0)
-        .find_map(|i| {
-            let len = stride_len(i);
-            table.get(&(len, mask(addr, len))).copied()
-        })
+/// A bucket where no run of full buckets wraps in from the one before, given
+/// the home buckets of all entries: placing from there, entries of a run that
+/// wraps around the end of the table are not placed after those of bucket 0.
+fn v6_run_start(homes: impl Iterator<Item = u32>) -> u32 {
+    let per = V6_SLOTS_PER_BUCKET as u32;
+    let mut count = vec![0u32; V6_BUCKETS as usize];
+    for h in homes {
+        count[h as usize] += 1;
+    }
+    // Entries spilling into the next bucket, around the table twice: after
+    // the first round the carry into bucket 0 is known.
+    let mut carry = 0u32;
+    for round in 0..2 {
+        for (b, &c) in count.iter().enumerate() {
+            carry = (carry + c).saturating_sub(per);
+            if round == 1 && carry == 0 {
+                return (b as u32 + 1) & (V6_BUCKETS - 1);
+            }
+        }
+    }
+    0
+}
+
+/// Puts `slot` in the first free slot of its probe sequence in `table` (one
+/// generation's buckets); false if the `V6_MAX_PROBES` buckets are full.
+fn v6_place(table: &mut HashMap<u32, V6Bucket>, slot: V6Slot) -> bool {
+    let home = v6_bucket(slot.key, slot.len);
+    for p in 0..V6_MAX_PROBES {
+        // A bucket added here has room, so it is filled: none stays empty.
+        let b = table.entry(v6_probe(home, p)).or_insert(V6Bucket::EMPTY);
+        if let Some(free) = b.slots.iter_mut().find(|s| s.len == 0) {
+            *free = slot;
+            return true;
+        }
+    }
+    false
 }
 
 /// FNV-1a over a canonical rendering of what is enforced: equal policies hash
@@ -375,8 +467,145 @@ cidrs = ["10.1.2.0/23"]
         // Codes: unused 0, (d, no longer), (none, longer).
         assert_eq!(p.v4_codes.len(), 3);
         assert_eq!(p.v6.len(), 128);
+        // All at stride /40, in the bucket table.
+        assert_eq!(p.v6_long, 0);
+        let slots: usize = p
+            .v6_buckets
+            .values()
+            .map(|b| b.slots.iter().filter(|s| s.len != 0).count())
+            .sum();
+        assert_eq!(slots, 128);
         assert_eq!(p.lists[0].v4_prefixes, 3);
         assert_eq!(p.lists[0].v6_prefixes, 1);
+    }
+
+    #[test]
+    fn ipv6_lengths_on_both_sides_of_64_bits() {
+        let p = compile(
+            r#"
+[[lists]]
+name = "deny"
+action = "deny"
+cidrs = ["2001:db8::/32", "2001:db8:0:1::/64", "2001:db8:0:1:8000::/65", "2001:db8:0:1::5/128", "2001:db8:0:2::/63"]
+[[lists]]
+name = "allow"
+action = "allow"
+cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
+"#,
+        );
+        let list = |a: &str| {
+            p.lookup_source(a.parse().unwrap())
+                .map(|e| p.lists[e.list_id as usize].name.clone())
+        };
+        assert_eq!(list("2001:db8:0:1::5").as_deref(), Some("deny"), "/128");
+        assert_eq!(list("2001:db8:0:1::4").as_deref(), Some("allow"), "/127");
+        assert_eq!(list("2001:db8:0:1::6").as_deref(), Some("allow"), "/72");
+        assert_eq!(list("2001:db8:0:1:100::").as_deref(), Some("deny"), "/64");
+        assert_eq!(list("2001:db8:0:1:8000::1").as_deref(), Some("deny"), "/65");
+        assert_eq!(list("2001:db8:0:3::1").as_deref(), Some("deny"), "/63");
+        assert_eq!(list("2001:db8:9::1").as_deref(), Some("deny"), "/32");
+        assert_eq!(list("2001:db9::1").as_deref(), Some("allow"), "/0");
+        // /72, /65 (stride 72), /128 and /127 (stride 128, two entries) are hashed.
+        assert_eq!(p.v6_long, 1 + 128 + 1 + 1);
+        // Every lookup in the bucket table agrees with the logical map.
+        for (&(len, addr), e) in &p.v6 {
+            if len <= V6_TABLE_MAX_STRIDE {
+                let got = v6_table_find(v6_top64(&addr, len), len, |b| p.v6_buckets.get(&b));
+                assert_eq!(got, Some(*e));
+            }
+        }
+    }
+
+    #[test]
+    fn placement_probes_neighbouring_buckets_and_reports_a_full_table() {
+        let e = ListEntry {
+            list_id: 0,
+            action: ListAction::Deny as u8,
+            orig_len: 48,
+        };
+        let mut table = HashMap::new();
+        // Keys that share a home bucket: search for 17 of them.
+        let home = v6_bucket(0, 48);
+        let keys: Vec<u64> = (0u64..)
+            .map(|k| k << 16)
+            .filter(|&k| v6_bucket(k, 48) == home)
+            .take(17)
+            .collect();
+        for (n, &k) in keys.iter().enumerate() {
+            let placed = v6_place(&mut table, V6Slot::new(k, 48, e));
+            assert_eq!(placed, n < 16, "entry {n}");
+        }
+        for p in 0..V6_MAX_PROBES {
+            let b = &table[&v6_probe(home, p)];
+            assert!(b.slots.iter().all(|s| s.len == 48), "bucket {p} filled");
+        }
+        for &k in &keys[..16] {
+            let got = v6_table_find(k, 48, |b| table.get(&b));
+            assert_eq!(got, Some(e));
+        }
+        assert_eq!(v6_table_find(keys[16], 48, |b| table.get(&b)), None);
+    }
+
+    #[test]
+    fn placement_starts_where_no_run_wraps_around() {
+        // 8 entries at home bucket NB-1 (4 spill into bucket 0), then 4 at
+        // each of buckets 0, 1 and 2. Placed from bucket 0 on, the last of
+        // NB-1's would need a fifth bucket; placed from NB-1, all fit.
+        let want = [(V6_BUCKETS - 1, 8), (0, 4), (1, 4), (2, 4)];
+        let mut have = [0; 4];
+        let mut p = CompiledPolicy::default();
+        let e = ListEntry {
+            list_id: 0,
+            action: ListAction::Deny as u8,
+            orig_len: 64,
+        };
+        let mut k = 0u64;
+        while have != [8, 4, 4, 4] {
+            k += 1;
+            let home = v6_bucket(k, 64);
+            if let Some(i) = want.iter().position(|w| w.0 == home)
+                && have[i] < want[i].1
+            {
+                have[i] += 1;
+                let mut a = [0u8; 16];
+                a[..8].copy_from_slice(&k.to_be_bytes());
+                p.v6.insert((64, a), e);
+            }
+        }
+        p.v6_strides = 1 << stride_bit(64);
+        p.build_v6_table().unwrap();
+        for (&(len, addr), e) in &p.v6 {
+            let got = v6_table_find(v6_top64(&addr, len), len, |b| p.v6_buckets.get(&b));
+            assert_eq!(got, Some(*e));
+        }
+        assert_eq!(p.v6_buckets.len(), 5, "buckets NB-1 and 0 to 3");
+    }
+
+    #[test]
+    fn a_full_ipv6_table_is_a_config_error() {
+        // 17 /48s with the same home bucket cannot be placed in 4 buckets of 4.
+        let home = v6_bucket(0x2001_0000_0000_0000, 48);
+        let nets: Vec<String> = (0u64..)
+            .map(|k| 0x2001_0000_0000_0000u64 | (k << 16))
+            .filter(|&k| v6_bucket(k, 48) == home)
+            .take(17)
+            .map(|k| {
+                let mut a = [0u8; 16];
+                a[..8].copy_from_slice(&k.to_be_bytes());
+                format!("\"{}/48\"", std::net::Ipv6Addr::from(a))
+            })
+            .collect();
+        let text = format!(
+            "[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [{}]\n",
+            nets.join(", ")
+        );
+        let c = Config::load_str(&text, "t.toml", Path::new(".")).unwrap();
+        let err = CompiledPolicy::compile(&c).unwrap_err().to_string();
+        assert!(err.contains("IPv6 table too full"), "{err}");
+        // 16 fit.
+        let text = text.replacen(&format!("{}, ", nets[16]), "", 1);
+        let text = text.replacen(&format!(", {}", nets[16]), "", 1);
+        compile(&text);
     }
 
     #[test]

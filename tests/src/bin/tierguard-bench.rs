@@ -339,8 +339,9 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
 - Denied runs rotate through addresses inside random listed prefixes; passed runs through random addresses in no prefix.\n\
 - `empty program` is `tierguard_baseline`, which only returns XDP_PASS.\n\
 - IPv4: prefixes of /24 or shorter live in a direct table (one byte per /24, one cache line per lookup);\n  \
-  longer ones in a /32 hash read only for /24s that hold them. IPv6: one hash probe per prefix-length\n  \
-  stride in use (multiples of 8 bits). See docs/design/map-layout.md.\n\
+  longer ones in a /32 hash read only for /24s that hold them. IPv6: per prefix-length stride in use\n  \
+  (multiples of 8 bits), strides up to /64 probe a bucketised table (64-byte buckets, usually one\n  \
+  cache line), longer strides one hash probe. See docs/design/map-layout.md.\n\
 - In production the dispatcher adds one tail call in front of the ingress program.\n\n\
 Reproduce: `cargo xtask bench` as root (it runs `cargo run --release -p tierguard-tests --bin tierguard-bench -- --write docs/benchmarks.md`).\n\
 Numbers vary with the machine and its load; compare rows from the same run.\n"
