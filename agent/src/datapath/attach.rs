@@ -202,10 +202,15 @@ impl Datapath {
 
     /// (ifindex, slot) pairs recorded in the slot table.
     fn recorded_slots(&mut self) -> Result<Vec<(u32, u32)>> {
+        if let Some(t) = &self.slot_table {
+            return Ok(t.clone());
+        }
         let a = self.iface_slots()?;
-        Ok((0..IFINDEX_TABLE_SIZE)
+        let table: Vec<(u32, u32)> = (0..IFINDEX_TABLE_SIZE)
             .filter_map(|i| a.get(&i, 0).ok().filter(|s| *s != 0).map(|s| (i, s)))
-            .collect())
+            .collect();
+        self.slot_table = Some(table.clone());
+        Ok(table)
     }
 
     /// The counter slot for `ifindex`: the one it already has (so its
@@ -260,7 +265,14 @@ impl Datapath {
             .map_err(|source| DatapathError::Map {
                 map: names::IFACE_SLOTS,
                 source,
-            })
+            })?;
+        if let Some(t) = &mut self.slot_table {
+            t.retain(|(i, _)| *i != ifindex);
+            if slot != 0 {
+                t.push((ifindex, slot));
+            }
+        }
+        Ok(())
     }
 
     /// Detaches links pinned for interfaces this agent does not enforce on

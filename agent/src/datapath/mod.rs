@@ -36,6 +36,9 @@ pub struct Datapath {
     live: Option<tables::Written>,
     /// True when the maps were already pinned by an earlier agent.
     adopted: bool,
+    /// (ifindex, slot) pairs of `TG_IFACE_SLOTS`, read once (65,536 entries)
+    /// and kept in step with every write.
+    slot_table: Option<Vec<(u32, u32)>>,
 }
 
 impl Datapath {
@@ -81,6 +84,7 @@ impl Datapath {
             attachments: Vec::new(),
             live: None,
             adopted,
+            slot_table: None,
         };
         if adopted {
             // A crash between writing and switching can leave a half-written
