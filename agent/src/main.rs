@@ -9,7 +9,9 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => tierguard::check::check(&args),
         Command::Explain(args) => tierguard::explain::run(&args),
-        Command::Audit(tierguard::cli::AuditCommand::Verify { file }) => tierguard::audit::verify_file(&file),
+        Command::Audit(tierguard::cli::AuditCommand::Verify { file }) => {
+            tierguard::audit::verify_file(&file)
+        }
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::audit::{self, AuditLog};
 use crate::check::{interface_errors, load};
 use crate::cli::RunArgs;
-use crate::audit::{self, AuditLog};
 use crate::config::{Config, ConfigErrors};
 use crate::datapath::{Datapath, SamplerReader, StatsReader};
 use crate::events::{self, Context};
@@ -35,7 +35,9 @@ struct Shared {
 impl Shared {
     /// Appends an audit record; a failure is logged and enforcement goes on.
     fn audit(&self, trigger: &str, result: &str, fields: serde_json::Value, new: Option<&Config>) {
-        let Ok(mut audit) = self.audit.lock() else { return };
+        let Ok(mut audit) = self.audit.lock() else {
+            return;
+        };
         let Some(log) = audit.as_mut() else { return };
         let old = self.live_config.lock().ok().and_then(|c| c.clone());
         let now = std::time::SystemTime::now()
@@ -465,7 +467,12 @@ fn reload(
             shared.metrics.reloads.with_label_values(&["failure"]).inc();
             tracing::error!(trigger, errors = %e, "new policy refused; the live policy stays");
             let errors: Vec<String> = e.0.iter().map(ToString::to_string).collect();
-            shared.audit(trigger, "refused", serde_json::json!({ "live_hash": live_hash, "errors": errors }), None);
+            shared.audit(
+                trigger,
+                "refused",
+                serde_json::json!({ "live_hash": live_hash, "errors": errors }),
+                None,
+            );
             return None;
         }
     };
@@ -496,7 +503,12 @@ fn reload(
     }
     if policy.hash == *live_hash {
         tracing::info!(trigger, hash = policy.hash, "policy unchanged");
-        shared.audit(trigger, "unchanged", serde_json::json!({ "live_hash": live_hash }), None);
+        shared.audit(
+            trigger,
+            "unchanged",
+            serde_json::json!({ "live_hash": live_hash }),
+            None,
+        );
         return Some(files);
     }
     match datapath.apply(&policy) {

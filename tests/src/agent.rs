@@ -12,15 +12,25 @@ pub fn binary() -> PathBuf {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target profile directory");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target profile directory");
     let bin = dir.join("tierguard");
-    assert!(bin.exists(), "{} not found: build the agent first (`cargo build -p tierguard`; `cargo xtask test` does it)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} not found: build the agent first (`cargo build -p tierguard`; `cargo xtask test` does it)",
+        bin.display()
+    );
     bin
 }
 
 /// Runs `tierguard ARGS` to completion.
 pub fn run_cli(args: &[&str]) -> Output {
-    Command::new(binary()).args(args).output().expect("run tierguard")
+    Command::new(binary())
+        .args(args)
+        .output()
+        .expect("run tierguard")
 }
 
 /// A running agent, stopped with SIGTERM on drop.
@@ -34,7 +44,11 @@ impl Agent {
     /// Starts `tierguard run` and waits until /readyz answers 200 (or the
     /// process exits, which panics with its log).
     pub fn start(args: &[&str], metrics: SocketAddr) -> Agent {
-        let log = std::env::temp_dir().join(format!("tierguard-agent-{}-{}.log", std::process::id(), metrics.port()));
+        let log = std::env::temp_dir().join(format!(
+            "tierguard-agent-{}-{}.log",
+            std::process::id(),
+            metrics.port()
+        ));
         let file = std::fs::File::create(&log).expect("agent log file");
         let child = Command::new(binary())
             .arg("run")
@@ -45,7 +59,11 @@ impl Agent {
             .stderr(file)
             .spawn()
             .expect("spawn tierguard run");
-        let mut agent = Agent { child: Some(child), metrics, log };
+        let mut agent = Agent {
+            child: Some(child),
+            metrics,
+            log,
+        };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = agent.child.as_mut().unwrap().try_wait().expect("wait") {
@@ -54,7 +72,11 @@ impl Agent {
             if let Some((200, _)) = crate::http::get(metrics, "/readyz") {
                 return agent;
             }
-            assert!(Instant::now() < deadline, "agent not ready after 60 s:\n{}", agent.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready after 60 s:\n{}",
+                agent.log()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -6,7 +6,10 @@ use std::process::{Command, Output};
 
 /// Runs a command, panicking with its output if it fails.
 pub fn sh(args: &[&str]) -> Output {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
     assert!(
         out.status.success(),
         "{args:?} failed: {}{}",
@@ -18,7 +21,11 @@ pub fn sh(args: &[&str]) -> Output {
 
 /// Runs a command and returns whether it succeeded (for traffic that may be dropped).
 pub fn try_sh(args: &[&str]) -> bool {
-    Command::new(args[0]).args(&args[1..]).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }
 
 /// One peer namespace with a veth to the root namespace.
@@ -35,11 +42,25 @@ impl Lab {
     pub fn new(name: &str, net: u8) -> Lab {
         crate::require_root();
         assert!(name.len() <= 12, "interface names must stay short");
-        let lab = Lab { ns: name.to_string(), node_if: format!("{name}n"), net };
+        let lab = Lab {
+            ns: name.to_string(),
+            node_if: format!("{name}n"),
+            net,
+        };
         lab.remove();
         let peer = format!("{name}p");
         sh(&["ip", "netns", "add", name]);
-        sh(&["ip", "link", "add", &lab.node_if, "type", "veth", "peer", "name", &peer]);
+        sh(&[
+            "ip",
+            "link",
+            "add",
+            &lab.node_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer,
+        ]);
         sh(&["ip", "link", "set", &peer, "netns", name]);
         for (dev, ns) in [(&lab.node_if, None), (&peer, Some(name))] {
             let mut cmd: Vec<&str> = Vec::new();
@@ -51,11 +72,41 @@ impl Lab {
             c.extend(["sysctl", "-qw", &key]);
             sh(&c);
         }
-        sh(&["ip", "addr", "add", &format!("10.{net}.0.1/24"), "dev", &lab.node_if]);
-        sh(&["ip", "addr", "add", &format!("fd00:{net}::1/64"), "dev", &lab.node_if, "nodad"]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.{net}.0.1/24"),
+            "dev",
+            &lab.node_if,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("fd00:{net}::1/64"),
+            "dev",
+            &lab.node_if,
+            "nodad",
+        ]);
         sh(&["ip", "link", "set", &lab.node_if, "up"]);
-        lab.exec_ok(&["ip", "addr", "add", &format!("10.{net}.0.2/24"), "dev", &peer]);
-        lab.exec_ok(&["ip", "addr", "add", &format!("fd00:{net}::2/64"), "dev", &peer, "nodad"]);
+        lab.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("10.{net}.0.2/24"),
+            "dev",
+            &peer,
+        ]);
+        lab.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("fd00:{net}::2/64"),
+            "dev",
+            &peer,
+            "nodad",
+        ]);
         lab.exec_ok(&["ip", "link", "set", &peer, "up"]);
         lab.exec_ok(&["ip", "link", "set", "lo", "up"]);
         lab
@@ -81,7 +132,15 @@ impl Lab {
     pub fn add_peer_source(&self, addr: &str) {
         let v6 = addr.contains(':');
         let plen = if v6 { "128" } else { "32" };
-        self.exec_ok(&["ip", "addr", "add", &format!("{addr}/{plen}"), "dev", &self.peer_if(), "nodad"]);
+        self.exec_ok(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{addr}/{plen}"),
+            "dev",
+            &self.peer_if(),
+            "nodad",
+        ]);
         let mut route = vec!["ip"];
         if v6 {
             route.push("-6");
@@ -108,7 +167,9 @@ impl Lab {
 
     fn remove(&self) {
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.node_if]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.node_if])
+            .output();
     }
 }
 

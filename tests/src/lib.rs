@@ -10,7 +10,7 @@ pub mod pins;
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x << 13;
         x ^= x >> 7;
@@ -20,13 +20,13 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
+        self.next_u64() % n
     }
 
     pub fn bytes<const N: usize>(&mut self) -> [u8; N] {
         let mut out = [0u8; N];
         for b in &mut out {
-            *b = self.next() as u8;
+            *b = self.next_u64() as u8;
         }
         out
     }
@@ -36,5 +36,8 @@ impl Rng {
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
-    assert_eq!(euid, 0, "this test loads eBPF programs and needs root (CI runs as root); run `cargo xtask test` as root");
+    assert_eq!(
+        euid, 0,
+        "this test loads eBPF programs and needs root (CI runs as root); run `cargo xtask test` as root"
+    );
 }

@@ -7,7 +7,10 @@ pub struct PinDir(PathBuf);
 impl PinDir {
     pub fn new(name: &str) -> PinDir {
         crate::require_root();
-        let path = PathBuf::from(format!("/sys/fs/bpf/tierguard-test-{name}-{}", std::process::id()));
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/tierguard-test-{name}-{}",
+            std::process::id()
+        ));
         let _ = std::fs::remove_dir_all(&path);
         PinDir(path)
     }

@@ -45,7 +45,10 @@ const METRICS: &[(&str, &str)] = &[
 ];
 
 /// Metrics that appear in a scrape only after some event (a first error).
-const EVENT_ONLY_METRICS: &[&str] = &["tierguard_scrape_errors_total", "tierguard_events_emitted_total"];
+const EVENT_ONLY_METRICS: &[&str] = &[
+    "tierguard_scrape_errors_total",
+    "tierguard_events_emitted_total",
+];
 
 /// The capabilities the unit and the DaemonSet grant, as the kernel numbers them.
 const CAPS: &[(&str, u32)] = &[

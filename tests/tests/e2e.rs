@@ -46,7 +46,11 @@ fn drops(metrics: &str, iface: &str) -> f64 {
 }
 
 fn list_hits(metrics: &str, list: &str) -> f64 {
-    sample(metrics, &format!("tierguard_list_hits_total{{action=\"deny\",list=\"{list}\"}}")).unwrap_or(0.0)
+    sample(
+        metrics,
+        &format!("tierguard_list_hits_total{{action=\"deny\",list=\"{list}\"}}"),
+    )
+    .unwrap_or(0.0)
 }
 
 fn xdp_attached(iface: &str) -> bool {
@@ -89,48 +93,128 @@ fn lists_are_enforced_on_real_traffic_and_counted_exactly() {
     assert!(xdp_attached(&lab.node_if), "XDP program attached");
     let m = agent.scrape();
     assert_eq!(
-        sample(&m, &format!("tierguard_xdp_attach_mode{{interface=\"{}\",mode=\"native\"}}", lab.node_if)),
+        sample(
+            &m,
+            &format!(
+                "tierguard_xdp_attach_mode{{interface=\"{}\",mode=\"native\"}}",
+                lab.node_if
+            )
+        ),
         Some(1.0),
         "veth supports native XDP"
     );
 
     // Allowed: ICMP both families, TCP with data both ways, UDP.
-    assert!(lab.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &lab.node_v4()]), "allowed IPv4 ping");
-    assert!(lab.exec(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "2", &lab.node_v6()]), "allowed IPv6 ping");
+    assert!(
+        lab.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &lab.node_v4()]),
+        "allowed IPv4 ping"
+    );
+    assert!(
+        lab.exec(&[
+            "ping",
+            "-6",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "2",
+            &lab.node_v6()
+        ]),
+        "allowed IPv6 ping"
+    );
     let (port, server) = echo_server(&lab.node_v4());
     let reply = lab.exec_ok(&[
         "bash",
         "-c",
-        &format!("exec 3<>/dev/tcp/{}/{port}; echo hello >&3; read -t 5 r <&3; echo \"$r\"", lab.node_v4()),
+        &format!(
+            "exec 3<>/dev/tcp/{}/{port}; echo hello >&3; read -t 5 r <&3; echo \"$r\"",
+            lab.node_v4()
+        ),
     ]);
     assert_eq!(String::from_utf8_lossy(&reply.stdout).trim(), "echo hello");
     assert_eq!(server.join().unwrap(), ["hello"]);
     let udp = UdpSocket::bind(format!("{}:0", lab.node_v4())).unwrap();
     udp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let uport = udp.local_addr().unwrap().port();
-    lab.exec_ok(&["bash", "-c", &format!("echo datagram > /dev/udp/{}/{uport}", lab.node_v4())]);
+    lab.exec_ok(&[
+        "bash",
+        "-c",
+        &format!("echo datagram > /dev/udp/{}/{uport}", lab.node_v4()),
+    ]);
     let mut buf = [0u8; 64];
-    let (n, _) = udp.recv_from(&mut buf).expect("allowed UDP datagram arrives");
+    let (n, _) = udp
+        .recv_from(&mut buf)
+        .expect("allowed UDP datagram arrives");
     assert_eq!(&buf[..n], b"datagram\n");
-    assert_eq!(drops(&agent.scrape(), &lab.node_if), 0.0, "nothing allowed was dropped");
+    assert_eq!(
+        drops(&agent.scrape(), &lab.node_if),
+        0.0,
+        "nothing allowed was dropped"
+    );
 
     // Denied IPv4 ping: exactly 4 requests, all dropped, all counted.
     let before = agent.scrape();
-    assert!(!lab.exec(&["ping", "-c", "4", "-i", "0.2", "-W", "1", "-I", DENIED_V4, &lab.node_v4()]), "denied ping must fail");
+    assert!(
+        !lab.exec(&[
+            "ping",
+            "-c",
+            "4",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            DENIED_V4,
+            &lab.node_v4()
+        ]),
+        "denied ping must fail"
+    );
     let after = agent.scrape();
-    assert_eq!(drops(&after, &lab.node_if) - drops(&before, &lab.node_if), 4.0, "drops rose by the packets sent");
-    assert_eq!(list_hits(&after, "blocked") - list_hits(&before, "blocked"), 4.0);
+    assert_eq!(
+        drops(&after, &lab.node_if) - drops(&before, &lab.node_if),
+        4.0,
+        "drops rose by the packets sent"
+    );
+    assert_eq!(
+        list_hits(&after, "blocked") - list_hits(&before, "blocked"),
+        4.0
+    );
 
     // Denied IPv6 ping (the neighbour entry exists from the allowed ping).
     let before = agent.scrape();
-    assert!(!lab.exec(&["ping", "-6", "-c", "3", "-i", "0.2", "-W", "1", "-I", DENIED_V6, &lab.node_v6()]));
+    assert!(!lab.exec(&[
+        "ping",
+        "-6",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        DENIED_V6,
+        &lab.node_v6()
+    ]));
     let after = agent.scrape();
-    assert_eq!(drops(&after, &lab.node_if) - drops(&before, &lab.node_if), 3.0);
+    assert_eq!(
+        drops(&after, &lab.node_if) - drops(&before, &lab.node_if),
+        3.0
+    );
 
     // Denied TCP connection: never completes.
     let (port, _server) = echo_server(&lab.node_v4());
     assert!(
-        !lab.exec(&["nc", "-z", "-w", "2", "-s", DENIED_V4, &lab.node_v4(), &port.to_string()]),
+        !lab.exec(&[
+            "nc",
+            "-z",
+            "-w",
+            "2",
+            "-s",
+            DENIED_V4,
+            &lab.node_v4(),
+            &port.to_string()
+        ]),
         "denied TCP connect must time out"
     );
     // Unblock the echo server's accept with an allowed connection.
@@ -138,19 +222,57 @@ fn lists_are_enforced_on_real_traffic_and_counted_exactly() {
 
     // A flood from a denied source: every packet dropped and counted.
     let before = agent.scrape();
-    lab.exec(&["hping3", "--udp", "-p", "9999", "-a", FLOOD_V4, "-c", "500", "-i", "u500", "-q", &lab.node_v4()]);
+    lab.exec(&[
+        "hping3",
+        "--udp",
+        "-p",
+        "9999",
+        "-a",
+        FLOOD_V4,
+        "-c",
+        "500",
+        "-i",
+        "u500",
+        "-q",
+        &lab.node_v4(),
+    ]);
     let after = agent.scrape();
-    assert_eq!(drops(&after, &lab.node_if) - drops(&before, &lab.node_if), 500.0);
+    assert_eq!(
+        drops(&after, &lab.node_if) - drops(&before, &lab.node_if),
+        500.0
+    );
 
     // explain agrees with what the kernel just did, and names the list.
-    let e = run_cli(&["explain", "--config", config.to_str().unwrap(), "--src", DENIED_V4, "--dst", &lab.node_v4(), "--proto", "icmp", "--json"]);
+    let e = run_cli(&[
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--src",
+        DENIED_V4,
+        "--dst",
+        &lab.node_v4(),
+        "--proto",
+        "icmp",
+        "--json",
+    ]);
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
-    let v: serde_json::Value = serde_json::from_slice(&e.stdout).expect("explain --json prints JSON");
+    let v: serde_json::Value =
+        serde_json::from_slice(&e.stdout).expect("explain --json prints JSON");
     assert_eq!(v["verdict"], "drop");
     assert_eq!(v["reason"], "deny_list");
     assert_eq!(v["list"], "blocked");
     assert_eq!(v["matched_prefix"], "203.0.113.0/24");
-    let e = run_cli(&["explain", "--config", config.to_str().unwrap(), "--src", &lab.peer_v4(), "--dst", &lab.node_v4(), "--dport", "22"]);
+    let e = run_cli(&[
+        "explain",
+        "--config",
+        config.to_str().unwrap(),
+        "--src",
+        &lab.peer_v4(),
+        "--dst",
+        &lab.node_v4(),
+        "--dport",
+        "22",
+    ]);
     assert!(String::from_utf8_lossy(&e.stdout).contains("verdict: pass"));
 
     // promtool accepts the exposition.
@@ -185,7 +307,18 @@ fn a_real_prometheus_server_scrapes_the_drop_counter() {
     let dir = tmpdir("prom");
     let config = write_config(&dir, &lab.node_if, pins.path(), "");
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
-    assert!(!lab.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", DENIED_V4, &lab.node_v4()]));
+    assert!(!lab.exec(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        DENIED_V4,
+        &lab.node_v4()
+    ]));
 
     let prom_addr = free_addr();
     std::fs::write(
@@ -197,8 +330,14 @@ fn a_real_prometheus_server_scrapes_the_drop_counter() {
     )
     .unwrap();
     let mut prom = Command::new("prometheus")
-        .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!(
+            "--config.file={}",
+            dir.join("prometheus.yml").display()
+        ))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("data").display()
+        ))
         .arg(format!("--web.listen-address={prom_addr}"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -218,7 +357,10 @@ fn a_real_prometheus_server_scrapes_the_drop_counter() {
                 break r["value"][1].as_str().unwrap().to_string();
             }
         }
-        assert!(Instant::now() < deadline, "Prometheus never returned the drop counter");
+        assert!(
+            Instant::now() < deadline,
+            "Prometheus never returned the drop counter"
+        );
         std::thread::sleep(Duration::from_millis(500));
     };
     let _ = prom.kill();
@@ -233,18 +375,69 @@ fn invalid_configs_are_refused_and_nothing_is_attached() {
     let lab = Lab::new("tge3", 213);
     let pins = PinDir::new("e2e3");
     let dir = tmpdir("invalid");
-    let head = format!("[agent]\ninterfaces = [\"{}\"]\npin_path = \"{}\"\n", lab.node_if, pins.path().display());
+    let head = format!(
+        "[agent]\ninterfaces = [\"{}\"]\npin_path = \"{}\"\n",
+        lab.node_if,
+        pins.path().display()
+    );
     let list = "[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/8\"]\n";
     let cases: Vec<(&str, String, &str)> = vec![
-        ("unknown key", format!("{head}colour = \"red\"\n"), "policy.toml:4:1: unknown field `colour`"),
-        ("bad CIDR", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n"), "policy.toml:7:10: '10.0.0.0/33' is not a CIDR"),
-        ("host bits", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.1.2.3/8\"]\n"), "did you mean 10.0.0.0/8"),
-        ("duplicate list", format!("{head}{list}{list}"), "duplicate list name 'a' (first defined at line 5)"),
-        ("missing list file", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"absent.txt\"]\n"), "cannot read list file"),
-        ("bad list file line", format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"bad.txt\"]\n"), "bad.txt:2:1: 'not-an-address' is not an IP address or CIDR"),
-        ("unknown interface", format!("[agent]\ninterfaces = [\"tgnosuch0\"]\npin_path = \"{}\"\n{list}", pins.path().display()), "no such interface: 'tgnosuch0'"),
-        ("no interface", format!("[agent]\ninterfaces = []\npin_path = \"{}\"\n{list}", pins.path().display()), "no interface to enforce on"),
-        ("malformed metrics address", format!("[agent]\ninterfaces = [\"{}\"]\nmetrics_address = \"localhost:http\"\n", lab.node_if), "'localhost:http' is not a listen address"),
+        (
+            "unknown key",
+            format!("{head}colour = \"red\"\n"),
+            "policy.toml:4:1: unknown field `colour`",
+        ),
+        (
+            "bad CIDR",
+            format!(
+                "{head}[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n"
+            ),
+            "policy.toml:7:10: '10.0.0.0/33' is not a CIDR",
+        ),
+        (
+            "host bits",
+            format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\ncidrs = [\"10.1.2.3/8\"]\n"),
+            "did you mean 10.0.0.0/8",
+        ),
+        (
+            "duplicate list",
+            format!("{head}{list}{list}"),
+            "duplicate list name 'a' (first defined at line 5)",
+        ),
+        (
+            "missing list file",
+            format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"absent.txt\"]\n"),
+            "cannot read list file",
+        ),
+        (
+            "bad list file line",
+            format!("{head}[[lists]]\nname = \"a\"\naction = \"deny\"\nfiles = [\"bad.txt\"]\n"),
+            "bad.txt:2:1: 'not-an-address' is not an IP address or CIDR",
+        ),
+        (
+            "unknown interface",
+            format!(
+                "[agent]\ninterfaces = [\"tgnosuch0\"]\npin_path = \"{}\"\n{list}",
+                pins.path().display()
+            ),
+            "no such interface: 'tgnosuch0'",
+        ),
+        (
+            "no interface",
+            format!(
+                "[agent]\ninterfaces = []\npin_path = \"{}\"\n{list}",
+                pins.path().display()
+            ),
+            "no interface to enforce on",
+        ),
+        (
+            "malformed metrics address",
+            format!(
+                "[agent]\ninterfaces = [\"{}\"]\nmetrics_address = \"localhost:http\"\n",
+                lab.node_if
+            ),
+            "'localhost:http' is not a listen address",
+        ),
     ];
     std::fs::write(dir.join("bad.txt"), "192.0.2.0/24\nnot-an-address\n").unwrap();
     for (what, text, want) in cases {
@@ -253,46 +446,94 @@ fn invalid_configs_are_refused_and_nothing_is_attached() {
         let p = path.to_str().unwrap();
         let check = run_cli(&["check", "--config", p]);
         let err = String::from_utf8_lossy(&check.stderr);
-        assert_eq!(check.status.code(), Some(2), "{what}: check exits 2; stderr: {err}");
-        assert!(err.contains(want), "{what}: check names the problem ({want}); stderr: {err}");
+        assert_eq!(
+            check.status.code(),
+            Some(2),
+            "{what}: check exits 2; stderr: {err}"
+        );
+        assert!(
+            err.contains(want),
+            "{what}: check names the problem ({want}); stderr: {err}"
+        );
 
         let metrics = free_addr().to_string();
         let run = run_cli(&["run", "--config", p, "--metrics-address", &metrics]);
         let err = String::from_utf8_lossy(&run.stderr);
         assert!(!run.status.success(), "{what}: run refuses");
-        assert!(err.contains(want), "{what}: run names the problem; stderr: {err}");
-        assert!(err.contains("nothing was attached"), "{what}: says nothing was attached; stderr: {err}");
+        assert!(
+            err.contains(want),
+            "{what}: run names the problem; stderr: {err}"
+        );
+        assert!(
+            err.contains("nothing was attached"),
+            "{what}: says nothing was attached; stderr: {err}"
+        );
         assert!(!xdp_attached(&lab.node_if), "{what}: nothing attached");
         assert!(!pins.path().exists(), "{what}: nothing pinned");
     }
     // The same interface twice on the command line.
-    let run = run_cli(&["run", "--iface", &lab.node_if, "-i", &lab.node_if, "--pin-path", pins.path().to_str().unwrap()]);
+    let run = run_cli(&[
+        "run",
+        "--iface",
+        &lab.node_if,
+        "-i",
+        &lab.node_if,
+        "--pin-path",
+        pins.path().to_str().unwrap(),
+    ]);
     let err = String::from_utf8_lossy(&run.stderr);
     assert_eq!(run.status.code(), Some(2), "{err}");
-    assert!(err.contains(&format!("interface '{}' is given twice", lab.node_if)), "{err}");
+    assert!(
+        err.contains(&format!("interface '{}' is given twice", lab.node_if)),
+        "{err}"
+    );
     assert!(!xdp_attached(&lab.node_if));
     // A relative --pin-path is refused.
-    let run = run_cli(&["run", "--iface", &lab.node_if, "--pin-path", "relative/pins"]);
+    let run = run_cli(&[
+        "run",
+        "--iface",
+        &lab.node_if,
+        "--pin-path",
+        "relative/pins",
+    ]);
     assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("--pin-path 'relative/pins' must be an absolute path"));
+    assert!(
+        String::from_utf8_lossy(&run.stderr)
+            .contains("--pin-path 'relative/pins' must be an absolute path")
+    );
     // A bad --metrics-address on the command line is refused by the argument parser.
     let run = run_cli(&["run", "--iface", &lab.node_if, "--metrics-address", "nope"]);
     assert_eq!(run.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&run.stderr).contains("invalid value 'nope' for '--metrics-address"));
+    assert!(
+        String::from_utf8_lossy(&run.stderr)
+            .contains("invalid value 'nope' for '--metrics-address")
+    );
     // explain refuses what it cannot answer, with the reason.
     let e = run_cli(&["explain", "--src", "10.0.0.1", "--dst", "::1"]);
     assert_eq!(e.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&e.stderr).contains("different address families"));
-    let e = run_cli(&["explain", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "icmp", "--dport", "22"]);
+    let e = run_cli(&[
+        "explain", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "icmp", "--dport", "22",
+    ]);
     assert_eq!(e.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&e.stderr).contains("--dport and --sport apply to tcp and udp only"));
+    assert!(
+        String::from_utf8_lossy(&e.stderr)
+            .contains("--dport and --sport apply to tcp and udp only")
+    );
     // A valid policy checks clean and says what it holds.
     let path = dir.join("policy.toml");
     std::fs::write(&path, format!("{head}{list}")).unwrap();
     let ok = run_cli(&["check", "--config", path.to_str().unwrap()]);
     let out = String::from_utf8_lossy(&ok.stdout);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
-    assert!(out.contains("policy OK") && out.contains("a ") && out.contains("1 IPv4, 0 IPv6 prefixes"), "{out}");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(
+        out.contains("policy OK") && out.contains("a ") && out.contains("1 IPv4, 0 IPv6 prefixes"),
+        "{out}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -304,15 +545,31 @@ fn missing_capabilities_are_named_and_nothing_is_attached() {
     let metrics = free_addr().to_string();
     // As an unprivileged user with no capabilities at all.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(&bin)
-        .args(["run", "--iface", &lab.node_if, "--metrics-address", &metrics, "--pin-path"])
+        .args([
+            "run",
+            "--iface",
+            &lab.node_if,
+            "--metrics-address",
+            &metrics,
+            "--pin-path",
+        ])
         .arg(pins.path())
         .output()
         .expect("setpriv (util-linux) runs the agent unprivileged");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("missing capabilities: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"), "{err}");
+    assert!(
+        err.contains("missing capabilities: CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON"),
+        "{err}"
+    );
     assert!(err.contains("nothing was attached"), "{err}");
     assert!(!xdp_attached(&lab.node_if));
     assert!(!pins.path().exists());
@@ -325,43 +582,149 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
     let pins = PinDir::new("e2e4");
     let dir = tmpdir("reload");
     let config = write_config(&dir, &lab.node_if, pins.path(), "");
-    let agent = Agent::start(&["--config", config.to_str().unwrap(), "--watch-interval", "1"], free_addr());
-    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", "-I", "192.0.2.9", &lab.node_v4()]), "not yet denied");
+    let agent = Agent::start(
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--watch-interval",
+            "1",
+        ],
+        free_addr(),
+    );
+    assert!(
+        lab.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-I",
+            "192.0.2.9",
+            &lab.node_v4()
+        ]),
+        "not yet denied"
+    );
 
     let generation = |a: &Agent| sample(&a.scrape(), "tierguard_policy_generation").unwrap();
     let wait_for = |a: &Agent, what: &str, f: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !f(&a.scrape()) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", a.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                a.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
     assert_eq!(generation(&agent), 1.0);
     // A valid change, picked up from the file.
-    write_config(&dir, &lab.node_if, pins.path(), "[[lists]]\nname = \"more\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/24\"]\n");
-    wait_for(&agent, "generation 2", &|m| sample(m, "tierguard_policy_generation") == Some(2.0));
-    assert!(!lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", "192.0.2.9", &lab.node_v4()]), "now denied");
+    write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        "[[lists]]\nname = \"more\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/24\"]\n",
+    );
+    wait_for(&agent, "generation 2", &|m| {
+        sample(m, "tierguard_policy_generation") == Some(2.0)
+    });
+    assert!(
+        !lab.exec(&[
+            "ping",
+            "-c",
+            "2",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "192.0.2.9",
+            &lab.node_v4()
+        ]),
+        "now denied"
+    );
     assert_eq!(list_hits(&agent.scrape(), "more"), 2.0);
 
     // An invalid change is refused; the live policy stays.
-    std::fs::write(&config, "[[lists]]\nname = \"broken\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/40\"]\n").unwrap();
-    wait_for(&agent, "a reload failure", &|m| sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0));
+    std::fs::write(
+        &config,
+        "[[lists]]\nname = \"broken\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/40\"]\n",
+    )
+    .unwrap();
+    wait_for(&agent, "a reload failure", &|m| {
+        sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0)
+    });
     assert_eq!(generation(&agent), 2.0);
-    assert!(!lab.exec(&["ping", "-c", "1", "-W", "1", "-I", "192.0.2.9", &lab.node_v4()]), "still denied");
-    assert!(agent.log().contains("new policy refused; the live policy stays"), "{}", agent.log());
+    assert!(
+        !lab.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "192.0.2.9",
+            &lab.node_v4()
+        ]),
+        "still denied"
+    );
+    assert!(
+        agent
+            .log()
+            .contains("new policy refused; the live policy stays"),
+        "{}",
+        agent.log()
+    );
 
     // SIGHUP reloads too (after a fix).
     std::fs::write(dir.join("feed.txt"), "; feed\n198.51.100.0/24 ; SBL1\n").unwrap();
-    write_config(&dir, &lab.node_if, pins.path(), "[[lists]]\nname = \"feed\"\naction = \"deny\"\nfiles = [\"feed.txt\"]\n");
+    write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        "[[lists]]\nname = \"feed\"\naction = \"deny\"\nfiles = [\"feed.txt\"]\n",
+    );
     agent.signal(libc::SIGHUP);
-    wait_for(&agent, "generation 3", &|m| sample(m, "tierguard_policy_generation") == Some(3.0));
-    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", "-I", "192.0.2.9", &lab.node_v4()]), "allowed again");
+    wait_for(&agent, "generation 3", &|m| {
+        sample(m, "tierguard_policy_generation") == Some(3.0)
+    });
+    assert!(
+        lab.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-I",
+            "192.0.2.9",
+            &lab.node_v4()
+        ]),
+        "allowed again"
+    );
 
     // A refreshed list file is picked up without touching the config.
     std::thread::sleep(Duration::from_millis(1100)); // a new modification time
-    std::fs::write(dir.join("feed.txt"), "; feed\n198.51.100.0/24 ; SBL1\n192.0.2.0/24 ; SBL2\n").unwrap();
-    wait_for(&agent, "generation 4", &|m| sample(m, "tierguard_policy_generation") == Some(4.0));
-    assert!(!lab.exec(&["ping", "-c", "1", "-W", "1", "-I", "192.0.2.9", &lab.node_v4()]), "denied by the refreshed feed");
+    std::fs::write(
+        dir.join("feed.txt"),
+        "; feed\n198.51.100.0/24 ; SBL1\n192.0.2.0/24 ; SBL2\n",
+    )
+    .unwrap();
+    wait_for(&agent, "generation 4", &|m| {
+        sample(m, "tierguard_policy_generation") == Some(4.0)
+    });
+    assert!(
+        !lab.exec(&[
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-I",
+            "192.0.2.9",
+            &lab.node_v4()
+        ]),
+        "denied by the refreshed feed"
+    );
     assert!(agent.stop().success());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -382,7 +745,8 @@ fn restarts_and_crashes_leave_no_gap_in_enforcement() {
     assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
     // Anything that slipped past enforcement would reach this socket.
     let sink = UdpSocket::bind(format!("{}:9", lab.node_v4())).unwrap();
-    sink.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let delivered = std::thread::spawn(move || {
         let mut n = 0;
         let mut buf = [0u8; 64];
@@ -397,18 +761,45 @@ fn restarts_and_crashes_leave_no_gap_in_enforcement() {
     // A steady stream of denied packets runs across a clean restart and a crash.
     let sent = 3000;
     let mut stream = Command::new("ip")
-        .args(["netns", "exec", &lab.ns, "hping3", "--udp", "-p", "9", "-a", FLOOD_V4, "-c", &sent.to_string(), "-i", "u2000", "-q", &lab.node_v4()])
+        .args([
+            "netns",
+            "exec",
+            &lab.ns,
+            "hping3",
+            "--udp",
+            "-p",
+            "9",
+            "-a",
+            FLOOD_V4,
+            "-c",
+            &sent.to_string(),
+            "-i",
+            "u2000",
+            "-q",
+            &lab.node_v4(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(800));
     assert!(first.stop().success(), "persisting agent exits 0");
-    assert!(xdp_attached(&lab.node_if), "still attached with no agent running");
+    assert!(
+        xdp_attached(&lab.node_if),
+        "still attached with no agent running"
+    );
     std::thread::sleep(Duration::from_millis(500));
     let second = Agent::start(&["--config", &cfg, "--persist"], addr);
-    assert!(second.log().contains("adopted=true"), "second agent adopts the pinned state:\n{}", second.log());
-    assert!(second.log().contains("kept the existing link"), "the link is not re-attached:\n{}", second.log());
+    assert!(
+        second.log().contains("adopted=true"),
+        "second agent adopts the pinned state:\n{}",
+        second.log()
+    );
+    assert!(
+        second.log().contains("kept the existing link"),
+        "the link is not re-attached:\n{}",
+        second.log()
+    );
     std::thread::sleep(Duration::from_millis(500));
     second.kill();
     assert!(xdp_attached(&lab.node_if), "still attached after a crash");
@@ -418,13 +809,31 @@ fn restarts_and_crashes_leave_no_gap_in_enforcement() {
     let m = third.scrape();
     let passed_ipv4 = sample(
         &m,
-        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{}\",reason=\"no_match\",verdict=\"pass\"}}", lab.node_if),
+        &format!(
+            "tierguard_packets_total{{direction=\"ingress\",interface=\"{}\",reason=\"no_match\",verdict=\"pass\"}}",
+            lab.node_if
+        ),
     );
-    assert_eq!(drops(&m, &lab.node_if), f64::from(sent), "every packet of the stream was dropped; passed: {passed_ipv4:?}");
-    assert_eq!(delivered.join().unwrap(), 0, "no denied datagram reached the node's stack");
-    assert_eq!(sample(&m, "tierguard_policy_generation"), Some(3.0), "each agent applied one generation");
+    assert_eq!(
+        drops(&m, &lab.node_if),
+        f64::from(sent),
+        "every packet of the stream was dropped; passed: {passed_ipv4:?}"
+    );
+    assert_eq!(
+        delivered.join().unwrap(),
+        0,
+        "no denied datagram reached the node's stack"
+    );
+    assert_eq!(
+        sample(&m, "tierguard_policy_generation"),
+        Some(3.0),
+        "each agent applied one generation"
+    );
     assert!(third.stop().success());
-    assert!(!xdp_attached(&lab.node_if), "a non-persisting stop detaches");
+    assert!(
+        !xdp_attached(&lab.node_if),
+        "a non-persisting stop detaches"
+    );
     assert!(!pins.path().exists());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -440,20 +849,72 @@ fn removed_interfaces_are_detached_and_counters_stay_with_their_interface() {
     let pins = PinDir::new("e2e8");
     let pin = pins.path().to_str().unwrap().to_string();
     let addr = free_addr();
-    let first = Agent::start(&["-i", &a.node_if, "-i", &b.node_if, "--pin-path", &pin, "--persist"], addr);
-    assert!(!a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", src_a, &a.node_v4()]));
-    assert!(!b.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", src_b, &b.node_v4()]));
+    let first = Agent::start(
+        &[
+            "-i",
+            &a.node_if,
+            "-i",
+            &b.node_if,
+            "--pin-path",
+            &pin,
+            "--persist",
+        ],
+        addr,
+    );
+    assert!(!a.exec(&[
+        "ping",
+        "-c",
+        "3",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        src_a,
+        &a.node_v4()
+    ]));
+    assert!(!b.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        src_b,
+        &b.node_v4()
+    ]));
     assert!(first.stop().success());
 
     // The next agent enforces on the second interface only, now listed first.
     let second = Agent::start(&["-i", &b.node_if, "--pin-path", &pin], addr);
-    assert!(!xdp_attached(&a.node_if), "an interface removed from the policy is detached");
+    assert!(
+        !xdp_attached(&a.node_if),
+        "an interface removed from the policy is detached"
+    );
     assert!(xdp_attached(&b.node_if));
-    assert!(second.log().contains("detached an interface no longer in the policy"), "{}", second.log());
+    assert!(
+        second
+            .log()
+            .contains("detached an interface no longer in the policy"),
+        "{}",
+        second.log()
+    );
     let m = second.scrape();
-    assert_eq!(drops(&m, &b.node_if), 2.0, "the counters stayed with their interface");
-    assert!(!m.contains(&format!("interface=\"{}\"", a.node_if)), "no series for the removed interface");
-    assert!(a.exec(&["ping", "-c", "1", "-W", "2", "-I", src_a, &a.node_v4()]), "no longer enforced");
+    assert_eq!(
+        drops(&m, &b.node_if),
+        2.0,
+        "the counters stayed with their interface"
+    );
+    assert!(
+        !m.contains(&format!("interface=\"{}\"", a.node_if)),
+        "no series for the removed interface"
+    );
+    assert!(
+        a.exec(&["ping", "-c", "1", "-W", "2", "-I", src_a, &a.node_v4()]),
+        "no longer enforced"
+    );
     assert!(second.stop().success());
     assert!(!xdp_attached(&b.node_if));
 }
@@ -464,15 +925,43 @@ fn generic_mode_is_used_when_asked_and_reported() {
     lab.add_peer_source(DENIED_V4);
     let pins = PinDir::new("e2e6");
     let agent = Agent::start(
-        &["--iface", &lab.node_if, "--xdp-mode", "generic", "--pin-path", pins.path().to_str().unwrap()],
+        &[
+            "--iface",
+            &lab.node_if,
+            "--xdp-mode",
+            "generic",
+            "--pin-path",
+            pins.path().to_str().unwrap(),
+        ],
         free_addr(),
     );
-    let out = String::from_utf8_lossy(&sh(&["ip", "link", "show", "dev", &lab.node_if]).stdout).to_string();
+    let out = String::from_utf8_lossy(&sh(&["ip", "link", "show", "dev", &lab.node_if]).stdout)
+        .to_string();
     assert!(out.contains("xdpgeneric"), "{out}");
     let m = agent.scrape();
-    assert_eq!(sample(&m, &format!("tierguard_xdp_attach_mode{{interface=\"{}\",mode=\"generic\"}}", lab.node_if)), Some(1.0));
+    assert_eq!(
+        sample(
+            &m,
+            &format!(
+                "tierguard_xdp_attach_mode{{interface=\"{}\",mode=\"generic\"}}",
+                lab.node_if
+            )
+        ),
+        Some(1.0)
+    );
     // The embedded default policy denies documentation ranges.
-    assert!(!lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", "-I", DENIED_V4, &lab.node_v4()]));
+    assert!(!lab.exec(&[
+        "ping",
+        "-c",
+        "2",
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+        DENIED_V4,
+        &lab.node_v4()
+    ]));
     assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
     assert_eq!(list_hits(&agent.scrape(), "bogons"), 2.0);
     assert!(agent.stop().success());
@@ -501,15 +990,27 @@ fn audit_log_chains_every_policy_change_and_verify_finds_tampering() {
     let wait_for = |a: &Agent, what: &str, f: &dyn Fn(&str) -> bool| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !f(&a.scrape()) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", a.log());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                a.log()
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     };
     let more = "[[lists]]\nname = \"more\"\naction = \"deny\"\ncidrs = [\"198.51.100.0/24\"]\n";
     std::fs::write(&config, policy(more)).unwrap();
-    wait_for(&agent, "generation 2", &|m| sample(m, "tierguard_policy_generation") == Some(2.0));
-    std::fs::write(&config, policy("[[lists]]\nname = \"bad\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n")).unwrap();
-    wait_for(&agent, "a refused reload", &|m| sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0));
+    wait_for(&agent, "generation 2", &|m| {
+        sample(m, "tierguard_policy_generation") == Some(2.0)
+    });
+    std::fs::write(
+        &config,
+        policy("[[lists]]\nname = \"bad\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n"),
+    )
+    .unwrap();
+    wait_for(&agent, "a refused reload", &|m| {
+        sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0)
+    });
     std::fs::write(&config, policy(more)).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     agent.signal(libc::SIGHUP);
@@ -519,12 +1020,23 @@ fn audit_log_chains_every_policy_change_and_verify_finds_tampering() {
     assert!(again.stop().success());
 
     let text = std::fs::read_to_string(&audit).expect("the audit log was written");
-    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let outline: Vec<(String, String)> = lines
         .iter()
-        .map(|l| (l["trigger"].as_str().unwrap().to_string(), l["result"].as_str().unwrap().to_string()))
+        .map(|l| {
+            (
+                l["trigger"].as_str().unwrap().to_string(),
+                l["result"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
-    let pairs: Vec<(&str, &str)> = outline.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let pairs: Vec<(&str, &str)> = outline
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     assert_eq!(
         pairs,
         [
@@ -537,27 +1049,58 @@ fn audit_log_chains_every_policy_change_and_verify_finds_tampering() {
         ],
         "{text}"
     );
-    assert_eq!(lines[1]["changes"]["lists_added"], serde_json::json!(["more"]));
+    assert_eq!(
+        lines[1]["changes"]["lists_added"],
+        serde_json::json!(["more"])
+    );
     assert_eq!(lines[1]["old_hash"], lines[0]["new_hash"]);
     assert_eq!(lines[1]["generation"], 2);
-    assert!(lines[2]["errors"][0].as_str().unwrap().contains("'10.0.0.0/33' is not a CIDR"), "{}", lines[2]);
+    assert!(
+        lines[2]["errors"][0]
+            .as_str()
+            .unwrap()
+            .contains("'10.0.0.0/33' is not a CIDR"),
+        "{}",
+        lines[2]
+    );
     assert_eq!(lines[5]["seq"], 6, "a restarted agent continues the chain");
 
     let ok = run_cli(&["audit", "verify", audit.to_str().unwrap()]);
-    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stdout)
+    );
     assert!(String::from_utf8_lossy(&ok.stdout).contains("6 records, chain intact"));
 
     // An edited line, then a removed line, are named by number.
     let edited = dir.join("edited.jsonl");
-    std::fs::write(&edited, text.replacen("\"result\":\"refused\"", "\"result\":\"applied\"", 1)).unwrap();
+    std::fs::write(
+        &edited,
+        text.replacen("\"result\":\"refused\"", "\"result\":\"applied\"", 1),
+    )
+    .unwrap();
     let bad = run_cli(&["audit", "verify", edited.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("edited.jsonl:3: hash does not match"), "{}", String::from_utf8_lossy(&bad.stdout));
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("edited.jsonl:3: hash does not match"),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
     let removed = dir.join("removed.jsonl");
-    let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 3).map(|(_, l)| l).collect();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 3)
+        .map(|(_, l)| l)
+        .collect();
     std::fs::write(&removed, kept.join("\n")).unwrap();
     let bad = run_cli(&["audit", "verify", removed.to_str().unwrap()]);
     assert_eq!(bad.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&bad.stdout).contains("removed.jsonl:4: prev does not match"), "{}", String::from_utf8_lossy(&bad.stdout));
+    assert!(
+        String::from_utf8_lossy(&bad.stdout).contains("removed.jsonl:4: prev does not match"),
+        "{}",
+        String::from_utf8_lossy(&bad.stdout)
+    );
     let _ = std::fs::remove_dir_all(dir);
 }

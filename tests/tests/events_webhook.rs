@@ -176,7 +176,9 @@ fn metric(metrics: &str, series: &str) -> u64 {
 fn drops(m: &str, iface: &str) -> u64 {
     metric(
         m,
-        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"deny_list\",verdict=\"drop\"}}"),
+        &format!(
+            "tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"deny_list\",verdict=\"drop\"}}"
+        ),
     )
 }
 
@@ -190,7 +192,10 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
     loop {
         match f() {
             Ok(v) => return v,
-            Err(state) => assert!(Instant::now() < deadline, "timed out waiting for {what}: {state}"),
+            Err(state) => assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {state}"
+            ),
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -199,7 +204,18 @@ fn wait_for<T>(what: &str, mut f: impl FnMut() -> Result<T, String>) -> T {
 fn ping_denied(lab: &Lab, count: u32, interval: &str) {
     let count = count.to_string();
     assert!(
-        !lab.exec(&["ping", "-c", &count, "-i", interval, "-W", "1", "-I", DENIED_V4, &lab.node_v4()]),
+        !lab.exec(&[
+            "ping",
+            "-c",
+            &count,
+            "-i",
+            interval,
+            "-W",
+            "1",
+            "-I",
+            DENIED_V4,
+            &lab.node_v4()
+        ]),
         "denied pings must not be answered"
     );
 }
@@ -240,7 +256,11 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
     ping_denied(&lab, 6, "0.05");
     let events = wait_for("6 events at the server", || {
         let e = server.events();
-        if e.len() >= 6 { Ok(e) } else { Err(format!("{} so far", e.len())) }
+        if e.len() >= 6 {
+            Ok(e)
+        } else {
+            Err(format!("{} so far", e.len()))
+        }
     });
     assert_eq!(events.len(), 6, "{events:#?}");
     for e in &events {
@@ -253,11 +273,17 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
     let reqs = server.requests();
     for r in &reqs {
         assert_eq!(r.request_line, "POST /ingest HTTP/1.1");
-        assert_eq!(r.header("Authorization"), Some(format!("Bearer {TOKEN}").as_str()));
+        assert_eq!(
+            r.header("Authorization"),
+            Some(format!("Bearer {TOKEN}").as_str())
+        );
         assert_eq!(r.header("Content-Type"), Some("application/json"));
         assert_eq!(r.header("Host"), Some(format!("127.0.0.1:{port}").as_str()));
         let n = r.events().len();
-        assert!((1..=3).contains(&n), "batches hold 1 to webhook_batch_max events: {n}");
+        assert!(
+            (1..=3).contains(&n),
+            "batches hold 1 to webhook_batch_max events: {n}"
+        );
     }
     assert!(
         reqs.len() < 6,
@@ -266,10 +292,17 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
     // The file sink got the same events.
     let file = wait_for("6 lines in the file", || {
         let l = lines(&out);
-        if l.len() >= 6 { Ok(l) } else { Err(format!("{} lines", l.len())) }
+        if l.len() >= 6 {
+            Ok(l)
+        } else {
+            Err(format!("{} lines", l.len()))
+        }
     });
     let key = |v: &[Value]| {
-        let mut t: Vec<u64> = v.iter().map(|e| e["time_unix_ns"].as_u64().unwrap()).collect();
+        let mut t: Vec<u64> = v
+            .iter()
+            .map(|e| e["time_unix_ns"].as_u64().unwrap())
+            .collect();
         t.sort();
         t
     };
@@ -284,18 +317,32 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
     server.stop();
     let n2 = 50u64;
     ping_denied(&lab, n2 as u32, "0.002");
-    let m = wait_for("every webhook line of the outage counted as failed or shed", || {
-        let m = agent.scrape();
-        let (f, q) = (metric(&m, FAILED), metric(&m, QUEUE_FULL));
-        if f + q >= n2 { Ok(m) } else { Err(format!("failed {f}, queue_full {q}")) }
-    });
+    let m = wait_for(
+        "every webhook line of the outage counted as failed or shed",
+        || {
+            let m = agent.scrape();
+            let (f, q) = (metric(&m, FAILED), metric(&m, QUEUE_FULL));
+            if f + q >= n2 {
+                Ok(m)
+            } else {
+                Err(format!("failed {f}, queue_full {q}"))
+            }
+        },
+    );
     assert_eq!(drops(&m, &lab.node_if), 6 + n2, "enforcement goes on");
     assert_eq!(metric(&m, DELIVERED), 6);
     let (failed, shed) = (metric(&m, FAILED), metric(&m, QUEUE_FULL));
     assert_eq!(failed + shed, n2, "failed {failed} + shed {shed}");
     assert!(failed >= 1, "batches given up are counted");
-    assert!(shed >= 1, "a full queue sheds: failed {failed}, shed {shed}");
-    assert_eq!(lines(&out).len() as u64, 6 + n2, "the file sink is not held up");
+    assert!(
+        shed >= 1,
+        "a full queue sheds: failed {failed}, shed {shed}"
+    );
+    assert_eq!(
+        lines(&out).len() as u64,
+        6 + n2,
+        "the file sink is not held up"
+    );
     let log = agent.log();
     assert_eq!(
         log.matches("event webhook failing").count(),
@@ -309,7 +356,11 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
     ping_denied(&lab, 4, "0.2");
     let events = wait_for("4 new events at the restarted server", || {
         let e = server2.events();
-        if e.len() >= 4 { Ok(e) } else { Err(format!("{} so far", e.len())) }
+        if e.len() >= 4 {
+            Ok(e)
+        } else {
+            Err(format!("{} so far", e.len()))
+        }
     });
     assert_eq!(events.len(), 4);
     assert!(events.iter().all(|e| e["src"] == DENIED_V4));
@@ -321,13 +372,25 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
     );
     let m = wait_for("delivered = 10", || {
         let m = agent.scrape();
-        if metric(&m, DELIVERED) >= 10 { Ok(m) } else { Err(m) }
+        if metric(&m, DELIVERED) >= 10 {
+            Ok(m)
+        } else {
+            Err(m)
+        }
     });
     assert_eq!(metric(&m, DELIVERED), 10);
     assert_eq!(drops(&m, &lab.node_if), 6 + n2 + 4);
-    assert_eq!(metric(&m, FAILED) + metric(&m, QUEUE_FULL), n2, "nothing lost after the return");
+    assert_eq!(
+        metric(&m, FAILED) + metric(&m, QUEUE_FULL),
+        n2,
+        "nothing lost after the return"
+    );
     let log = agent.log();
-    assert_eq!(log.matches("event webhook delivers again").count(), 1, "{log}");
+    assert_eq!(
+        log.matches("event webhook delivers again").count(),
+        1,
+        "{log}"
+    );
     assert_eq!(log.matches("event webhook failing").count(), 1, "{log}");
     assert!(!log.contains(TOKEN));
     assert!(agent.stop().success());

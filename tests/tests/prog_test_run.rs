@@ -10,12 +10,15 @@ use tierguard::{
     policy::CompiledPolicy,
 };
 use tierguard_common::{
+    Reason, Verdict,
     build::*,
     decide,
-    maps::{DirectBlock, Direction, ListEntry, PrefixKeyV4, PrefixKeyV6, V4_DIRECT_BLOCKS, V6_BUCKETS, V6Bucket, names, programs},
+    maps::{
+        DirectBlock, Direction, ListEntry, PrefixKeyV4, PrefixKeyV6, V4_DIRECT_BLOCKS, V6_BUCKETS,
+        V6Bucket, names, programs,
+    },
     packet::*,
     parse::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, MAX_IPV6_EXT_HEADERS},
-    Reason, Verdict,
 };
 use tierguard_tests::{Rng, pins::PinDir};
 
@@ -52,12 +55,19 @@ fn fixture(name: &str, toml: &str) -> Fixture {
     let policy = CompiledPolicy::compile(&config).expect("compiles");
     let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
     dp.apply(&policy).unwrap_or_else(|e| panic!("apply: {e}"));
-    Fixture { dp, policy, _pins: pins }
+    Fixture {
+        dp,
+        policy,
+        _pins: pins,
+    }
 }
 
 impl Fixture {
     fn run(&mut self, frame: &[u8]) -> u32 {
-        self.dp.test_run(programs::INGRESS, frame, 1).unwrap_or_else(|e| panic!("test_run: {e}")).action
+        self.dp
+            .test_run(programs::INGRESS, frame, 1)
+            .unwrap_or_else(|e| panic!("test_run: {e}"))
+            .action
     }
 
     /// Runs `frame`, checks the action and that exactly one packet was counted under `reason`.
@@ -71,8 +81,16 @@ impl Fixture {
         };
         assert_eq!(action, want, "action for {reason:?} frame {frame:02x?}");
         let after = reader.counter(0, Direction::Ingress, reason).unwrap();
-        assert_eq!(after.packets, before.packets + 1, "packets counted under {reason:?}");
-        assert_eq!(after.bytes, before.bytes + frame.len() as u64, "bytes counted under {reason:?}");
+        assert_eq!(
+            after.packets,
+            before.packets + 1,
+            "packets counted under {reason:?}"
+        );
+        assert_eq!(
+            after.bytes,
+            before.bytes + frame.len() as u64,
+            "bytes counted under {reason:?}"
+        );
     }
 }
 
@@ -81,43 +99,117 @@ fn the_dispatcher_runs_the_installed_program_and_fails_open_without_one() {
     let mut f = fixture("dispatch", POLICY);
     let denied = v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0));
     let reader = f.dp.stats_reader().unwrap();
-    let action = f.dp.test_run(programs::DISPATCH, &denied, 1).unwrap().action;
+    let action =
+        f.dp.test_run(programs::DISPATCH, &denied, 1)
+            .unwrap()
+            .action;
     assert_eq!(action, XDP_PASS, "nothing installed yet: pass");
-    assert_eq!(reader.counter(0, Direction::Ingress, Reason::NoProgram).unwrap().packets, 1);
+    assert_eq!(
+        reader
+            .counter(0, Direction::Ingress, Reason::NoProgram)
+            .unwrap()
+            .packets,
+        1
+    );
     f.dp.install().unwrap();
-    assert_eq!(f.dp.test_run(programs::DISPATCH, &denied, 1).unwrap().action, XDP_DROP);
-    assert_eq!(reader.counter(0, Direction::Ingress, Reason::DenyList).unwrap().packets, 1);
+    assert_eq!(
+        f.dp.test_run(programs::DISPATCH, &denied, 1)
+            .unwrap()
+            .action,
+        XDP_DROP
+    );
+    assert_eq!(
+        reader
+            .counter(0, Direction::Ingress, Reason::DenyList)
+            .unwrap()
+            .packets,
+        1
+    );
     let other = v4_frame(OTHER4, NODE4, PROTO_UDP, &udp(1, 2, 0));
-    assert_eq!(f.dp.test_run(programs::DISPATCH, &other, 1).unwrap().action, XDP_PASS);
-    assert_eq!(reader.counter(0, Direction::Ingress, Reason::NoMatch).unwrap().packets, 1);
+    assert_eq!(
+        f.dp.test_run(programs::DISPATCH, &other, 1).unwrap().action,
+        XDP_PASS
+    );
+    assert_eq!(
+        reader
+            .counter(0, Direction::Ingress, Reason::NoMatch)
+            .unwrap()
+            .packets,
+        1
+    );
 }
 
 #[test]
 fn ipv4_deny_allow_and_miss() {
     let mut f = fixture("v4", POLICY);
-    f.expect(&v4_frame(DENIED4, NODE4, PROTO_TCP, &tcp(40000, 443, TCP_SYN, 0)), Reason::DenyList);
-    f.expect(&v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(53, 53, 10)), Reason::DenyList);
-    f.expect(&v4_frame(DENIED4, NODE4, PROTO_ICMP, &icmp(8, 0)), Reason::DenyList);
-    f.expect(&v4_frame([10, 66, 200, 1], NODE4, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)), Reason::DenyList);
-    f.expect(&v4_frame(EXCEPT4, NODE4, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)), Reason::AllowList);
+    f.expect(
+        &v4_frame(DENIED4, NODE4, PROTO_TCP, &tcp(40000, 443, TCP_SYN, 0)),
+        Reason::DenyList,
+    );
+    f.expect(
+        &v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(53, 53, 10)),
+        Reason::DenyList,
+    );
+    f.expect(
+        &v4_frame(DENIED4, NODE4, PROTO_ICMP, &icmp(8, 0)),
+        Reason::DenyList,
+    );
+    f.expect(
+        &v4_frame([10, 66, 200, 1], NODE4, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)),
+        Reason::DenyList,
+    );
+    f.expect(
+        &v4_frame(EXCEPT4, NODE4, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)),
+        Reason::AllowList,
+    );
     // A /25 exception inside a denied /24 goes through the /32 table.
-    f.expect(&v4_frame([198, 51, 100, 200], NODE4, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)), Reason::AllowList);
-    f.expect(&v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)), Reason::NoMatch);
+    f.expect(
+        &v4_frame(
+            [198, 51, 100, 200],
+            NODE4,
+            PROTO_TCP,
+            &tcp(1, 22, TCP_SYN, 0),
+        ),
+        Reason::AllowList,
+    );
+    f.expect(
+        &v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)),
+        Reason::NoMatch,
+    );
     // The destination is not what lists match.
-    f.expect(&v4_frame(OTHER4, DENIED4, PROTO_UDP, &udp(1, 2, 0)), Reason::NoMatch);
+    f.expect(
+        &v4_frame(OTHER4, DENIED4, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::NoMatch,
+    );
 
     let reader = f.dp.stats_reader().unwrap();
     assert_eq!(reader.list_counter(0).unwrap().packets, 4, "deny-wide hits");
-    assert_eq!(reader.list_counter(1).unwrap().packets, 2, "allow-exceptions hits");
+    assert_eq!(
+        reader.list_counter(1).unwrap().packets,
+        2,
+        "allow-exceptions hits"
+    );
 }
 
 #[test]
 fn ipv6_deny_allow_and_miss() {
     let mut f = fixture("v6", POLICY);
-    f.expect(&v6_frame(DENIED6, NODE6, PROTO_TCP, &tcp(1, 443, TCP_SYN, 0)), Reason::DenyList);
-    f.expect(&v6_frame(DENIED6, NODE6, PROTO_ICMPV6, &icmp(128, 0)), Reason::DenyList);
-    f.expect(&v6_frame(EXCEPT6, NODE6, PROTO_UDP, &udp(1, 53, 0)), Reason::AllowList);
-    f.expect(&v6_frame(OTHER6, NODE6, PROTO_TCP, &tcp(1, 443, TCP_SYN, 0)), Reason::NoMatch);
+    f.expect(
+        &v6_frame(DENIED6, NODE6, PROTO_TCP, &tcp(1, 443, TCP_SYN, 0)),
+        Reason::DenyList,
+    );
+    f.expect(
+        &v6_frame(DENIED6, NODE6, PROTO_ICMPV6, &icmp(128, 0)),
+        Reason::DenyList,
+    );
+    f.expect(
+        &v6_frame(EXCEPT6, NODE6, PROTO_UDP, &udp(1, 53, 0)),
+        Reason::AllowList,
+    );
+    f.expect(
+        &v6_frame(OTHER6, NODE6, PROTO_TCP, &tcp(1, 443, TCP_SYN, 0)),
+        Reason::NoMatch,
+    );
 }
 
 /// Prefix lengths on both sides of /64 (bucket table up to /64, hash map
@@ -137,19 +229,19 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "2001:db8:0:4:1::/80", "fd0
 "#;
     let mut f = fixture("v6many", MANY);
     let cases: [(&str, Reason); 15] = [
-        ("2001:db8:0:1::5", Reason::DenyList),       // /128 inside /127 inside /72
-        ("2001:db8:0:1::4", Reason::AllowList),      // /127
-        ("2001:db8:0:1::6", Reason::AllowList),      // /72
-        ("2001:db8:0:1:100::", Reason::DenyList),    // /64
-        ("2001:db8:0:1:8000::1", Reason::DenyList),  // /65
-        ("2001:db8:0:3::1", Reason::DenyList),       // /63
-        ("2001:db8:0:7:ffff::", Reason::DenyList),   // /62
-        ("2001:db8:0:4:1::9", Reason::AllowList),    // /80 inside the /62
-        ("2001:db8:7f::1", Reason::DenyList),        // /44
-        ("2001:db8:77:8000::1", Reason::AllowList),  // /49
-        ("2001:db8:9::1", Reason::DenyList),         // /32
-        ("fd00:1::1", Reason::AllowList),            // /33
-        ("fd00:1:8000::1", Reason::DenyList),        // /8, outside the /33
+        ("2001:db8:0:1::5", Reason::DenyList), // /128 inside /127 inside /72
+        ("2001:db8:0:1::4", Reason::AllowList), // /127
+        ("2001:db8:0:1::6", Reason::AllowList), // /72
+        ("2001:db8:0:1:100::", Reason::DenyList), // /64
+        ("2001:db8:0:1:8000::1", Reason::DenyList), // /65
+        ("2001:db8:0:3::1", Reason::DenyList), // /63
+        ("2001:db8:0:7:ffff::", Reason::DenyList), // /62
+        ("2001:db8:0:4:1::9", Reason::AllowList), // /80 inside the /62
+        ("2001:db8:7f::1", Reason::DenyList),  // /44
+        ("2001:db8:77:8000::1", Reason::AllowList), // /49
+        ("2001:db8:9::1", Reason::DenyList),   // /32
+        ("fd00:1::1", Reason::AllowList),      // /33
+        ("fd00:1:8000::1", Reason::DenyList),  // /8, outside the /33
         ("2001:db9::1", Reason::NoMatch),
         ("fe80::1", Reason::NoMatch),
     ];
@@ -157,7 +249,10 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "2001:db8:0:4:1::/80", "fd0
         let a: std::net::Ipv6Addr = addr.parse().unwrap();
         let want = decide::ingress(f.policy.lookup_source(IpAddr::V6(a))).reason;
         assert_eq!(want, reason, "user space for {addr}");
-        f.expect(&v6_frame(a.octets(), NODE6, PROTO_UDP, &udp(1, 2, 0)), reason);
+        f.expect(
+            &v6_frame(a.octets(), NODE6, PROTO_UDP, &udp(1, 2, 0)),
+            reason,
+        );
     }
 }
 
@@ -166,29 +261,91 @@ fn no_evasion_by_vlan_options_extension_headers_or_fragments() {
     let mut f = fixture("evasion", POLICY);
     let inner = V4::new(DENIED4, NODE4, PROTO_TCP).packet(&tcp(1, 22, TCP_SYN, 0));
     f.expect(&ether(&[ETH_P_8021Q], ETH_P_IPV4, &inner), Reason::DenyList);
-    f.expect(&ether(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV4, &inner), Reason::DenyList);
-    f.expect(&ether(&[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q], ETH_P_IPV4, &inner), Reason::VlanDepth);
+    f.expect(
+        &ether(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV4, &inner),
+        Reason::DenyList,
+    );
+    f.expect(
+        &ether(
+            &[ETH_P_8021AD, ETH_P_8021Q, ETH_P_8021Q],
+            ETH_P_IPV4,
+            &inner,
+        ),
+        Reason::VlanDepth,
+    );
 
     let mut v = V4::new(DENIED4, NODE4, PROTO_UDP);
     v.options = vec![0x94, 0x04, 0, 0];
-    f.expect(&ether(&[], ETH_P_IPV4, &v.packet(&udp(1, 53, 0))), Reason::DenyList);
+    f.expect(
+        &ether(&[], ETH_P_IPV4, &v.packet(&udp(1, 53, 0))),
+        Reason::DenyList,
+    );
     v.options.clear();
     v.frag_offset = 100;
-    f.expect(&ether(&[], ETH_P_IPV4, &v.packet(&[0u8; 32])), Reason::DenyList);
+    f.expect(
+        &ether(&[], ETH_P_IPV4, &v.packet(&[0u8; 32])),
+        Reason::DenyList,
+    );
     v.frag_offset = 0;
     v.more_fragments = true;
-    f.expect(&ether(&[], ETH_P_IPV4, &v.packet(&[0u8; 4])), Reason::TinyFragment);
+    f.expect(
+        &ether(&[], ETH_P_IPV4, &v.packet(&[0u8; 4])),
+        Reason::TinyFragment,
+    );
 
-    let exts = [Ext::HopByHop, Ext::Routing, Ext::Auth { len: 4 }, Ext::DestOpts];
-    f.expect(&ether(&[], ETH_P_IPV6, &ipv6(DENIED6, NODE6, &exts, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0))), Reason::DenyList);
-    let later = [Ext::Fragment { offset: 64, more: false }];
-    f.expect(&ether(&[], ETH_P_IPV6, &ipv6(DENIED6, NODE6, &later, PROTO_TCP, &[0u8; 24])), Reason::DenyList);
+    let exts = [
+        Ext::HopByHop,
+        Ext::Routing,
+        Ext::Auth { len: 4 },
+        Ext::DestOpts,
+    ];
+    f.expect(
+        &ether(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(DENIED6, NODE6, &exts, PROTO_TCP, &tcp(1, 22, TCP_SYN, 0)),
+        ),
+        Reason::DenyList,
+    );
+    let later = [Ext::Fragment {
+        offset: 64,
+        more: false,
+    }];
+    f.expect(
+        &ether(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(DENIED6, NODE6, &later, PROTO_TCP, &[0u8; 24]),
+        ),
+        Reason::DenyList,
+    );
     let long = vec![Ext::DestOpts; MAX_IPV6_EXT_HEADERS + 1];
-    f.expect(&ether(&[], ETH_P_IPV6, &ipv6(OTHER6, NODE6, &long, PROTO_UDP, &udp(1, 2, 0))), Reason::Ipv6ExtChain);
+    f.expect(
+        &ether(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(OTHER6, NODE6, &long, PROTO_UDP, &udp(1, 2, 0)),
+        ),
+        Reason::Ipv6ExtChain,
+    );
     let eight = vec![Ext::DestOpts; MAX_IPV6_EXT_HEADERS];
-    f.expect(&ether(&[], ETH_P_IPV6, &ipv6(OTHER6, NODE6, &eight, PROTO_UDP, &udp(1, 2, 0))), Reason::NoMatch);
+    f.expect(
+        &ether(
+            &[],
+            ETH_P_IPV6,
+            &ipv6(OTHER6, NODE6, &eight, PROTO_UDP, &udp(1, 2, 0)),
+        ),
+        Reason::NoMatch,
+    );
     // A VLAN-tagged IPv6 packet with extension headers.
-    f.expect(&ether(&[ETH_P_8021Q], ETH_P_IPV6, &ipv6(DENIED6, NODE6, &exts, PROTO_UDP, &udp(1, 2, 0))), Reason::DenyList);
+    f.expect(
+        &ether(
+            &[ETH_P_8021Q],
+            ETH_P_IPV6,
+            &ipv6(DENIED6, NODE6, &exts, PROTO_UDP, &udp(1, 2, 0)),
+        ),
+        Reason::DenyList,
+    );
 }
 
 #[test]
@@ -197,12 +354,44 @@ fn truncation_at_each_header_boundary_is_dropped() {
     // The kernel refuses frames shorter than an Ethernet header for test runs,
     // so cuts start at 14 bytes; shorter ones are covered by the host tests.
     let cases: Vec<(Vec<u8>, usize)> = vec![
-        (v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(1, 2, TCP_ACK, 0)), 14 + 20 + 20),
-        (v4_frame(OTHER4, NODE4, PROTO_UDP, &udp(1, 2, 0)), 14 + 20 + 8),
-        (v4_frame(OTHER4, NODE4, PROTO_ICMP, &icmp(8, 0)), 14 + 20 + 4),
-        (v6_frame(OTHER6, NODE6, PROTO_TCP, &tcp(1, 2, TCP_ACK, 0)), 14 + 40 + 20),
-        (ether(&[], ETH_P_IPV6, &ipv6(OTHER6, NODE6, &[Ext::HopByHop, Ext::DestOpts], PROTO_UDP, &udp(1, 2, 0))), 14 + 40 + 16 + 8),
-        (ether(&[ETH_P_8021AD, ETH_P_8021Q], ETH_P_IPV4, &V4::new(OTHER4, NODE4, PROTO_UDP).packet(&udp(1, 2, 0))), 14 + 8 + 20 + 8),
+        (
+            v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(1, 2, TCP_ACK, 0)),
+            14 + 20 + 20,
+        ),
+        (
+            v4_frame(OTHER4, NODE4, PROTO_UDP, &udp(1, 2, 0)),
+            14 + 20 + 8,
+        ),
+        (
+            v4_frame(OTHER4, NODE4, PROTO_ICMP, &icmp(8, 0)),
+            14 + 20 + 4,
+        ),
+        (
+            v6_frame(OTHER6, NODE6, PROTO_TCP, &tcp(1, 2, TCP_ACK, 0)),
+            14 + 40 + 20,
+        ),
+        (
+            ether(
+                &[],
+                ETH_P_IPV6,
+                &ipv6(
+                    OTHER6,
+                    NODE6,
+                    &[Ext::HopByHop, Ext::DestOpts],
+                    PROTO_UDP,
+                    &udp(1, 2, 0),
+                ),
+            ),
+            14 + 40 + 16 + 8,
+        ),
+        (
+            ether(
+                &[ETH_P_8021AD, ETH_P_8021Q],
+                ETH_P_IPV4,
+                &V4::new(OTHER4, NODE4, PROTO_UDP).packet(&udp(1, 2, 0)),
+            ),
+            14 + 8 + 20 + 8,
+        ),
     ];
     for (frame, full) in cases {
         for cut in 14..full {
@@ -230,7 +419,10 @@ fn malformed_headers_are_dropped_and_non_ip_passes() {
     let mut mpls = vec![0x00, 0x01, 0x01, 0x40];
     mpls.extend_from_slice(&inner);
     f.expect(&ether(&[], 0x8847, &mpls), Reason::UnsupportedEncap);
-    f.expect(&ether(&[ETH_P_8021Q], 0x8864, &[0u8; 48]), Reason::UnsupportedEncap);
+    f.expect(
+        &ether(&[ETH_P_8021Q], 0x8864, &[0u8; 48]),
+        Reason::UnsupportedEncap,
+    );
     f.expect(&ether(&[ETH_P_8021Q], 0x88cc, &[0u8; 40]), Reason::NonIp);
 }
 
@@ -277,7 +469,10 @@ fn kernel_matches_user_space_on_random_policies() {
                 }
             }
             let quoted: Vec<String> = cidrs.iter().map(|c| format!("\"{c}\"")).collect();
-            lists.push_str(&format!("[[lists]]\nname = \"l{l}\"\naction = \"{action}\"\ncidrs = [{}]\n", quoted.join(", ")));
+            lists.push_str(&format!(
+                "[[lists]]\nname = \"l{l}\"\naction = \"{action}\"\ncidrs = [{}]\n",
+                quoted.join(", ")
+            ));
         }
         let mut f = fixture(&format!("prop{round}"), &lists);
         let mut seen = [0usize; 3];
@@ -301,20 +496,31 @@ fn kernel_matches_user_space_on_random_policies() {
                 v6_frame(src, NODE6, PROTO_TCP, &tcp(1, 2, TCP_SYN, 0))
             };
             let parsed = tierguard_common::parse::parse(&frame[..]).unwrap();
-            let src: IpAddr = if parsed.family == 4 { IpAddr::from(parsed.src_v4()) } else { IpAddr::from(parsed.src) };
+            let src: IpAddr = if parsed.family == 4 {
+                IpAddr::from(parsed.src_v4())
+            } else {
+                IpAddr::from(parsed.src)
+            };
             let want = decide::ingress(f.policy.lookup_source(src));
             let expected = match want.reason.verdict() {
                 Verdict::Pass => XDP_PASS,
                 Verdict::Drop => XDP_DROP,
             };
-            assert_eq!(f.run(&frame), expected, "round {round}: source {src} expected {want:?}");
+            assert_eq!(
+                f.run(&frame),
+                expected,
+                "round {round}: source {src} expected {want:?}"
+            );
             seen[match want.reason {
                 Reason::DenyList => 0,
                 Reason::AllowList => 1,
                 _ => 2,
             }] += 1;
         }
-        assert!(seen.iter().all(|&n| n > 10), "round {round}: too few of some outcome (deny, allow, miss): {seen:?}");
+        assert!(
+            seen.iter().all(|&n| n > 10),
+            "round {round}: too few of some outcome (deny, allow, miss): {seen:?}"
+        );
     }
 }
 
@@ -326,12 +532,20 @@ fn ipnet(addr: IpAddr, len: u8) -> String {
 #[test]
 fn reload_switches_generation_and_removes_the_old_one() {
     // Generation 1 has IPv6 entries in both tables (a /128 in the hash map).
-    let first = format!("{POLICY}\n[[lists]]\nname = \"host\"\naction = \"deny\"\ncidrs = [\"2001:db8:1::9/128\"]\n");
+    let first = format!(
+        "{POLICY}\n[[lists]]\nname = \"host\"\naction = \"deny\"\ncidrs = [\"2001:db8:1::9/128\"]\n"
+    );
     let mut f = fixture("reload", &first);
     assert_eq!(f.dp.generation().unwrap(), 1);
-    f.expect(&v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
+    f.expect(
+        &v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::DenyList,
+    );
     let host6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 9];
-    f.expect(&v6_frame(host6, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
+    f.expect(
+        &v6_frame(host6, NODE6, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::DenyList,
+    );
     let next = Config::load_str(
         "[[lists]]\nname = \"only\"\naction = \"deny\"\ncidrs = [\"10.1.1.0/24\", \"fd00:5::/48\", \"fd00:6::1/128\"]\n",
         "next.toml",
@@ -340,18 +554,36 @@ fn reload_switches_generation_and_removes_the_old_one() {
     .unwrap();
     let next = CompiledPolicy::compile(&next).unwrap();
     assert_eq!(f.dp.apply(&next).unwrap(), 2);
-    f.expect(&v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0)), Reason::NoMatch);
-    f.expect(&v4_frame(OTHER4, NODE4, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
-    f.expect(&v6_frame(DENIED6, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::NoMatch);
-    f.expect(&v6_frame(host6, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::NoMatch);
+    f.expect(
+        &v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::NoMatch,
+    );
+    f.expect(
+        &v4_frame(OTHER4, NODE4, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::DenyList,
+    );
+    f.expect(
+        &v6_frame(DENIED6, NODE6, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::NoMatch,
+    );
+    f.expect(
+        &v6_frame(host6, NODE6, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::NoMatch,
+    );
     let mut in48 = [0u8; 16];
     in48[..6].copy_from_slice(&[0xfd, 0, 0, 5, 0, 0]);
     in48[15] = 1;
-    f.expect(&v6_frame(in48, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
+    f.expect(
+        &v6_frame(in48, NODE6, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::DenyList,
+    );
     let mut host = [0u8; 16];
     host[..4].copy_from_slice(&[0xfd, 0, 0, 6]);
     host[15] = 1;
-    f.expect(&v6_frame(host, NODE6, PROTO_UDP, &udp(1, 2, 0)), Reason::DenyList);
+    f.expect(
+        &v6_frame(host, NODE6, PROTO_UDP, &udp(1, 2, 0)),
+        Reason::DenyList,
+    );
     // Only the live generation's entries remain in the tables.
     let map = f.dp.ebpf_mut().map_mut(names::V4_DIRECT).unwrap();
     let direct = aya::maps::Array::<_, DirectBlock>::try_from(map).unwrap();
@@ -359,14 +591,27 @@ fn reload_switches_generation_and_removes_the_old_one() {
         .filter(|i| direct.get(i, 0).unwrap() != DirectBlock::EMPTY)
         .collect();
     // 10.1.1.0/24 is /24 number 0x0a0101, in block 0x0a0101 / 64 of slot 0 (generation 2).
-    assert_eq!(used, [0x0a0101 / 64], "only the live generation's block remains");
+    assert_eq!(
+        used,
+        [0x0a0101 / 64],
+        "only the live generation's block remains"
+    );
     let map = f.dp.ebpf_mut().map_mut(names::LIST_V4).unwrap();
     let v4 = aya::maps::HashMap::<_, PrefixKeyV4, ListEntry>::try_from(map).unwrap();
     assert_eq!(v4.keys().count(), 0);
     let map = f.dp.ebpf_mut().map_mut(names::LIST_V6).unwrap();
     let v6 = aya::maps::HashMap::<_, PrefixKeyV6, ListEntry>::try_from(map).unwrap();
     let keys: Vec<PrefixKeyV6> = v6.keys().map(|k| k.unwrap()).collect();
-    assert_eq!(keys, [PrefixKeyV6 { slot: 0, len: 128, _pad: [0; 2], addr: host }], "only the live /128 remains");
+    assert_eq!(
+        keys,
+        [PrefixKeyV6 {
+            slot: 0,
+            len: 128,
+            _pad: [0; 2],
+            addr: host
+        }],
+        "only the live /128 remains"
+    );
     let map = f.dp.ebpf_mut().map_mut(names::V6_TABLE).unwrap();
     let table = aya::maps::Array::<_, V6Bucket>::try_from(map).unwrap();
     let used: Vec<u32> = (0..2 * V6_BUCKETS)

@@ -20,7 +20,10 @@ use crate::config::Config;
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 fn sha256_hex(data: &[u8]) -> String {
-    Sha256::digest(data).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// The hash a line must carry: over its JSON without the `hash` field.
@@ -41,9 +44,15 @@ impl AuditLog {
         let (prev, seq) = match std::fs::read_to_string(path) {
             Ok(text) => match text.lines().rev().find(|l| !l.trim().is_empty()) {
                 Some(last) => {
-                    let v: Value = serde_json::from_str(last)
-                        .map_err(|e| format!("{}: last line is not JSON ({e}); refusing to extend the chain", path.display()))?;
-                    let hash = v["hash"].as_str().ok_or_else(|| format!("{}: last line has no hash", path.display()))?;
+                    let v: Value = serde_json::from_str(last).map_err(|e| {
+                        format!(
+                            "{}: last line is not JSON ({e}); refusing to extend the chain",
+                            path.display()
+                        )
+                    })?;
+                    let hash = v["hash"]
+                        .as_str()
+                        .ok_or_else(|| format!("{}: last line has no hash", path.display()))?;
                     (hash.to_string(), v["seq"].as_u64().unwrap_or(0))
                 }
                 None => (GENESIS.to_string(), 0),
@@ -51,7 +60,11 @@ impl AuditLog {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => (GENESIS.to_string(), 0),
             Err(e) => return Err(format!("cannot read audit log {}: {e}", path.display())),
         };
-        Ok(AuditLog { path: path.to_path_buf(), prev, seq })
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            prev,
+            seq,
+        })
     }
 
     /// Appends one record (fields of `record` plus seq, prev and hash).
@@ -83,8 +96,12 @@ pub fn summary(old: Option<&Config>, new: Option<&Config>) -> Value {
             c.lists
                 .iter()
                 .map(|l| {
-                    let prefixes: Vec<String> = l.prefixes.iter().map(ToString::to_string).collect();
-                    (l.name.clone(), format!("{} {}", l.action.name(), prefixes.join(",")))
+                    let prefixes: Vec<String> =
+                        l.prefixes.iter().map(ToString::to_string).collect();
+                    (
+                        l.name.clone(),
+                        format!("{} {}", l.action.name(), prefixes.join(",")),
+                    )
                 })
                 .collect()
         })
@@ -93,7 +110,10 @@ pub fn summary(old: Option<&Config>, new: Option<&Config>) -> Value {
     let (a, b) = (digest(old), digest(new));
     let added: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
     let removed: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
-    let changed: Vec<&String> = b.keys().filter(|k| a.get(*k).is_some_and(|v| Some(v) != b.get(*k))).collect();
+    let changed: Vec<&String> = b
+        .keys()
+        .filter(|k| a.get(*k).is_some_and(|v| Some(v) != b.get(*k)))
+        .collect();
     json!({ "lists_added": added, "lists_removed": removed, "lists_changed": changed })
 }
 
@@ -115,7 +135,9 @@ pub fn verify(text: &str) -> Result<usize, Break> {
             continue;
         }
         let brk = |problem: String| Break { line: n, problem };
-        let Value::Object(mut r) = serde_json::from_str::<Value>(line).map_err(|e| brk(format!("not JSON: {e}")))? else {
+        let Value::Object(mut r) =
+            serde_json::from_str::<Value>(line).map_err(|e| brk(format!("not JSON: {e}")))?
+        else {
             return Err(brk("not a JSON object".into()));
         };
         let Some(Value::String(hash)) = r.remove("hash") else {
@@ -125,13 +147,18 @@ pub fn verify(text: &str) -> Result<usize, Break> {
             return Err(brk("prev does not match the hash of the line before: a line was removed, reordered or inserted".into()));
         }
         if line_hash(&r) != hash {
-            return Err(brk("hash does not match the line's content: the line was edited".into()));
+            return Err(brk(
+                "hash does not match the line's content: the line was edited".into(),
+            ));
         }
-        let seq = r.get("seq").and_then(Value::as_u64).ok_or_else(|| brk("no seq field".into()))?;
-        if let Some(want) = expect_seq {
-            if seq != want {
-                return Err(brk(format!("seq {seq} where {want} was expected")));
-            }
+        let seq = r
+            .get("seq")
+            .and_then(Value::as_u64)
+            .ok_or_else(|| brk("no seq field".into()))?;
+        if let Some(want) = expect_seq
+            && seq != want
+        {
+            return Err(brk(format!("seq {seq} where {want} was expected")));
         }
         expect_seq = Some(seq + 1);
         prev = hash;

@@ -246,7 +246,10 @@ fn events_bad_values_are_refused_with_their_place() {
 #[test]
 fn audit_log_must_be_an_absolute_file_path() {
     let c = load("[agent]\naudit_log = \"/var/log/tierguard/audit.jsonl\"\n").unwrap();
-    assert_eq!(c.agent.audit_log.as_deref(), Some(Path::new("/var/log/tierguard/audit.jsonl")));
+    assert_eq!(
+        c.agent.audit_log.as_deref(),
+        Some(Path::new("/var/log/tierguard/audit.jsonl"))
+    );
     let e = only_error("[agent]\naudit_log = \"audit.jsonl\"\n");
     assert_eq!((e.line, e.column), (2, 13));
     assert!(e.message.contains("absolute path"), "{e}");

@@ -131,7 +131,11 @@ fn config(nets: Vec<IpNetwork>) -> Config {
             action: ListAction::Deny,
             description: None,
             prefixes: nets,
-            origin: Origin { file: "benchmark".into(), line: 0, column: 0 },
+            origin: Origin {
+                file: "benchmark".into(),
+                line: 0,
+                column: 0,
+            },
             files: Vec::new(),
         }],
         events: Default::default(),
@@ -154,7 +158,7 @@ fn inside(net: &IpNetwork, rng: &mut Rng) -> IpAddr {
     match net {
         IpNetwork::V4(n) => {
             let mut o = n.network().octets();
-            o[3] = rng.next() as u8;
+            o[3] = rng.next_u64() as u8;
             IpAddr::from(o)
         }
         IpNetwork::V6(n) => {
@@ -167,7 +171,10 @@ fn inside(net: &IpNetwork, rng: &mut Rng) -> IpAddr {
 }
 
 fn fill_sources(dp: &mut Datapath, sources: &[[u8; 16]]) {
-    let map = dp.ebpf_mut().map_mut(names::BENCH_SOURCES).expect("bench source map");
+    let map = dp
+        .ebpf_mut()
+        .map_mut(names::BENCH_SOURCES)
+        .expect("bench source map");
     let mut a: aya::maps::Array<_, [u8; 16]> = aya::maps::Array::try_from(map).expect("array");
     for (i, s) in sources.iter().enumerate() {
         a.set(i as u32, *s, 0).expect("set source");
@@ -178,8 +185,14 @@ fn fill_sources(dp: &mut Datapath, sources: &[[u8; 16]]) {
 fn median_ns(dp: &mut Datapath, prog: &str, frame: &[u8], want: u32) -> f64 {
     let mut v: Vec<f64> = (0..ROUNDS)
         .map(|_| {
-            let r = dp.test_run(prog, frame, REPEAT).unwrap_or_else(|e| panic!("test_run {prog}: {e}"));
-            assert_eq!(r.action, want, "{prog} returned {} (expected {want})", r.action);
+            let r = dp
+                .test_run(prog, frame, REPEAT)
+                .unwrap_or_else(|e| panic!("test_run {prog}: {e}"));
+            assert_eq!(
+                r.action, want,
+                "{prog} returned {} (expected {want})",
+                r.action
+            );
             r.per_run.as_nanos() as f64
         })
         .collect();
@@ -188,14 +201,16 @@ fn median_ns(dp: &mut Datapath, prog: &str, frame: &[u8], want: u32) -> f64 {
 }
 
 fn measure(family: Family, n: usize) -> (Row, Duration, Duration) {
-    let mut rng = Rng(0x00be_0c4a_u64 ^ n as u64 ^ if family == Family::V6 { 0xffff_0000 } else { 0 });
+    let mut rng =
+        Rng(0x00be_0c4a_u64 ^ n as u64 ^ if family == Family::V6 { 0xffff_0000 } else { 0 });
     let nets = prefixes(family, n, &mut rng);
     let t = Instant::now();
     let policy = CompiledPolicy::compile(&config(nets.clone())).expect("compiles");
     let compile = t.elapsed();
 
     let pins = PinDir::new(&format!("bench-{}-{n}", family.name()));
-    let mut dp = Datapath::load_with(pins.path(), BENCH_SOURCES_CAPACITY).unwrap_or_else(|e| panic!("load: {e}"));
+    let mut dp = Datapath::load_with(pins.path(), BENCH_SOURCES_CAPACITY)
+        .unwrap_or_else(|e| panic!("load: {e}"));
     let t = Instant::now();
     dp.apply(&policy).unwrap_or_else(|e| panic!("apply: {e}"));
     let apply = t.elapsed();
@@ -205,13 +220,12 @@ fn measure(family: Family, n: usize) -> (Row, Duration, Duration) {
         Family::V6 => v6_frame([0xfd; 16], [0xfe; 16], PROTO_UDP, &udp(1234, 53, 18)),
     };
     let k = BENCH_SOURCES_CAPACITY as usize;
-    let denied: Vec<[u8; 16]> = (0..k).map(|_| to16(inside(&nets[rng.below(n as u64) as usize], &mut rng))).collect();
-    let passed: Vec<[u8; 16]> = std::iter::repeat_with(|| {
-        let a = match family {
-            Family::V4 => IpAddr::from(rng.bytes::<4>()),
-            Family::V6 => IpAddr::from(rng.bytes::<16>()),
-        };
-        a
+    let denied: Vec<[u8; 16]> = (0..k)
+        .map(|_| to16(inside(&nets[rng.below(n as u64) as usize], &mut rng)))
+        .collect();
+    let passed: Vec<[u8; 16]> = std::iter::repeat_with(|| match family {
+        Family::V4 => IpAddr::from(rng.bytes::<4>()),
+        Family::V6 => IpAddr::from(rng.bytes::<16>()),
     })
     .filter(|a| policy.lookup_source(*a).is_none())
     .take(k)
@@ -224,41 +238,93 @@ fn measure(family: Family, n: usize) -> (Row, Duration, Duration) {
     let denied_ns = median_ns(&mut dp, programs::BENCH_INGRESS, &frame, XDP_DROP);
     // Events on, sampling saying no: after the first event of each second every
     // drop takes the suppressed path (the ring is not read here).
-    let sampled_out = EventsConfig { enabled: true, rate_per_reason: 1, burst: 1, global_rate: 1, ..EventsConfig::default() };
-    dp.set_events(&sampled_out).unwrap_or_else(|e| panic!("set events: {e}"));
+    let sampled_out = EventsConfig {
+        enabled: true,
+        rate_per_reason: 1,
+        burst: 1,
+        global_rate: 1,
+        ..EventsConfig::default()
+    };
+    dp.set_events(&sampled_out)
+        .unwrap_or_else(|e| panic!("set events: {e}"));
     let denied_events = median_ns(&mut dp, programs::BENCH_INGRESS, &frame, XDP_DROP);
-    dp.set_events(&EventsConfig::default()).unwrap_or_else(|e| panic!("set events: {e}"));
+    dp.set_events(&EventsConfig::default())
+        .unwrap_or_else(|e| panic!("set events: {e}"));
     fill_sources(&mut dp, &passed);
     let passed_ns = median_ns(&mut dp, programs::BENCH_INGRESS, &frame, XDP_PASS);
     drop(dp);
     drop(pins);
-    (Row { family, prefixes: n, empty, rotation, denied: denied_ns, denied_events, passed: passed_ns }, compile, apply)
+    (
+        Row {
+            family,
+            prefixes: n,
+            empty,
+            rotation,
+            denied: denied_ns,
+            denied_events,
+            passed: passed_ns,
+        },
+        compile,
+        apply,
+    )
 }
 
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown".into())
 }
 
 fn kernel() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmarks\n");
-    let _ = writeln!(s, "Generated by `cargo xtask bench` (source: `tests/src/bin/tierguard-bench.rs`).\n");
+    let _ = writeln!(
+        s,
+        "Generated by `cargo xtask bench` (source: `tests/src/bin/tierguard-bench.rs`).\n"
+    );
     let _ = writeln!(s, "- kernel: {}", kernel());
-    let _ = writeln!(s, "- CPU: {} ({} CPUs online)", cpu_model(), std::thread::available_parallelism().map_or(0, |n| n.get()));
-    let _ = writeln!(s, "- method: BPF_PROG_TEST_RUN, {REPEAT} repeats per run, median of {ROUNDS} runs; program cost only (no NIC, no driver)");
-    let _ = writeln!(s, "- sources vary within each run: 65,536 source addresses rotate through the lookup (see below)\n");
+    let _ = writeln!(
+        s,
+        "- CPU: {} ({} CPUs online)",
+        cpu_model(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let _ = writeln!(
+        s,
+        "- method: BPF_PROG_TEST_RUN, {REPEAT} repeats per run, median of {ROUNDS} runs; program cost only (no NIC, no driver)"
+    );
+    let _ = writeln!(
+        s,
+        "- sources vary within each run: 65,536 source addresses rotate through the lookup (see below)\n"
+    );
     let _ = writeln!(s, "## Per-packet cost of the ingress program\n");
-    let _ = writeln!(s, "`overhead` = ingress with rotating sources minus the rotation alone, i.e. what enforcement adds to an empty program.\n");
-    let _ = writeln!(s, "`denied, events sampled out` = denied with security events on and sampling saying no (the suppressed path).\n");
-    let _ = writeln!(s, "| family | deny prefixes | empty program (ns) | rotation alone (ns) | denied (ns) | denied, events sampled out (ns) | passed (ns) | denied overhead (ns) | passed overhead (ns) |");
-    let _ = writeln!(s, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(
+        s,
+        "`overhead` = ingress with rotating sources minus the rotation alone, i.e. what enforcement adds to an empty program.\n"
+    );
+    let _ = writeln!(
+        s,
+        "`denied, events sampled out` = denied with security events on and sampling saying no (the suppressed path).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| family | deny prefixes | empty program (ns) | rotation alone (ns) | denied (ns) | denied, events sampled out (ns) | passed (ns) | denied overhead (ns) | passed overhead (ns) |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
     for r in rows {
         let _ = writeln!(
             s,
@@ -302,7 +368,10 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
     for family in [Family::V4, Family::V6] {
         let at = |n: usize| rows.iter().find(|r| r.family == family && r.prefixes == n);
         if let (Some(small), Some(big)) = (at(1_000), at(1_000_000)) {
-            for (what, a, b) in [("denied", small.denied, big.denied), ("passed", small.passed, big.passed)] {
+            for (what, a, b) in [
+                ("denied", small.denied, big.denied),
+                ("passed", small.passed, big.passed),
+            ] {
                 let ratio = b / a;
                 let _ = writeln!(
                     s,
@@ -323,11 +392,23 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
         );
     }
     let _ = writeln!(s, "\n## Loading lists\n");
-    let _ = writeln!(s, "`compile` turns the policy into table entries in the agent; `load` writes them into the kernel maps and switches the generation (the policy transaction).\n");
-    let _ = writeln!(s, "| family | prefixes | compile (s) | load into kernel (s) |");
+    let _ = writeln!(
+        s,
+        "`compile` turns the policy into table entries in the agent; `load` writes them into the kernel maps and switches the generation (the policy transaction).\n"
+    );
+    let _ = writeln!(
+        s,
+        "| family | prefixes | compile (s) | load into kernel (s) |"
+    );
     let _ = writeln!(s, "| --- | ---: | ---: | ---: |");
     for (family, n, compile, apply) in loads {
-        let _ = writeln!(s, "| {} | {n} | {:.3} | {:.3} |", family.name(), compile.as_secs_f64(), apply.as_secs_f64());
+        let _ = writeln!(
+            s,
+            "| {} | {n} | {:.3} | {:.3} |",
+            family.name(),
+            compile.as_secs_f64(),
+            apply.as_secs_f64()
+        );
     }
     let _ = writeln!(
         s,
