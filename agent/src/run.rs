@@ -138,8 +138,40 @@ fn prepare(args: &RunArgs) -> Result<(Config, CompiledPolicy), ConfigErrors> {
     Ok((config, policy))
 }
 
+/// The signals the agent acts on, installed before anything else so that a
+/// signal during start-up is handled, not fatal (SIGHUP's default is to exit).
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// What the watched files looked like when the policy was loaded: read before
+/// loading, so a change that races the load causes one extra reload rather
+/// than none.
+struct Baseline {
+    config_text: Option<Vec<u8>>,
+    list_stamps: Vec<Option<(u64, std::time::SystemTime)>>,
+}
+
 pub async fn run(args: RunArgs) -> ExitCode {
     let started = Instant::now();
+    let signals = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(term), Ok(int), Ok(hup)) => Signals { term, int, hup },
+        _ => {
+            eprintln!("error: cannot install signal handlers; nothing was attached");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config_text = args
+        .config
+        .config
+        .as_ref()
+        .and_then(|p| std::fs::read(p).ok());
     let (config, policy) = match prepare(&args) {
         Ok(p) => p,
         Err(e) => {
@@ -147,6 +179,16 @@ pub async fn run(args: RunArgs) -> ExitCode {
             eprintln!("policy refused; nothing was attached");
             return ExitCode::from(2);
         }
+    };
+    let baseline = Baseline {
+        config_text,
+        list_stamps: file_stamps(
+            &config
+                .lists
+                .iter()
+                .flat_map(|l| l.files.clone())
+                .collect::<Vec<_>>(),
+        ),
     };
     let listener = match tokio::net::TcpListener::bind(config.agent.metrics_address).await {
         Ok(l) => l,
@@ -301,7 +343,16 @@ pub async fn run(args: RunArgs) -> ExitCode {
     }
     tokio::spawn(metrics::serve(listener, shared.clone()));
 
-    let outcome = event_loop(&args, &config, &mut datapath, &shared, policy.hash).await;
+    let outcome = event_loop(
+        &args,
+        &config,
+        &mut datapath,
+        &shared,
+        policy.hash,
+        signals,
+        baseline,
+    )
+    .await;
     shared.ready.store(false, Ordering::SeqCst);
     if args.persist {
         tracing::info!(pin_path = %datapath.pin_dir().display(), "leaving programs attached and maps pinned");
@@ -389,27 +440,23 @@ async fn event_loop(
     datapath: &mut Datapath,
     shared: &Shared,
     mut live_hash: String,
+    signals: Signals,
+    baseline: Baseline,
 ) -> ExitCode {
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            eprintln!("error: cannot install signal handlers");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Signals {
+        mut term,
+        mut int,
+        mut hup,
+    } = signals;
     let watch_path: Option<PathBuf> = args
         .config
         .config
         .clone()
         .filter(|_| args.watch_interval > 0);
-    let mut last_text = watch_path.as_ref().and_then(|p| std::fs::read(p).ok());
+    let mut last_text = baseline.config_text;
     // List files are watched by size and modification time (they can be large).
     let mut list_files: Vec<PathBuf> = config.lists.iter().flat_map(|l| l.files.clone()).collect();
-    let mut last_lists = file_stamps(&list_files);
+    let mut last_lists = baseline.list_stamps;
     let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
