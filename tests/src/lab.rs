@@ -160,6 +160,22 @@ impl Lab {
         sh(&self.exec_args(args))
     }
 
+    /// Starts a UDP flood from the peer namespace to the node (port 9), with a
+    /// spoofed `src`: `count` packets, one every `interval_us`. hping3 stops by
+    /// itself; wait on the child to know when.
+    pub fn udp_flood(&self, src: &str, count: u64, interval_us: u32) -> std::process::Child {
+        let (count, interval, dst) = (count.to_string(), format!("u{interval_us}"), self.node_v4());
+        let args = [
+            "hping3", "--udp", "-p", "9", "-a", src, "-c", &count, "-i", &interval, "-q", &dst,
+        ];
+        Command::new("ip")
+            .args(&self.exec_args(&args)[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("hping3 is installed by `cargo xtask setup`")
+    }
+
     /// Runs a command in the peer namespace; returns success.
     pub fn exec(&self, args: &[&str]) -> bool {
         try_sh(&self.exec_args(args))

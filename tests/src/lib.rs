@@ -5,6 +5,7 @@ pub mod agent;
 pub mod http;
 pub mod lab;
 pub mod pins;
+pub mod prom;
 
 /// Deterministic xorshift generator: reproducible random tests without a crate.
 pub struct Rng(pub u64);

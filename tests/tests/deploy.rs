@@ -23,6 +23,7 @@ use tierguard_tests::{
     http::{get, sample},
     lab::Lab,
     pins::PinDir,
+    prom::Prometheus,
 };
 
 /// Every metric the agent exports, with its Prometheus type.
@@ -1118,25 +1119,6 @@ fn scrape(addr: SocketAddr) -> String {
     body
 }
 
-/// Queries Prometheus; returns the result array of a successful query.
-fn prom_query(prom: SocketAddr, expr: &str) -> Vec<Value> {
-    let mut enc = String::new();
-    for b in expr.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-            enc.push(b as char);
-        } else {
-            enc.push_str(&format!("%{b:02X}"));
-        }
-    }
-    let (status, body) = get(prom, &format!("/api/v1/query?query={enc}"))
-        .unwrap_or_else(|| panic!("Prometheus does not answer the query {expr}"));
-    let v: Value = serde_json::from_str(&body)
-        .unwrap_or_else(|e| panic!("query {expr}: not JSON ({e}): {body}"));
-    assert_eq!(status, 200, "query {expr} failed: {body}");
-    assert_eq!(v["status"], "success", "query {expr}: {body}");
-    v["data"]["result"].as_array().cloned().unwrap_or_default()
-}
-
 #[test]
 fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     let lab = Lab::new("tgdep", 231);
@@ -1316,31 +1298,14 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
 
     // A real Prometheus scrapes the agent as job "tierguard" and runs every
     // dashboard query and every alert expression.
-    let prom_addr = free_addr();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: tierguard\n    static_configs:\n      - targets: ['{metrics}']\n"),
-    )
-    .unwrap();
-    let mut prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus is installed by `cargo xtask setup` (Debian package prometheus)");
+    let prom = Prometheus::start(&dir, &[metrics]);
     let deadline = Instant::now() + Duration::from_secs(90);
     // Enough samples for rate() over 10 s, and a policy change inside the window.
     loop {
-        if get(prom_addr, "/-/ready").is_some_and(|(s, _)| s == 200)
-            && !prom_query(prom_addr, "tierguard_build_info{job=\"tierguard\"}").is_empty()
+        if prom.ready()
+            && !prom
+                .query("tierguard_build_info{job=\"tierguard\"}")
+                .is_empty()
         {
             break;
         }
@@ -1391,7 +1356,7 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     let mut checked = 0;
     for (path, e) in dashboard_exprs() {
         let q = substitute(&e, "10s", "5m");
-        let result = prom_query(prom_addr, &q);
+        let result = prom.query(&q);
         assert!(
             may_be_empty(&e) || !result.is_empty(),
             "dashboard query {path} returns nothing against a live agent:\n{q}"
@@ -1415,7 +1380,7 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
         } else {
             rest.to_string()
         };
-        prom_query(prom_addr, &expr);
+        prom.query(&expr);
         alert_exprs += 1;
     }
     assert!(
@@ -1432,13 +1397,12 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
         })
         .expect("the no_program alert expression");
     assert!(
-        prom_query(prom_addr, no_program).is_empty(),
+        prom.query(no_program).is_empty(),
         "TierguardNoProgram would fire on a healthy agent"
     );
-    let up = prom_query(prom_addr, "up{job=\"tierguard\"} == 1");
+    let up = prom.query("up{job=\"tierguard\"} == 1");
     assert_eq!(up.len(), 1, "TierguardDown's `up` series is there and 1");
-    let _ = prom.kill();
-    let _ = prom.wait();
+    drop(prom);
     println!(
         "Prometheus ran all {checked} dashboard queries (each with data) and {alert_exprs} alert expressions against the live agent"
     );

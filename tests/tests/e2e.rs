@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use tierguard_tests::{
     agent::{Agent, free_addr, run_cli},
-    http::{get, sample},
+    http::sample,
     lab::{Lab, sh},
     pins::PinDir,
+    prom::Prometheus,
 };
 
 const DENIED_V4: &str = "203.0.113.7";
@@ -320,42 +321,19 @@ fn a_real_prometheus_server_scrapes_the_drop_counter() {
         &lab.node_v4()
     ]));
 
-    let prom_addr = free_addr();
-    std::fs::write(
-        dir.join("prometheus.yml"),
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: tierguard\n    static_configs:\n      - targets: ['{}']\n",
-            agent.metrics
-        ),
-    )
-    .unwrap();
-    let mut prom = Command::new("prometheus")
-        .arg(format!(
-            "--config.file={}",
-            dir.join("prometheus.yml").display()
-        ))
-        .arg(format!(
-            "--storage.tsdb.path={}",
-            dir.join("data").display()
-        ))
-        .arg(format!("--web.listen-address={prom_addr}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("prometheus is installed by `cargo xtask setup`");
+    let prom = Prometheus::start(&dir, &[agent.metrics]);
     let query = format!(
-        "/api/v1/query?query=tierguard_packets_total%7Breason%3D%22deny_list%22%2Cinterface%3D%22{}%22%7D",
+        "tierguard_packets_total{{reason=\"deny_list\",interface=\"{}\"}}",
         lab.node_if
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     let value = loop {
-        if let Some((200, body)) = get(prom_addr, &query) {
-            let v: serde_json::Value = serde_json::from_str(&body).expect("query API answers JSON");
-            if let Some(r) = v["data"]["result"].as_array().and_then(|r| r.first()) {
-                assert_eq!(r["metric"]["job"], "tierguard");
-                assert_eq!(r["metric"]["verdict"], "drop");
-                break r["value"][1].as_str().unwrap().to_string();
-            }
+        if prom.ready()
+            && let Some(r) = prom.query(&query).first()
+        {
+            assert_eq!(r["metric"]["job"], "tierguard");
+            assert_eq!(r["metric"]["verdict"], "drop");
+            break r["value"][1].as_str().unwrap().to_string();
         }
         assert!(
             Instant::now() < deadline,
@@ -363,8 +341,7 @@ fn a_real_prometheus_server_scrapes_the_drop_counter() {
         );
         std::thread::sleep(Duration::from_millis(500));
     };
-    let _ = prom.kill();
-    let _ = prom.wait();
+    drop(prom);
     assert_eq!(value, "3", "Prometheus sees the 3 dropped packets");
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
@@ -759,29 +736,8 @@ fn restarts_and_crashes_leave_no_gap_in_enforcement() {
         n
     });
     // A steady stream of denied packets runs across a clean restart and a crash.
-    let sent = 3000;
-    let mut stream = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &lab.ns,
-            "hping3",
-            "--udp",
-            "-p",
-            "9",
-            "-a",
-            FLOOD_V4,
-            "-c",
-            &sent.to_string(),
-            "-i",
-            "u2000",
-            "-q",
-            &lab.node_v4(),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let sent: u32 = 3000;
+    let mut stream = lab.udp_flood(FLOOD_V4, u64::from(sent), 2000);
     std::thread::sleep(Duration::from_millis(800));
     assert!(first.stop().success(), "persisting agent exits 0");
     assert!(
