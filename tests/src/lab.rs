@@ -160,6 +160,22 @@ impl Lab {
         sh(&self.exec_args(args))
     }
 
+    /// Pings `dst` from the peer namespace `count` times (0.2 s apart, 2 s
+    /// to answer), from `src` if given; true if it got its replies.
+    pub fn ping(&self, src: Option<&str>, dst: &str, count: u32) -> bool {
+        let count = count.to_string();
+        let mut args = vec!["ping"];
+        if dst.contains(':') {
+            args.push("-6");
+        }
+        args.extend(["-c", &count, "-i", "0.2", "-W", "2"]);
+        if let Some(src) = src {
+            args.extend(["-I", src]);
+        }
+        args.push(dst);
+        self.exec(&args)
+    }
+
     /// Starts a UDP flood from the peer namespace to the node (port 9), with a
     /// spoofed `src`: `count` packets, one every `interval_us`. hping3 stops by
     /// itself; wait on the child to know when.

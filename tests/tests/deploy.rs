@@ -1242,18 +1242,7 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
         ("198.18.10.5", true),
     ] {
         lab.add_peer_source(src);
-        let ok = lab.exec(&[
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            src,
-            &lab.node_v4(),
-        ]);
+        let ok = lab.ping(Some(src), &lab.node_v4(), 2);
         assert_eq!(
             ok,
             passes,
@@ -1261,10 +1250,7 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
             if passes { "pass" } else { "drop" }
         );
     }
-    assert!(
-        lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "1", &lab.node_v4()]),
-        "ordinary traffic passes"
-    );
+    assert!(lab.ping(None, &lab.node_v4(), 2), "ordinary traffic passes");
 
     // Every exported metric the deploy files use is there, with its type.
     let body = scrape(metrics);
@@ -1336,18 +1322,7 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     // SAFETY: signalling the agent this test started.
     unsafe { libc::kill(agent.agent as i32, libc::SIGHUP) };
     for _ in 0..3 {
-        assert!(!lab.exec(&[
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            "198.51.100.7",
-            &lab.node_v4()
-        ]));
+        assert!(!lab.ping(Some("198.51.100.7"), &lab.node_v4(), 3));
     }
     std::thread::sleep(Duration::from_secs(12));
 

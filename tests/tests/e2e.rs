@@ -106,24 +106,8 @@ fn lists_are_enforced_on_real_traffic_and_counted_exactly() {
     );
 
     // Allowed: ICMP both families, TCP with data both ways, UDP.
-    assert!(
-        lab.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", &lab.node_v4()]),
-        "allowed IPv4 ping"
-    );
-    assert!(
-        lab.exec(&[
-            "ping",
-            "-6",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "2",
-            &lab.node_v6()
-        ]),
-        "allowed IPv6 ping"
-    );
+    assert!(lab.ping(None, &lab.node_v4(), 3), "allowed IPv4 ping");
+    assert!(lab.ping(None, &lab.node_v6(), 3), "allowed IPv6 ping");
     let (port, server) = echo_server(&lab.node_v4());
     let reply = lab.exec_ok(&[
         "bash",
@@ -157,18 +141,7 @@ fn lists_are_enforced_on_real_traffic_and_counted_exactly() {
     // Denied IPv4 ping: exactly 4 requests, all dropped, all counted.
     let before = agent.scrape();
     assert!(
-        !lab.exec(&[
-            "ping",
-            "-c",
-            "4",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            DENIED_V4,
-            &lab.node_v4()
-        ]),
+        !lab.ping(Some(DENIED_V4), &lab.node_v4(), 4),
         "denied ping must fail"
     );
     let after = agent.scrape();
@@ -184,19 +157,7 @@ fn lists_are_enforced_on_real_traffic_and_counted_exactly() {
 
     // Denied IPv6 ping (the neighbour entry exists from the allowed ping).
     let before = agent.scrape();
-    assert!(!lab.exec(&[
-        "ping",
-        "-6",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        DENIED_V6,
-        &lab.node_v6()
-    ]));
+    assert!(!lab.ping(Some(DENIED_V6), &lab.node_v6(), 3));
     let after = agent.scrape();
     assert_eq!(
         drops(&after, &lab.node_if) - drops(&before, &lab.node_if),
@@ -308,18 +269,7 @@ fn a_real_prometheus_server_scrapes_the_drop_counter() {
     let dir = tmpdir("prom");
     let config = write_config(&dir, &lab.node_if, pins.path(), "");
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
-    assert!(!lab.exec(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        DENIED_V4,
-        &lab.node_v4()
-    ]));
+    assert!(!lab.ping(Some(DENIED_V4), &lab.node_v4(), 3));
 
     let prom = Prometheus::start(&dir, &[agent.metrics]);
     let query = format!(
@@ -569,16 +519,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         free_addr(),
     );
     assert!(
-        lab.exec(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-I",
-            "192.0.2.9",
-            &lab.node_v4()
-        ]),
+        lab.ping(Some("192.0.2.9"), &lab.node_v4(), 1),
         "not yet denied"
     );
 
@@ -606,18 +547,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         sample(m, "tierguard_policy_generation") == Some(2.0)
     });
     assert!(
-        !lab.exec(&[
-            "ping",
-            "-c",
-            "2",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            "192.0.2.9",
-            &lab.node_v4()
-        ]),
+        !lab.ping(Some("192.0.2.9"), &lab.node_v4(), 2),
         "now denied"
     );
     assert_eq!(list_hits(&agent.scrape(), "more"), 2.0);
@@ -633,16 +563,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
     });
     assert_eq!(generation(&agent), 2.0);
     assert!(
-        !lab.exec(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-I",
-            "192.0.2.9",
-            &lab.node_v4()
-        ]),
+        !lab.ping(Some("192.0.2.9"), &lab.node_v4(), 1),
         "still denied"
     );
     assert!(
@@ -666,16 +587,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         sample(m, "tierguard_policy_generation") == Some(3.0)
     });
     assert!(
-        lab.exec(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "2",
-            "-I",
-            "192.0.2.9",
-            &lab.node_v4()
-        ]),
+        lab.ping(Some("192.0.2.9"), &lab.node_v4(), 1),
         "allowed again"
     );
 
@@ -690,16 +602,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         sample(m, "tierguard_policy_generation") == Some(4.0)
     });
     assert!(
-        !lab.exec(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-I",
-            "192.0.2.9",
-            &lab.node_v4()
-        ]),
+        !lab.ping(Some("192.0.2.9"), &lab.node_v4(), 1),
         "denied by the refreshed feed"
     );
     assert!(agent.stop().success());
@@ -719,7 +622,7 @@ fn restarts_and_crashes_leave_no_gap_in_enforcement() {
 
     // Resolve the node's MAC first: the sender's stack discards packets
     // queued behind an unresolved neighbour, which would look like loss here.
-    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
+    assert!(lab.ping(None, &lab.node_v4(), 1));
     // Anything that slipped past enforcement would reach this socket.
     let sink = UdpSocket::bind(format!("{}:9", lab.node_v4())).unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(200)))
@@ -817,30 +720,8 @@ fn removed_interfaces_are_detached_and_counters_stay_with_their_interface() {
         ],
         addr,
     );
-    assert!(!a.exec(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        src_a,
-        &a.node_v4()
-    ]));
-    assert!(!b.exec(&[
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        src_b,
-        &b.node_v4()
-    ]));
+    assert!(!a.ping(Some(src_a), &a.node_v4(), 3));
+    assert!(!b.ping(Some(src_b), &b.node_v4(), 2));
     assert!(first.stop().success());
 
     // The next agent enforces on the second interface only, now listed first.
@@ -867,10 +748,7 @@ fn removed_interfaces_are_detached_and_counters_stay_with_their_interface() {
         !m.contains(&format!("interface=\"{}\"", a.node_if)),
         "no series for the removed interface"
     );
-    assert!(
-        a.exec(&["ping", "-c", "1", "-W", "2", "-I", src_a, &a.node_v4()]),
-        "no longer enforced"
-    );
+    assert!(a.ping(Some(src_a), &a.node_v4(), 1), "no longer enforced");
     assert!(second.stop().success());
     assert!(!xdp_attached(&b.node_if));
 }
@@ -906,19 +784,8 @@ fn generic_mode_is_used_when_asked_and_reported() {
         Some(1.0)
     );
     // The embedded default policy denies documentation ranges.
-    assert!(!lab.exec(&[
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        DENIED_V4,
-        &lab.node_v4()
-    ]));
-    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
+    assert!(!lab.ping(Some(DENIED_V4), &lab.node_v4(), 2));
+    assert!(lab.ping(None, &lab.node_v4(), 1));
     assert_eq!(list_hits(&agent.scrape(), "bogons"), 2.0);
     assert!(agent.stop().success());
 }

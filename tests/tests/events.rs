@@ -109,32 +109,11 @@ fn denied_traffic_produces_events_with_every_field_right() {
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
 
     // Allowed traffic makes no events (and fills the neighbour caches).
-    assert!(lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &lab.node_v4()]));
-    assert!(lab.exec(&[
-        "ping",
-        "-6",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "2",
-        &lab.node_v6()
-    ]));
+    assert!(lab.ping(None, &lab.node_v4(), 2));
+    assert!(lab.ping(None, &lab.node_v6(), 2));
 
     // Denied IPv4 ping: four echo requests, four events.
-    assert!(!lab.exec(&[
-        "ping",
-        "-c",
-        "4",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        DENIED_V4,
-        &lab.node_v4()
-    ]));
+    assert!(!lab.ping(Some(DENIED_V4), &lab.node_v4(), 4));
     let got = wait_lines(&out, "4 IPv4 events", |l| l.len() >= 4);
     assert_eq!(
         got.len(),
@@ -211,19 +190,7 @@ fn denied_traffic_produces_events_with_every_field_right() {
     assert_eq!(e["length"], 14 + 20 + 20);
 
     // Denied IPv6 ping.
-    assert!(!lab.exec(&[
-        "ping",
-        "-6",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        DENIED_V6,
-        &lab.node_v6()
-    ]));
+    assert!(!lab.ping(Some(DENIED_V6), &lab.node_v6(), 2));
     let got = wait_lines(&out, "2 IPv6 events", |l| l.len() >= 7);
     for e in &got[5..] {
         assert_eq!(e["family"], "ipv6");
@@ -375,18 +342,7 @@ fn events_are_off_by_default_and_a_reload_switches_them_on() {
         ],
         free_addr(),
     );
-    assert!(!lab.exec(&[
-        "ping",
-        "-c",
-        "2",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        "203.0.113.33",
-        &lab.node_v4()
-    ]));
+    assert!(!lab.ping(Some("203.0.113.33"), &lab.node_v4(), 2));
     std::thread::sleep(Duration::from_millis(500));
     let m = agent.scrape();
     assert_eq!(drops(&m, &lab.node_if), 2);
@@ -409,16 +365,7 @@ fn events_are_off_by_default_and_a_reload_switches_them_on() {
     agent.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        lab.exec(&[
-            "ping",
-            "-c",
-            "1",
-            "-W",
-            "1",
-            "-I",
-            "203.0.113.33",
-            &lab.node_v4(),
-        ]);
+        lab.ping(Some("203.0.113.33"), &lab.node_v4(), 1);
         if !lines(&out).is_empty() {
             break;
         }
@@ -523,18 +470,7 @@ fn an_unwritable_event_file_never_stops_enforcement_and_is_counted() {
         &format!("enabled = true\noutput = \"{}\"\n", out.display()),
     );
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
-    assert!(!lab.exec(&[
-        "ping",
-        "-c",
-        "3",
-        "-i",
-        "0.2",
-        "-W",
-        "1",
-        "-I",
-        "203.0.113.55",
-        &lab.node_v4()
-    ]));
+    assert!(!lab.ping(Some("203.0.113.55"), &lab.node_v4(), 3));
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let m = agent.scrape();
@@ -560,20 +496,11 @@ fn an_unwritable_event_file_never_stops_enforcement_and_is_counted() {
         agent.log()
     );
     // Allowed traffic still flows.
-    assert!(lab.exec(&["ping", "-c", "1", "-W", "2", &lab.node_v4()]));
+    assert!(lab.ping(None, &lab.node_v4(), 1));
 
     // The directory appears: the sink recovers by itself.
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
-    assert!(!lab.exec(&[
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "-I",
-        "203.0.113.55",
-        &lab.node_v4()
-    ]));
+    assert!(!lab.ping(Some("203.0.113.55"), &lab.node_v4(), 1));
     let got = wait_lines(&out, "the event after recovery", |l| !l.is_empty());
     assert_eq!(got[0]["src"], "203.0.113.55");
     assert!(

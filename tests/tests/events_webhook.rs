@@ -250,7 +250,7 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
     .unwrap();
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
     // Allowed traffic (fills the neighbour caches) makes no events.
-    assert!(lab.exec(&["ping", "-c", "2", "-i", "0.2", "-W", "2", &lab.node_v4()]));
+    assert!(lab.ping(None, &lab.node_v4(), 2));
 
     // 1. Delivered, in batches, with the token.
     ping_denied(&lab, 6, "0.05");
