@@ -87,6 +87,20 @@ impl Agent {
         body
     }
 
+    /// Scrapes until `f` accepts the metrics; panics with the agent's log
+    /// after 30 s.
+    pub fn wait_for(&self, what: &str, f: impl Fn(&str) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f(&self.scrape()) {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }

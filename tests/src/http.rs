@@ -31,3 +31,12 @@ pub fn sample(metrics: &str, series: &str) -> Option<f64> {
         rest.strip_prefix(' ')?.trim().parse().ok()
     })
 }
+
+/// Ingress packets dropped by a deny list on `iface` (0 before the first).
+pub fn deny_list_drops(metrics: &str, iface: &str) -> f64 {
+    sample(
+        metrics,
+        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"deny_list\",verdict=\"drop\"}}"),
+    )
+    .unwrap_or(0.0)
+}

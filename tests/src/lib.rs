@@ -33,6 +33,14 @@ impl Rng {
     }
 }
 
+/// A fresh, empty temporary directory `tierguard-{kind}-{name}-{pid}`.
+pub fn tmpdir(kind: &str, name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("tierguard-{kind}-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
+    d
+}
+
 /// Fails loudly when not root: these tests load eBPF programs.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.

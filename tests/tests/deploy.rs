@@ -91,10 +91,7 @@ fn read_deploy(rel: &str) -> String {
 }
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tierguard-deploy-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap_or_else(|e| panic!("cannot create {}: {e}", d.display()));
-    d
+    tierguard_tests::tmpdir("deploy", name)
 }
 
 /// The `tierguard_…` identifiers in a text.

@@ -32,18 +32,11 @@ fn write_config(dir: &Path, iface: &str, pins: &Path, extra: &str) -> PathBuf {
 }
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tierguard-e2e-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tierguard_tests::tmpdir("e2e", name)
 }
 
 fn drops(metrics: &str, iface: &str) -> f64 {
-    sample(
-        metrics,
-        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"deny_list\",verdict=\"drop\"}}"),
-    )
-    .unwrap_or(0.0)
+    tierguard_tests::http::deny_list_drops(metrics, iface)
 }
 
 fn list_hits(metrics: &str, list: &str) -> f64 {
@@ -524,17 +517,6 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
     );
 
     let generation = |a: &Agent| sample(&a.scrape(), "tierguard_policy_generation").unwrap();
-    let wait_for = |a: &Agent, what: &str, f: &dyn Fn(&str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !f(&a.scrape()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{}",
-                a.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
     assert_eq!(generation(&agent), 1.0);
     // A valid change, picked up from the file.
     write_config(
@@ -543,7 +525,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         pins.path(),
         "[[lists]]\nname = \"more\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/24\"]\n",
     );
-    wait_for(&agent, "generation 2", &|m| {
+    agent.wait_for("generation 2", |m| {
         sample(m, "tierguard_policy_generation") == Some(2.0)
     });
     assert!(
@@ -558,7 +540,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         "[[lists]]\nname = \"broken\"\naction = \"deny\"\ncidrs = [\"192.0.2.0/40\"]\n",
     )
     .unwrap();
-    wait_for(&agent, "a reload failure", &|m| {
+    agent.wait_for("a reload failure", |m| {
         sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0)
     });
     assert_eq!(generation(&agent), 2.0);
@@ -583,7 +565,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         "[[lists]]\nname = \"feed\"\naction = \"deny\"\nfiles = [\"feed.txt\"]\n",
     );
     agent.signal(libc::SIGHUP);
-    wait_for(&agent, "generation 3", &|m| {
+    agent.wait_for("generation 3", |m| {
         sample(m, "tierguard_policy_generation") == Some(3.0)
     });
     assert!(
@@ -598,7 +580,7 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         "; feed\n198.51.100.0/24 ; SBL1\n192.0.2.0/24 ; SBL2\n",
     )
     .unwrap();
-    wait_for(&agent, "generation 4", &|m| {
+    agent.wait_for("generation 4", |m| {
         sample(m, "tierguard_policy_generation") == Some(4.0)
     });
     assert!(
@@ -810,20 +792,9 @@ fn audit_log_chains_every_policy_change_and_verify_finds_tampering() {
     std::fs::write(&config, policy("")).unwrap();
     let addr = free_addr();
     let agent = Agent::start(&["--config", &cfg, "--watch-interval", "1"], addr);
-    let wait_for = |a: &Agent, what: &str, f: &dyn Fn(&str) -> bool| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !f(&a.scrape()) {
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {what}:\n{}",
-                a.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
     let more = "[[lists]]\nname = \"more\"\naction = \"deny\"\ncidrs = [\"198.51.100.0/24\"]\n";
     std::fs::write(&config, policy(more)).unwrap();
-    wait_for(&agent, "generation 2", &|m| {
+    agent.wait_for("generation 2", |m| {
         sample(m, "tierguard_policy_generation") == Some(2.0)
     });
     std::fs::write(
@@ -831,7 +802,7 @@ fn audit_log_chains_every_policy_change_and_verify_finds_tampering() {
         policy("[[lists]]\nname = \"bad\"\naction = \"deny\"\ncidrs = [\"10.0.0.0/33\"]\n"),
     )
     .unwrap();
-    wait_for(&agent, "a refused reload", &|m| {
+    agent.wait_for("a refused reload", |m| {
         sample(m, "tierguard_policy_reloads_total{result=\"failure\"}") == Some(1.0)
     });
     std::fs::write(&config, policy(more)).unwrap();

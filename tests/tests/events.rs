@@ -20,10 +20,7 @@ const DENIED_V6: &str = "2001:db8::7";
 const FLOOD_V4: &str = "203.0.113.99";
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tierguard-events-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tierguard_tests::tmpdir("events", name)
 }
 
 fn write_config(dir: &Path, iface: &str, pins: &Path, events: &str) -> PathBuf {
@@ -78,11 +75,7 @@ fn expected_node() -> String {
 }
 
 fn drops(metrics: &str, iface: &str) -> u64 {
-    sample(
-        metrics,
-        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"deny_list\",verdict=\"drop\"}}"),
-    )
-    .unwrap_or(0.0) as u64
+    tierguard_tests::http::deny_list_drops(metrics, iface) as u64
 }
 
 fn metric(metrics: &str, series: &str) -> u64 {

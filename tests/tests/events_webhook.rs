@@ -155,10 +155,7 @@ fn serve(mut conn: TcpStream) -> Option<Request> {
 }
 
 fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tierguard-webhook-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+    tierguard_tests::tmpdir("webhook", name)
 }
 
 fn lines(path: &Path) -> Vec<Value> {
