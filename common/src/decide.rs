@@ -1,25 +1,79 @@
 //! Verdict precedence: implemented once, called by the kernel and by `explain`.
 //!
-//! Order (docs/design/verdict-precedence.md): parse → lists (longest prefix
-//! wins; deny beats allow at equal length) → default pass.
+//! Order (docs/design/verdict-precedence.md): parse → failsafe → lists
+//! (ingress, source address) → established replies → segmentation rules →
+//! the zone pair's default. In global audit mode a drop becomes `audit`.
 
-use crate::maps::{ListAction, ListEntry};
-use crate::reason::Reason;
+use crate::maps::{Direction, ListAction, ListEntry};
+use crate::packet::Packet;
+use crate::reason::{Reason, Verdict};
+use crate::segment::{
+    FlowKey, PORT_BLOCK, PairKey, PortEntry, RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW,
+    SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW, SegMeta, decode_rule, failsafe_class,
+    failsafe_port, may_be_reply, proto_class, reply_key, rule_port,
+};
 
-/// A decision: why, and which list or rule (by id) decided, if any.
+/// A decision: why, which list or rule (by id) decided, and between which zones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decision {
     pub reason: Reason,
-    /// List id for list reasons; `NO_ID` otherwise.
+    /// The reason's verdict, or `Audit` for a drop in global audit mode.
+    pub verdict: Verdict,
+    /// List id for list reasons, rule id for rule reasons, failsafe entry
+    /// for `failsafe`; `NO_ID` otherwise.
     pub id: u16,
+    /// Zones of the source and destination (`NO_ZONE` when not looked up).
+    pub src_zone: u16,
+    pub dst_zone: u16,
 }
 
 pub const NO_ID: u16 = u16::MAX;
+pub const NO_ZONE: u16 = u16::MAX;
 
 impl Decision {
     pub const fn new(reason: Reason) -> Self {
-        Decision { reason, id: NO_ID }
+        Decision::with_id(reason, NO_ID)
     }
+
+    pub const fn with_id(reason: Reason, id: u16) -> Self {
+        Decision {
+            reason,
+            verdict: reason.verdict(),
+            id,
+            src_zone: NO_ZONE,
+            dst_zone: NO_ZONE,
+        }
+    }
+
+    /// Applies global audit mode: a drop is reported but not enforced.
+    #[inline(always)]
+    pub const fn finish(mut self, meta: &SegMeta) -> Self {
+        if meta.flags & SEG_AUDIT_MODE != 0 && matches!(self.verdict, Verdict::Drop) {
+            self.verdict = Verdict::Audit;
+        }
+        self
+    }
+}
+
+/// What a decision reads, implemented over BPF maps by the kernel and over
+/// the compiled policy by the agent. Every method is one bounded lookup.
+pub trait Tables {
+    /// Winning list entry for an address (the lists match sources).
+    fn list(&self, p: &Packet) -> Option<ListEntry>;
+    /// Failsafe entries (bit mask) naming this protocol class and node-side port.
+    fn failsafe_ports(&self, class: u32, port: u16) -> u32;
+    /// Failsafe entries (bit mask) whose remote ranges hold this address.
+    fn failsafe_addr(&self, family: u8, addr: &[u8; 16]) -> u32;
+    /// Zone id of an address (`ZONE_WORLD` if in no zone).
+    fn zone(&self, family: u8, addr: &[u8; 16]) -> u16;
+    /// Port table of a zone pair and protocol, if any rule covers it.
+    fn pair(&self, key: &PairKey) -> Option<u32>;
+    /// Entry `hi` of port table `table`.
+    fn port_table(&self, table: u32, hi: u8) -> PortEntry;
+    /// Entry `lo` of port block `block`.
+    fn port_block(&self, block: u32, lo: u8) -> PortEntry;
+    /// Whether a live flow has this key (the kernel also refreshes it).
+    fn flow_alive(&self, key: &FlowKey, p: &Packet) -> bool;
 }
 
 /// The list stage. `hit` is the winning entry of the source-address lookup.
@@ -30,13 +84,101 @@ pub fn lists(hit: Option<ListEntry>) -> Option<Decision> {
         ListAction::Deny => Reason::DenyList,
         ListAction::Allow => Reason::AllowList,
     };
-    Some(Decision {
-        reason,
-        id: e.list_id,
-    })
+    Some(Decision::with_id(reason, e.list_id))
 }
 
-/// Ingress decision for a parsed IP packet.
+/// The failsafe stage: the lowest failsafe entry that names this packet.
+#[inline(always)]
+pub fn failsafe<T: Tables>(dir: Direction, p: &Packet, meta: &SegMeta, t: &T) -> Option<u16> {
+    if meta.flags & SEG_FAILSAFE == 0 {
+        return None;
+    }
+    let egress = matches!(dir, Direction::Egress);
+    let class = failsafe_class(p.proto)?;
+    let port = failsafe_port(p, egress)?;
+    let ports = t.failsafe_ports(class, port);
+    if ports == 0 {
+        return None;
+    }
+    let remote = if egress { &p.dst } else { &p.src };
+    let hit = ports & t.failsafe_addr(p.family, remote);
+    if hit == 0 {
+        return None;
+    }
+    Some(hit.trailing_zeros() as u16)
+}
+
+/// The rule entry for a zone pair, protocol and port: two array reads after
+/// the pair lookup, whatever the number of rules.
+#[inline(always)]
+pub fn rule_entry<T: Tables>(t: &T, key: &PairKey, port: u16) -> PortEntry {
+    let table = match t.pair(key) {
+        Some(table) => table,
+        None => return 0,
+    };
+    let e = t.port_table(table, (port >> 8) as u8);
+    if e & PORT_BLOCK != 0 {
+        t.port_block(e & !PORT_BLOCK, (port & 0xff) as u8)
+    } else {
+        e
+    }
+}
+
+/// The segmentation stage for a packet no earlier stage decided.
+#[inline(always)]
+pub fn segmentation<T: Tables>(slot: u8, p: &Packet, meta: &SegMeta, t: &T) -> Decision {
+    let src_zone = t.zone(p.family, &p.src);
+    let dst_zone = t.zone(p.family, &p.dst);
+    let key = PairKey {
+        slot,
+        proto: proto_class(p.proto),
+        _pad: [0; 2],
+        src_zone,
+        dst_zone,
+    };
+    let mut d = match decode_rule(rule_entry(t, &key, rule_port(p))) {
+        Some((id, RuleAction::Allow)) => Decision::with_id(Reason::RuleAllow, id),
+        Some((id, RuleAction::Audit)) => Decision::with_id(Reason::RuleAudit, id),
+        Some((id, RuleAction::Deny)) => Decision::with_id(Reason::RuleDeny, id),
+        None => {
+            let allow = if src_zone == dst_zone {
+                meta.flags & SEG_INTRA_ALLOW != 0
+            } else {
+                meta.flags & SEG_DEFAULT_ALLOW != 0
+            };
+            Decision::new(if allow {
+                Reason::DefaultAllow
+            } else {
+                Reason::DefaultDeny
+            })
+        }
+    };
+    d.src_zone = src_zone;
+    d.dst_zone = dst_zone;
+    d
+}
+
+/// The whole decision for a parsed IP packet.
+#[inline(always)]
+pub fn decide<T: Tables>(dir: Direction, slot: u8, p: &Packet, meta: &SegMeta, t: &T) -> Decision {
+    if let Some(entry) = failsafe(dir, p, meta, t) {
+        return Decision::with_id(Reason::Failsafe, entry);
+    }
+    if matches!(dir, Direction::Ingress) {
+        if let Some(d) = lists(t.list(p)) {
+            return d.finish(meta);
+        }
+    }
+    if meta.flags & SEG_ENABLED == 0 {
+        return Decision::new(Reason::NoMatch);
+    }
+    if may_be_reply(p) && t.flow_alive(&reply_key(p), p) {
+        return Decision::new(Reason::Established);
+    }
+    segmentation(slot, p, meta, t).finish(meta)
+}
+
+/// Ingress decision from the list stage alone (no segmentation configured).
 #[inline(always)]
 pub fn ingress(list_hit: Option<ListEntry>) -> Decision {
     if let Some(d) = lists(list_hit) {
@@ -63,17 +205,11 @@ mod tests {
         };
         assert_eq!(
             ingress(Some(deny)),
-            Decision {
-                reason: Reason::DenyList,
-                id: 3
-            }
+Decision::with_id(Reason::DenyList, 3)
         );
         assert_eq!(
             ingress(Some(allow)),
-            Decision {
-                reason: Reason::AllowList,
-                id: 4
-            }
+Decision::with_id(Reason::AllowList, 4)
         );
         assert_eq!(ingress(None), Decision::new(Reason::NoMatch));
     }

@@ -15,5 +15,6 @@ pub mod packet;
 pub mod parse;
 pub mod prefix;
 pub mod reason;
+pub mod segment;
 
 pub use reason::{Reason, Verdict};

@@ -84,7 +84,9 @@ pub const IFINDEX_TABLE_SIZE: u32 = 65536;
 pub const MAX_REASONS: u32 = 32;
 /// Directions reserved in the counter table.
 pub const DIRECTIONS: u32 = 2;
-pub const STATS_SIZE: u32 = MAX_IFACE_SLOTS * DIRECTIONS * MAX_REASONS;
+/// Verdicts reserved in the counter table (pass, drop, audit).
+pub const VERDICTS: u32 = 3;
+pub const STATS_SIZE: u32 = MAX_IFACE_SLOTS * DIRECTIONS * VERDICTS * MAX_REASONS;
 
 /// Direction of a packet as the node sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -103,9 +105,12 @@ impl Direction {
     }
 }
 
-/// Index into `STATS` for an interface slot, direction and reason.
-pub const fn stats_index(iface_slot: u32, dir: Direction, reason: u8) -> u32 {
-    (iface_slot * DIRECTIONS + dir as u32) * MAX_REASONS + reason as u32
+/// Index into `STATS` for an interface slot, direction, verdict and reason.
+/// The verdict is not implied by the reason: in audit mode a drop reason is
+/// counted under `audit`.
+pub const fn stats_index(iface_slot: u32, dir: Direction, verdict: u8, reason: u8) -> u32 {
+    ((iface_slot * DIRECTIONS + dir as u32) * VERDICTS + verdict as u32) * MAX_REASONS
+        + reason as u32
 }
 
 /// Key of an IPv4 prefix-table entry: the generation slot, the stride length
@@ -304,12 +309,17 @@ mod tests {
         let last = stats_index(
             MAX_IFACE_SLOTS - 1,
             Direction::Egress,
+            (VERDICTS - 1) as u8,
             (MAX_REASONS - 1) as u8,
         );
         assert_eq!(last, STATS_SIZE - 1);
         assert_ne!(
-            stats_index(1, Direction::Ingress, 0),
-            stats_index(0, Direction::Egress, 0)
+            stats_index(1, Direction::Ingress, 0, 0),
+            stats_index(0, Direction::Egress, 0, 0)
+        );
+        assert_ne!(
+            stats_index(0, Direction::Egress, 1, 3),
+            stats_index(0, Direction::Egress, 2, 3)
         );
     }
 }

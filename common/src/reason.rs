@@ -9,14 +9,25 @@
 pub enum Verdict {
     Pass = 0,
     Drop = 1,
+    /// Would have been dropped, but passed: an `audit` rule, or any drop in
+    /// global audit mode.
+    Audit = 2,
 }
 
 impl Verdict {
+    pub const ALL: [Verdict; 3] = [Verdict::Pass, Verdict::Drop, Verdict::Audit];
+
     pub const fn name(self) -> &'static str {
         match self {
             Verdict::Pass => "pass",
             Verdict::Drop => "drop",
+            Verdict::Audit => "audit",
         }
+    }
+
+    /// Whether the packet goes on (pass and audit both do).
+    pub const fn passes(self) -> bool {
+        !matches!(self, Verdict::Drop)
     }
 }
 
@@ -48,11 +59,25 @@ pub enum Reason {
     NoProgram = 9,
     /// IP inside an encapsulation the parser does not open (MPLS, PPPoE).
     UnsupportedEncap = 10,
+    /// Failsafe traffic (management SSH, metrics scrape, ND, DHCP...): never dropped.
+    Failsafe = 11,
+    /// A reply of a flow that an allowed packet opened.
+    Established = 12,
+    /// A segmentation rule allowed it.
+    RuleAllow = 13,
+    /// An `audit` rule matched: passed, reported as a would-be drop.
+    RuleAudit = 14,
+    /// A segmentation rule denied it.
+    RuleDeny = 15,
+    /// No rule matched; the zone pair's default is allow.
+    DefaultAllow = 16,
+    /// No rule matched; the zone pair's default is deny.
+    DefaultDeny = 17,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 11] = [
+    pub const ALL: [Reason; 18] = [
         Reason::NoMatch,
         Reason::NonIp,
         Reason::AllowList,
@@ -64,20 +89,35 @@ impl Reason {
         Reason::TinyFragment,
         Reason::NoProgram,
         Reason::UnsupportedEncap,
+        Reason::Failsafe,
+        Reason::Established,
+        Reason::RuleAllow,
+        Reason::RuleAudit,
+        Reason::RuleDeny,
+        Reason::DefaultAllow,
+        Reason::DefaultDeny,
     ];
 
     pub const fn verdict(self) -> Verdict {
         match self {
-            Reason::NoMatch | Reason::NonIp | Reason::AllowList | Reason::NoProgram => {
-                Verdict::Pass
-            }
+            Reason::NoMatch
+            | Reason::NonIp
+            | Reason::AllowList
+            | Reason::NoProgram
+            | Reason::Failsafe
+            | Reason::Established
+            | Reason::RuleAllow
+            | Reason::DefaultAllow => Verdict::Pass,
+            Reason::RuleAudit => Verdict::Audit,
             Reason::DenyList
             | Reason::Truncated
             | Reason::Malformed
             | Reason::VlanDepth
             | Reason::Ipv6ExtChain
             | Reason::TinyFragment
-            | Reason::UnsupportedEncap => Verdict::Drop,
+            | Reason::UnsupportedEncap
+            | Reason::RuleDeny
+            | Reason::DefaultDeny => Verdict::Drop,
         }
     }
 
@@ -95,6 +135,13 @@ impl Reason {
             Reason::TinyFragment => "tiny_fragment",
             Reason::NoProgram => "no_program",
             Reason::UnsupportedEncap => "unsupported_encap",
+            Reason::Failsafe => "failsafe",
+            Reason::Established => "established",
+            Reason::RuleAllow => "rule_allow",
+            Reason::RuleAudit => "rule_audit",
+            Reason::RuleDeny => "rule_deny",
+            Reason::DefaultAllow => "default_allow",
+            Reason::DefaultDeny => "default_deny",
         }
     }
 

@@ -66,8 +66,8 @@ fn enforce(ctx: &XdpContext, src_override: Option<[u8; 16]>) -> u32 {
         }
     };
     stats::count(ifindex, Direction::Ingress, &decision, len);
-    match decision.reason.verdict() {
-        Verdict::Pass => xdp_action::XDP_PASS,
+    match decision.verdict {
+        Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
         Verdict::Drop => {
             events::on_drop(ifindex, Direction::Ingress, &decision, packet.as_ref(), len);
             xdp_action::XDP_DROP

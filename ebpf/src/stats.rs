@@ -14,7 +14,7 @@ pub fn count(ifindex: u32, dir: Direction, d: &Decision, len: u32) {
     } else {
         0
     };
-    let idx = stats_index(slot, dir, d.reason as u8);
+    let idx = stats_index(slot, dir, d.verdict as u8, d.reason as u8);
     if let Some(c) = STATS.get_ptr_mut(idx) {
         // SAFETY: per-CPU slot, no concurrent writer on this CPU.
         unsafe {

@@ -13,7 +13,7 @@ use aya::{
     },
 };
 use tierguard_common::maps::{
-    Counter, Direction, IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, MAX_REASONS, names, programs,
+    Counter, Direction, IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, MAX_REASONS, VERDICTS, names, programs,
     stats_index,
 };
 
@@ -247,9 +247,10 @@ impl Datapath {
         let mut stats: PerCpuArray<_, Counter> = PerCpuArray::try_from(map)
             .map_err(|source| DatapathError::Map { map: name, source })?;
         for dir in [Direction::Ingress, Direction::Egress] {
-            for reason in 0..MAX_REASONS as u8 {
+            // Every (verdict, reason) cell of this slot and direction.
+            for cell in 0..VERDICTS * MAX_REASONS {
                 stats
-                    .set(stats_index(slot, dir, reason), zero_per_cpu()?, 0)
+                    .set(stats_index(slot, dir, 0, 0) + cell, zero_per_cpu()?, 0)
                     .map_err(|source| DatapathError::Map { map: name, source })?;
             }
         }

@@ -76,7 +76,7 @@ impl StatsReader {
     pub fn counter(&self, slot: u32, dir: Direction, reason: Reason) -> Result<Counter> {
         let v = self
             .stats
-            .get(&stats_index(slot, dir, reason as u8), 0)
+            .get(&stats_index(slot, dir, reason.verdict() as u8, reason as u8), 0)
             .map_err(|source| DatapathError::Map {
                 map: names::STATS,
                 source,
@@ -103,7 +103,7 @@ impl StatsReader {
         for (iface, slot) in &self.ifaces {
             for dir in [Direction::Ingress] {
                 for reason in Reason::ALL {
-                    let idx = stats_index(*slot, dir, reason as u8);
+                    let idx = stats_index(*slot, dir, reason.verdict() as u8, reason as u8);
                     let v = self.stats.get(&idx, 0).map_err(err(names::STATS))?;
                     out.packets.push((
                         StatsKey {

@@ -23,6 +23,9 @@ use tierguard_common::{
 
 use crate::config::{Config, ConfigError, ConfigErrors};
 
+pub mod segmentation;
+pub use segmentation::CompiledSegmentation;
+
 /// One list as compiled: its id is its index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListInfo {
@@ -51,6 +54,8 @@ pub struct CompiledPolicy {
     /// Entries of `v6` with strides longer than /64 (kept in `TG_LIST_V6`).
     pub v6_long: usize,
     pub v6_strides: u32,
+    /// Zones, rules, failsafe and flow settings.
+    pub segmentation: CompiledSegmentation,
     /// Stable hash of what is enforced (hex), for audit and metrics.
     pub hash: String,
 }

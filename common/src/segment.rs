@@ -1,0 +1,456 @@
+//! Segmentation between zones: the map layout of zones, rules, ports,
+//! failsafe and flows, and the pure functions that read them. The kernel and
+//! `tierguard explain` both run [`crate::decide::decide`] over these.
+//!
+//! Layout and its reasons: docs/design/segmentation.md.
+
+use crate::packet::{
+    PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, Packet, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+};
+
+/// Zone id of addresses in no configured zone.
+pub const ZONE_WORLD: u16 = 0;
+/// Zone id of the node's own addresses that no configured zone covers.
+pub const ZONE_HOST: u16 = 1;
+/// First id of a configured zone.
+pub const FIRST_ZONE: u16 = 2;
+/// Zones, the two built-in ones included.
+pub const MAX_ZONES: u32 = 1024;
+/// Rules; ids are 0..MAX_RULES (u16, `NO_ID` excluded).
+pub const MAX_RULES: u32 = 65_535;
+/// Zone prefixes per family, both generations together.
+pub const ZONE_PREFIX_CAPACITY: u32 = 2 * 65_536;
+/// (source zone, destination zone, protocol) entries, both generations.
+pub const PAIR_CAPACITY: u32 = 2 * 262_144;
+/// Port tables (256 entries, one per high byte of the port) per generation.
+pub const PORT_TABLES_PER_SLOT: u32 = 2048;
+/// Port blocks (256 entries, one per low byte) per generation.
+pub const PORT_BLOCKS_PER_SLOT: u32 = 4096;
+/// Failsafe entries (bits of a `u32` mask).
+pub const MAX_FAILSAFE: u32 = 32;
+/// Failsafe protocol classes: tcp, udp, icmp, icmpv6.
+pub const FAILSAFE_CLASSES: u32 = 4;
+/// Failsafe remote-address prefixes per family, both generations.
+pub const FAILSAFE_PREFIX_CAPACITY: u32 = 2 * 4096;
+/// Tracked flows (a shared LRU map; docs/design/segmentation.md).
+pub const FLOW_CAPACITY: u32 = 262_144;
+/// Per-CPU zone-pair drop counters (source zone, destination zone).
+pub const ZONE_DROP_CAPACITY: u32 = 65_536;
+
+/// Protocol class of a rule or pair key: the IP protocol for the four the
+/// rules name, [`PROTO_OTHER`] for every other protocol.
+pub const PROTO_OTHER: u8 = 0;
+
+#[inline(always)]
+pub const fn proto_class(proto: u8) -> u8 {
+    match proto {
+        PROTO_TCP | PROTO_UDP | PROTO_ICMP | PROTO_ICMPV6 => proto,
+        _ => PROTO_OTHER,
+    }
+}
+
+/// What a rule's port set is matched against: the destination port for TCP
+/// and UDP, the type for ICMP and ICMPv6, 0 for other protocols and for
+/// later fragments (which carry no transport header).
+#[inline(always)]
+pub fn rule_port(p: &Packet) -> u16 {
+    if !p.has_l4() {
+        return 0;
+    }
+    match p.proto {
+        PROTO_TCP | PROTO_UDP => p.dport,
+        PROTO_ICMP | PROTO_ICMPV6 => p.icmp_type as u16,
+        _ => 0,
+    }
+}
+
+/// What a rule does with the packets it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(u8)]
+pub enum RuleAction {
+    Allow = 0,
+    /// Count and report as a would-be drop, but pass.
+    Audit = 1,
+    Deny = 2,
+}
+
+impl RuleAction {
+    pub const fn from_u8(v: u8) -> Option<RuleAction> {
+        match v {
+            0 => Some(RuleAction::Allow),
+            1 => Some(RuleAction::Audit),
+            2 => Some(RuleAction::Deny),
+            _ => None,
+        }
+    }
+    pub const fn name(self) -> &'static str {
+        match self {
+            RuleAction::Allow => "allow",
+            RuleAction::Audit => "audit",
+            RuleAction::Deny => "deny",
+        }
+    }
+}
+
+/// Key of `TG_ZONE_PAIRS`: generation slot, protocol class, zones.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairKey {
+    pub slot: u8,
+    pub proto: u8,
+    pub _pad: [u8; 2],
+    pub src_zone: u16,
+    pub dst_zone: u16,
+}
+const _: () = assert!(core::mem::size_of::<PairKey>() == 8);
+
+/// A port-table entry: 0 means no rule; [`PORT_BLOCK`] set means "look in
+/// port block (entry & !PORT_BLOCK)"; otherwise a rule code
+/// (`rule_code(id, action)`).
+pub type PortEntry = u32;
+pub const PORT_BLOCK: u32 = 1 << 31;
+const RULE_PRESENT: u32 = 1 << 30;
+
+pub const fn rule_code(id: u16, action: RuleAction) -> PortEntry {
+    RULE_PRESENT | ((action as u32) << 16) | id as u32
+}
+
+/// The rule id and action a non-zero, non-block entry names.
+#[inline(always)]
+pub const fn decode_rule(e: PortEntry) -> Option<(u16, RuleAction)> {
+    if e & RULE_PRESENT == 0 || e & PORT_BLOCK != 0 {
+        return None;
+    }
+    match RuleAction::from_u8(((e >> 16) & 0xff) as u8) {
+        Some(a) => Some(((e & 0xffff) as u16, a)),
+        None => None,
+    }
+}
+
+/// 256 port entries: a port table (indexed by the port's high byte) or a
+/// port block (indexed by the low byte).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortTable {
+    pub entries: [PortEntry; 256],
+}
+
+impl PortTable {
+    pub const EMPTY: PortTable = PortTable { entries: [0; 256] };
+}
+
+/// Per-generation segmentation settings (`TG_SEG_META[slot]`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegMeta {
+    /// `SEG_*` bits.
+    pub flags: u32,
+    pub _pad: u32,
+    /// Idle time after which a flow no longer admits replies, by state.
+    pub tcp_timeout_ns: u64,
+    pub tcp_closing_timeout_ns: u64,
+    pub udp_timeout_ns: u64,
+    pub other_timeout_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<SegMeta>() == 40);
+
+/// Zones and rules are evaluated (otherwise the lists' verdict is final).
+pub const SEG_ENABLED: u32 = 1;
+/// Zone pairs without a matching rule are allowed (otherwise denied).
+pub const SEG_DEFAULT_ALLOW: u32 = 2;
+/// Traffic within a zone without a matching rule is allowed.
+pub const SEG_INTRA_ALLOW: u32 = 4;
+/// Global audit mode: decide and report everything, drop nothing.
+pub const SEG_AUDIT_MODE: u32 = 8;
+/// The failsafe tables hold entries.
+pub const SEG_FAILSAFE: u32 = 16;
+
+/// Key of the failsafe port table: `(slot * FAILSAFE_CLASSES + class) * 65536 + port`.
+#[inline(always)]
+pub const fn failsafe_class(proto: u8) -> Option<u32> {
+    match proto {
+        PROTO_TCP => Some(0),
+        PROTO_UDP => Some(1),
+        PROTO_ICMP => Some(2),
+        PROTO_ICMPV6 => Some(3),
+        _ => None,
+    }
+}
+
+/// The node-side port a failsafe entry names: the destination port of
+/// ingress traffic, the source port of egress traffic (the replies of a
+/// service on the node, or a client on the node such as DHCP); the type for ICMP.
+#[inline(always)]
+pub fn failsafe_port(p: &Packet, egress: bool) -> Option<u16> {
+    if !p.has_l4() {
+        return None;
+    }
+    match p.proto {
+        PROTO_TCP | PROTO_UDP => Some(if egress { p.sport } else { p.dport }),
+        PROTO_ICMP | PROTO_ICMPV6 => Some(p.icmp_type as u16),
+        _ => None,
+    }
+}
+
+/// Key of an LPM trie of the zone or failsafe tables: the generation slot
+/// then the address; the trie's prefix length counts the slot's 8 bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotAddrV4 {
+    pub slot: u8,
+    pub addr: [u8; 4],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SlotAddrV6 {
+    pub slot: u8,
+    pub addr: [u8; 16],
+}
+
+/// A flow as its initiator sent it: the first packet's addresses and ports.
+/// For ICMP the ports are 0 (echo id is not tracked).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    /// Coarse monotonic time of the last packet seen in either direction.
+    pub last_seen_ns: u64,
+    /// Rule that admitted the flow (`NO_ID` for a default allow).
+    pub rule: u16,
+    /// `FLOW_*` bits.
+    pub flags: u8,
+    /// `Direction` of the first packet.
+    pub direction: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+/// A FIN or RST was seen: the short closing timeout applies.
+pub const FLOW_CLOSING: u8 = 1;
+
+/// The flow key of the packet as sent.
+#[inline(always)]
+pub fn flow_key(p: &Packet) -> FlowKey {
+    let (sport, dport) = flow_ports(p);
+    FlowKey {
+        src: p.src,
+        dst: p.dst,
+        sport,
+        dport,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0; 2],
+    }
+}
+
+/// The key of the flow this packet would be a reply to.
+#[inline(always)]
+pub fn reply_key(p: &Packet) -> FlowKey {
+    let (sport, dport) = flow_ports(p);
+    FlowKey {
+        src: p.dst,
+        dst: p.src,
+        sport: dport,
+        dport: sport,
+        proto: p.proto,
+        family: p.family,
+        _pad: [0; 2],
+    }
+}
+
+#[inline(always)]
+fn flow_ports(p: &Packet) -> (u16, u16) {
+    match p.proto {
+        PROTO_TCP | PROTO_UDP => (p.sport, p.dport),
+        _ => (0, 0),
+    }
+}
+
+/// Whether an allowed packet opens a flow whose replies may pass: a TCP SYN
+/// without ACK, any UDP datagram, an ICMP or ICMPv6 echo request. Later
+/// fragments and other protocols open none (their replies need a rule).
+#[inline(always)]
+pub fn opens_flow(p: &Packet) -> bool {
+    if !p.has_l4() {
+        return false;
+    }
+    match p.proto {
+        PROTO_TCP => p.tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN,
+        PROTO_UDP => true,
+        PROTO_ICMP => p.icmp_type == 8,
+        PROTO_ICMPV6 => p.icmp_type == 128,
+        _ => false,
+    }
+}
+
+/// Whether a packet may be a reply at all: TCP without SYN-only, UDP, ICMP
+/// echo reply. (A SYN is never a reply; a SYN-ACK is.)
+#[inline(always)]
+pub fn may_be_reply(p: &Packet) -> bool {
+    if !p.has_l4() {
+        return false;
+    }
+    match p.proto {
+        PROTO_TCP => p.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN,
+        PROTO_UDP => true,
+        PROTO_ICMP => p.icmp_type == 0,
+        PROTO_ICMPV6 => p.icmp_type == 129,
+        _ => false,
+    }
+}
+
+/// Whether the packet closes its TCP flow (FIN or RST).
+#[inline(always)]
+pub fn closes_flow(p: &Packet) -> bool {
+    p.proto == PROTO_TCP && p.tcp_flags & (TCP_FIN | TCP_RST) != 0
+}
+
+/// Whether a flow last seen at `last_seen_ns` is still alive at `now_ns`.
+#[inline(always)]
+pub fn flow_alive(meta: &SegMeta, key: &FlowKey, v: &FlowValue, now_ns: u64) -> bool {
+    let timeout = if key.proto == PROTO_TCP {
+        if v.flags & FLOW_CLOSING != 0 {
+            meta.tcp_closing_timeout_ns
+        } else {
+            meta.tcp_timeout_ns
+        }
+    } else if key.proto == PROTO_UDP {
+        meta.udp_timeout_ns
+    } else {
+        meta.other_timeout_ns
+    };
+    // Saturating: another CPU may have stamped the flow a tick ahead of this
+    // CPU's reading; that is "just seen", not "idle for ages".
+    now_ns.saturating_sub(v.last_seen_ns) <= timeout
+}
+
+/// Per-CPU flow-table counters (`TG_FLOW_STATS`), by index.
+pub const FLOW_STAT_CREATED: u32 = 0;
+/// Inserts the kernel refused (should stay 0 with an LRU table).
+pub const FLOW_STAT_INSERT_FAILED: u32 = 1;
+/// Replies admitted by a live flow.
+pub const FLOW_STAT_REPLIES: u32 = 2;
+pub const FLOW_STATS: u32 = 4;
+
+/// Key of a zone-pair drop counter.
+#[inline(always)]
+pub const fn zone_pair_index(src_zone: u16, dst_zone: u16) -> u32 {
+    ((src_zone as u32) << 16) | dst_zone as u32
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
+    unsafe impl aya::Pod for super::PairKey {}
+    unsafe impl aya::Pod for super::PortTable {}
+    unsafe impl aya::Pod for super::SegMeta {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::SlotAddrV4 {}
+    unsafe impl aya::Pod for super::SlotAddrV6 {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rule_codes_round_trip_and_never_look_like_blocks() {
+        for action in [RuleAction::Allow, RuleAction::Audit, RuleAction::Deny] {
+            for id in [0u16, 1, 20_000, u16::MAX - 1] {
+                let c = rule_code(id, action);
+                assert_ne!(c, 0);
+                assert_eq!(c & PORT_BLOCK, 0);
+                assert_eq!(decode_rule(c), Some((id, action)));
+            }
+        }
+        assert_eq!(decode_rule(0), None);
+        assert_eq!(decode_rule(PORT_BLOCK | 5), None);
+    }
+
+    fn tcp(flags: u8) -> Packet {
+        let mut p = Packet::EMPTY;
+        p.family = 4;
+        p.proto = PROTO_TCP;
+        p.flags = crate::packet::FLAG_L4;
+        p.tcp_flags = flags;
+        p.sport = 40000;
+        p.dport = 443;
+        p.src[..4].copy_from_slice(&[10, 0, 0, 1]);
+        p.dst[..4].copy_from_slice(&[10, 0, 0, 2]);
+        p
+    }
+
+    #[test]
+    fn only_a_bare_syn_opens_a_tcp_flow_and_a_syn_is_never_a_reply() {
+        assert!(opens_flow(&tcp(TCP_SYN)));
+        assert!(!opens_flow(&tcp(TCP_SYN | TCP_ACK)));
+        assert!(!opens_flow(&tcp(TCP_ACK)));
+        assert!(!opens_flow(&tcp(TCP_SYN | TCP_RST)));
+        assert!(!may_be_reply(&tcp(TCP_SYN)));
+        assert!(may_be_reply(&tcp(TCP_SYN | TCP_ACK)));
+        assert!(may_be_reply(&tcp(TCP_ACK)));
+    }
+
+    #[test]
+    fn reply_key_of_the_reply_is_the_flow_key_of_the_request() {
+        let req = tcp(TCP_SYN);
+        let mut rep = tcp(TCP_SYN | TCP_ACK);
+        rep.src = req.dst;
+        rep.dst = req.src;
+        rep.sport = req.dport;
+        rep.dport = req.sport;
+        assert_eq!(reply_key(&rep), flow_key(&req));
+        assert_ne!(reply_key(&req), flow_key(&req));
+    }
+
+    #[test]
+    fn later_fragments_match_port_zero_and_open_nothing() {
+        let mut p = tcp(TCP_SYN);
+        p.flags = crate::packet::FLAG_FRAGMENT | crate::packet::FLAG_LATER_FRAGMENT;
+        assert_eq!(rule_port(&p), 0);
+        assert!(!opens_flow(&p));
+        assert!(!may_be_reply(&p));
+        assert_eq!(failsafe_port(&p, false), None);
+    }
+
+    #[test]
+    fn flow_timeouts_depend_on_protocol_and_closing() {
+        let meta = SegMeta {
+            tcp_timeout_ns: 100,
+            tcp_closing_timeout_ns: 10,
+            udp_timeout_ns: 50,
+            other_timeout_ns: 20,
+            ..SegMeta::default()
+        };
+        let key = flow_key(&tcp(TCP_SYN));
+        let mut v = FlowValue {
+            last_seen_ns: 1000,
+            ..FlowValue::default()
+        };
+        assert!(flow_alive(&meta, &key, &v, 1100));
+        assert!(!flow_alive(&meta, &key, &v, 1101));
+        v.flags = FLOW_CLOSING;
+        assert!(flow_alive(&meta, &key, &v, 1010));
+        assert!(!flow_alive(&meta, &key, &v, 1011));
+        let mut udp = key;
+        udp.proto = PROTO_UDP;
+        v.flags = 0;
+        assert!(!flow_alive(&meta, &udp, &v, 1051));
+        // Stamped a tick ahead by another CPU: alive, not idle for ages.
+        assert!(flow_alive(&meta, &key, &v, 999));
+    }
+}
