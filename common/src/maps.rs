@@ -23,6 +23,22 @@ pub mod names {
     /// Per-CPU `event::Bucket`s: one per reason, then the global one.
     pub const EVENT_SAMPLER: &str = "TG_EVENT_SAMPLER";
     pub const V6_TABLE: &str = "TG_V6_TABLE";
+    // Segmentation (layout in `crate::segment`).
+    pub const SEG_META: &str = "TG_SEG_META";
+    pub const ZONES_V4: &str = "TG_ZONES_V4";
+    pub const ZONES_V6: &str = "TG_ZONES_V6";
+    pub const ZONE_PAIRS: &str = "TG_ZONE_PAIRS";
+    pub const PORT_TABLES: &str = "TG_PORT_TABLES";
+    pub const PORT_BLOCKS: &str = "TG_PORT_BLOCKS";
+    pub const FAILSAFE_PORTS: &str = "TG_FAILSAFE_PORTS";
+    pub const FAILSAFE_V4: &str = "TG_FAILSAFE_V4";
+    pub const FAILSAFE_V6: &str = "TG_FAILSAFE_V6";
+    pub const FLOWS: &str = "TG_FLOWS";
+    pub const FLOW_STATS: &str = "TG_FLOW_STATS";
+    pub const RULE_HITS: &str = "TG_RULE_HITS";
+    pub const ZONE_DROPS: &str = "TG_ZONE_DROPS";
+    /// The egress dispatcher's program array (TC programs cannot share XDP's).
+    pub const EGRESS_PROGRAMS: &str = "TG_EGRESS_PROGRAMS";
 }
 
 /// Program names in the kernel object.
@@ -38,6 +54,12 @@ pub mod programs {
     pub const BENCH_INGRESS: &str = "tierguard_bench_ingress";
     /// Benchmark only: the rotation alone, subtracted from `BENCH_INGRESS`.
     pub const BENCH_BASELINE: &str = "tierguard_bench_baseline";
+    /// TC classifier on clsact egress; tail-calls `EGRESS` like `DISPATCH`.
+    pub const EGRESS_DISPATCH: &str = "tierguard_egress_dispatch";
+    /// Egress enforcement, installed in `TG_EGRESS_PROGRAMS[PROG_EGRESS]`.
+    pub const EGRESS: &str = "tierguard_egress";
+    /// A TC program that passes everything: the egress benchmark's baseline.
+    pub const EGRESS_BASELINE: &str = "tierguard_egress_baseline";
 }
 
 /// Prefix-table capacity, both generations together (a reload writes the new
@@ -70,6 +92,8 @@ pub const V4_CODES_PER_SLOT: u32 = 256;
 pub const BENCH_SOURCES_CAPACITY: u32 = 65536;
 /// Slot of the ingress program in the dispatcher's program array.
 pub const PROG_INGRESS: u32 = 0;
+/// Slot of the egress program in the egress dispatcher's program array.
+pub const PROG_EGRESS: u32 = 0;
 /// Entries in the program array.
 pub const PROGRAM_SLOTS: u32 = 4;
 /// Distinct list ids (and so per-list counters).

@@ -199,13 +199,23 @@ pub fn failsafe_port(p: &Packet, egress: bool) -> Option<u16> {
 pub struct SlotAddrV4 {
     pub slot: u8,
     pub addr: [u8; 4],
+    /// Explicit, so no uninitialised byte ever reaches the kernel.
+    pub _pad: [u8; 3],
 }
+const _: () = assert!(core::mem::size_of::<SlotAddrV4>() == 8);
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SlotAddrV6 {
     pub slot: u8,
     pub addr: [u8; 16],
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<SlotAddrV6>() == 20);
+
+/// Trie prefix length of a zone or failsafe prefix: the slot byte, then the address bits.
+pub const fn trie_prefix_len(addr_len: u8) -> u32 {
+    8 + addr_len as u32
 }
 
 /// A flow as its initiator sent it: the first packet's addresses and ports.

@@ -1,17 +1,38 @@
 //! The one bounds-check primitive: every packet read goes through here.
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use tierguard_common::parse::{Bytes, MAX_OFFSET};
 
-pub struct XdpBytes {
+/// The readable bytes of a packet: XDP's frame or a socket buffer's linear part.
+pub struct PacketBytes {
     start: usize,
     end: usize,
 }
 
-impl XdpBytes {
+/// Headers the parser may need: at most two VLAN tags, IPv6 with a bounded
+/// extension chain and a TCP header fit well within this.
+const TC_PULL: u32 = 256;
+
+impl PacketBytes {
     #[inline(always)]
-    pub fn new(ctx: &XdpContext) -> Self {
-        XdpBytes {
+    pub fn xdp(ctx: &XdpContext) -> Self {
+        PacketBytes {
+            start: ctx.data(),
+            end: ctx.data_end(),
+        }
+    }
+
+    /// On TC, headers may sit outside the linear part of a socket buffer
+    /// (GSO, some drivers): pull them in first so the parser sees them.
+    #[inline(always)]
+    pub fn tc(ctx: &TcContext) -> Self {
+        let len = ctx.len();
+        let want = if len < TC_PULL { len } else { TC_PULL };
+        if ((ctx.data_end() - ctx.data()) as u32) < want {
+            // On failure the parser reports `truncated`, as for a short frame.
+            let _ = ctx.pull_data(want);
+        }
+        PacketBytes {
             start: ctx.data(),
             end: ctx.data_end(),
         }
@@ -36,7 +57,7 @@ impl XdpBytes {
     }
 }
 
-impl Bytes for XdpBytes {
+impl Bytes for PacketBytes {
     #[inline(always)]
     fn len(&self) -> usize {
         self.end - self.start

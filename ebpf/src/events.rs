@@ -16,9 +16,9 @@ const BPF_RB_NO_WAKEUP: u64 = 1;
 /// Submit and wake the consumer.
 const BPF_RB_FORCE_WAKEUP: u64 = 2;
 
-/// Records an event for a dropped packet if events are on and sampling allows.
+/// Records an event for a dropped or audited packet if events are on and sampling allows.
 /// `p` is the parsed packet, or `None` when parsing failed.
-#[inline(always)]
+#[inline(never)]
 pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, len: u32) {
     let cfg = match EVENT_CONFIG.get(0) {
         Some(c) if c.enabled != 0 => c,
@@ -57,7 +57,7 @@ pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, l
     let mut e = Event::EMPTY;
     e.version = EVENT_VERSION;
     e.direction = dir as u8;
-    e.verdict = d.reason.verdict() as u8;
+    e.verdict = d.verdict as u8;
     e.reason = d.reason as u8;
     e.list_id = d.id;
     e.ifindex = ifindex;

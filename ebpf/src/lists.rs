@@ -18,8 +18,39 @@ use crate::maps::{LIST_V4, LIST_V6, V4_CODES, V4_DIRECT, V6_TABLE, policy_meta};
 /// the direct table, plus the /32 table only where longer prefixes exist.
 /// IPv6: the strides in use, longest first, so the first hit is the longest
 /// match; strides longer than /64 in the hash map, the others in the bucket table.
+///
 #[inline(always)]
 pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
+    let packed = lookup_source_packed(slot, p);
+    if packed >> 32 == 0 {
+        return None;
+    }
+    let b = (packed as u32).to_ne_bytes();
+    Some(ListEntry {
+        list_id: u16::from_ne_bytes([b[0], b[1]]),
+        action: b[2],
+        orig_len: b[3],
+    })
+}
+
+/// Not inlined: as a BPF-to-BPF call the verifier sees only its result after
+/// the return, instead of every path through the stride loop carried into the
+/// stages that follow (which exceeds its instruction budget). The result is
+/// a plain u64 (bit 32: found; low bits: the entry) so it travels in a
+/// register: an `Option` return was compiled into code the verifier refuses.
+#[inline(never)]
+fn lookup_source_packed(slot: u8, p: &Packet) -> u64 {
+    match lookup(slot, p) {
+        Some(e) => {
+            let id = e.list_id.to_ne_bytes();
+            (1 << 32) | u64::from(u32::from_ne_bytes([id[0], id[1], e.action, e.orig_len]))
+        }
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn lookup(slot: u8, p: &Packet) -> Option<ListEntry> {
     if p.family == 4 {
         let src = p.src_v4();
         let idx = slash24(&src);

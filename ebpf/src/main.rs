@@ -8,16 +8,27 @@ mod bytes;
 mod events;
 mod lists;
 mod maps;
+mod segment;
 mod stats;
 
-use aya_ebpf::{bindings::xdp_action, macros::xdp, programs::XdpContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
+};
 use tierguard_common::{
-    Reason, Verdict, decide,
-    maps::{Direction, PROG_INGRESS},
+    Reason, Verdict,
+    decide::{self, Decision},
+    maps::{Direction, PROG_EGRESS, PROG_INGRESS},
+    packet::Packet,
     parse::parse,
 };
 
-use crate::bytes::XdpBytes;
+use crate::bytes::PacketBytes;
+use crate::segment::KernelTables;
+
+/// TC verdict "pass, and let later programs on the hook see it" (TCX_NEXT).
+const TC_ACT_UNSPEC: i32 = -1;
 
 /// Attached to each configured interface. It only tail-calls the installed
 /// enforcement program, so a new agent swaps enforcement with one map write
@@ -33,7 +44,7 @@ pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
     stats::count(
         ifindex,
         Direction::Ingress,
-        &decide::Decision::new(Reason::NoProgram),
+        &Decision::new(Reason::NoProgram),
         len,
     );
     xdp_action::XDP_PASS
@@ -42,44 +53,115 @@ pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
 /// Ingress enforcement: parse, decide, count.
 #[xdp]
 pub fn tierguard_ingress(ctx: XdpContext) -> u32 {
-    enforce(&ctx, None)
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    match enforce(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress, None) {
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
+    }
 }
 
-/// The ingress path, shared by the production and benchmark entry points.
-/// `src_override` (benchmark only) replaces the parsed source address.
-#[inline(always)]
-fn enforce(ctx: &XdpContext, src_override: Option<[u8; 16]>) -> u32 {
-    let bytes = XdpBytes::new(ctx);
-    let len = bytes.frame_len();
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let parsed = parse(&bytes);
-    let (decision, packet) = match parsed {
-        Err(reason) => (decide::Decision::new(reason), None),
-        Ok(p) if p.family == 0 => (decide::Decision::new(Reason::NonIp), None),
-        Ok(mut p) => {
-            if let Some(src) = src_override {
-                p.src = src;
-            }
-            let slot = maps::active_slot();
-            let hit = lists::lookup_source(slot, &p);
-            (decide::ingress(hit), Some(p))
-        }
-    };
-    stats::count(ifindex, Direction::Ingress, &decision, len);
-    match decision.verdict {
-        Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
-        Verdict::Drop => {
-            events::on_drop(ifindex, Direction::Ingress, &decision, packet.as_ref(), len);
-            xdp_action::XDP_DROP
-        }
+/// Attached on clsact egress of each configured interface; the egress twin
+/// of `tierguard_dispatch`.
+#[classifier]
+pub fn tierguard_egress_dispatch(ctx: TcContext) -> i32 {
+    // SAFETY: on success the tail call does not return.
+    unsafe { maps::EGRESS_PROGRAMS.tail_call(&ctx, PROG_EGRESS) };
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    stats::count(
+        ifindex,
+        Direction::Egress,
+        &Decision::new(Reason::NoProgram),
+        ctx.len(),
+    );
+    TC_ACT_UNSPEC
+}
+
+/// Egress enforcement: what the node's own workloads may send.
+#[classifier]
+pub fn tierguard_egress(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let bytes = PacketBytes::tc(&ctx);
+    match enforce(&bytes, ifindex, Direction::Egress, None) {
+        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Pass | Verdict::Audit => TC_ACT_UNSPEC,
     }
+}
+
+/// The enforcement path, shared by both directions and the benchmark entry
+/// points. `src_override` (benchmark only) replaces the parsed source address.
+#[inline(always)]
+fn enforce(
+    bytes: &PacketBytes,
+    ifindex: u32,
+    dir: Direction,
+    src_override: Option<[u8; 16]>,
+) -> Verdict {
+    let len = bytes.frame_len();
+    let slot = maps::active_slot();
+    let meta = segment::meta(slot);
+    // One packet record in this frame, filled in place: moving it through
+    // `Result`s and `Option`s would copy it three times over the BPF stack.
+    let mut p = Packet::EMPTY;
+    let parsed = parse_packet(bytes, &mut p);
+    let decision = if parsed != PARSED {
+        Decision::new(Reason::from_u8(parsed).unwrap_or(Reason::Malformed)).finish(meta)
+    } else if p.family == 0 {
+        Decision::new(Reason::NonIp)
+    } else {
+        if let Some(src) = src_override {
+            p.src = src;
+        }
+        let d = decide_packet(dir, slot, &p, meta);
+        segment::after(dir, meta, &p, &d, len);
+        d
+    };
+    let packet = (parsed == PARSED && p.family != 0).then_some(&p);
+    stats::count(ifindex, dir, &decision, len);
+    if decision.verdict != Verdict::Pass {
+        events::on_drop(ifindex, dir, &decision, packet, len);
+    }
+    decision.verdict
+}
+
+// The stages below are BPF-to-BPF calls, not inlined: each gets its own
+// stack frame, released before the next, so together they fit the 512-byte
+// BPF stack that one inlined body would exceed.
+
+/// `parse_packet`'s result when the packet was parsed (not a `Reason`).
+const PARSED: u8 = u8::MAX;
+
+/// Parses into `out`; returns `PARSED` or the reason the frame is refused.
+#[inline(never)]
+fn parse_packet(bytes: &PacketBytes, out: &mut Packet) -> u8 {
+    match parse(bytes) {
+        Ok(p) => {
+            *out = p;
+            PARSED
+        }
+        Err(reason) => reason as u8,
+    }
+}
+
+#[inline(never)]
+fn decide_packet(
+    dir: Direction,
+    slot: u8,
+    p: &Packet,
+    meta: &'static tierguard_common::segment::SegMeta,
+) -> Decision {
+    decide::decide(dir, slot, p, meta, &KernelTables { slot, meta })
 }
 
 /// Benchmark only: the ingress path with the source address taken from a
 /// rotating table, so one BPF_PROG_TEST_RUN covers many keys.
 #[xdp]
 pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
-    enforce(&ctx, Some(bench::next_source()))
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let src = bench::next_source();
+    match enforce(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress, Some(src)) {
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
+    }
 }
 
 /// Benchmark only: the same rotation, then pass. Subtracted from the above.
@@ -98,6 +180,12 @@ pub fn tierguard_bench_baseline(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn tierguard_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// The egress benchmark's empty program.
+#[classifier]
+pub fn tierguard_egress_baseline(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

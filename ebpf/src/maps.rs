@@ -3,7 +3,14 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, ProgramArray, RingBuf},
+    maps::{
+        Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
+    },
+};
+use tierguard_common::segment::{
+    FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey, FlowValue,
+    MAX_RULES, PAIR_CAPACITY, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortTable,
+    SegMeta, SlotAddrV4, SlotAddrV6, ZONE_DROP_CAPACITY, ZONE_PREFIX_CAPACITY,
 };
 use tierguard_common::event::{Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE};
 use tierguard_common::maps::{
@@ -86,6 +93,64 @@ pub static EVENT_CONFIG: Array<EventConfig> = Array::pinned(1, 0);
 /// Sampling state per reason, then the global bucket, per CPU.
 #[map(name = "TG_EVENT_SAMPLER")]
 pub static EVENT_SAMPLER: PerCpuArray<Bucket> = PerCpuArray::pinned(SAMPLER_SIZE, 0);
+
+/// The egress dispatcher's programs (a TC program cannot tail-call through
+/// the XDP program array).
+#[map(name = "TG_EGRESS_PROGRAMS")]
+pub static EGRESS_PROGRAMS: ProgramArray = ProgramArray::pinned(PROGRAM_SLOTS, 0);
+
+/// Segmentation settings per generation slot.
+#[map(name = "TG_SEG_META")]
+pub static SEG_META: Array<SegMeta> = Array::pinned(2, 0);
+
+/// Address → zone id, longest prefix wins; keys start with the slot byte.
+#[map(name = "TG_ZONES_V4")]
+pub static ZONES_V4: LpmTrie<SlotAddrV4, u16> = LpmTrie::pinned(ZONE_PREFIX_CAPACITY, 0);
+
+#[map(name = "TG_ZONES_V6")]
+pub static ZONES_V6: LpmTrie<SlotAddrV6, u16> = LpmTrie::pinned(ZONE_PREFIX_CAPACITY, 0);
+
+/// (slot, protocol class, source zone, destination zone) → port table index.
+#[map(name = "TG_ZONE_PAIRS")]
+pub static ZONE_PAIRS: HashMap<PairKey, u32> = HashMap::pinned(PAIR_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Port tables (by the port's high byte), slot 0's then slot 1's.
+#[map(name = "TG_PORT_TABLES")]
+pub static PORT_TABLES: Array<PortTable> = Array::pinned(2 * PORT_TABLES_PER_SLOT, 0);
+
+/// Port blocks (by the port's low byte), slot 0's then slot 1's.
+#[map(name = "TG_PORT_BLOCKS")]
+pub static PORT_BLOCKS: Array<PortTable> = Array::pinned(2 * PORT_BLOCKS_PER_SLOT, 0);
+
+/// (slot, protocol class, node-side port) → failsafe entries naming it.
+#[map(name = "TG_FAILSAFE_PORTS")]
+pub static FAILSAFE_PORTS: Array<u32> = Array::pinned(2 * FAILSAFE_CLASSES * 65536, 0);
+
+/// Remote address → failsafe entries whose ranges hold it.
+#[map(name = "TG_FAILSAFE_V4")]
+pub static FAILSAFE_V4: LpmTrie<SlotAddrV4, u32> = LpmTrie::pinned(FAILSAFE_PREFIX_CAPACITY, 0);
+
+#[map(name = "TG_FAILSAFE_V6")]
+pub static FAILSAFE_V6: LpmTrie<SlotAddrV6, u32> = LpmTrie::pinned(FAILSAFE_PREFIX_CAPACITY, 0);
+
+/// Flows opened by allowed packets; their replies pass. Shared by ingress
+/// and egress, LRU so a flood of new flows evicts idle ones instead of
+/// locking new connections out.
+#[map(name = "TG_FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> = LruHashMap::pinned(FLOW_CAPACITY, 0);
+
+/// Flow-table counters (`FLOW_STAT_*`).
+#[map(name = "TG_FLOW_STATS")]
+pub static FLOW_STATS_MAP: PerCpuArray<u64> = PerCpuArray::pinned(FLOW_STATS, 0);
+
+/// Packets and bytes each rule decided.
+#[map(name = "TG_RULE_HITS")]
+pub static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_RULES, 0);
+
+/// Segmentation denials by (source zone, destination zone).
+#[map(name = "TG_ZONE_DROPS")]
+pub static ZONE_DROPS: PerCpuHashMap<u32, Counter> =
+    PerCpuHashMap::pinned(ZONE_DROP_CAPACITY, BPF_F_NO_PREALLOC);
 
 #[inline(always)]
 pub fn active_slot() -> u8 {

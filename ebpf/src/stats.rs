@@ -1,6 +1,7 @@
 //! Per-CPU counters by interface, direction and reason, and per list.
 
 use tierguard_common::{
+    Reason,
     decide::{Decision, NO_ID},
     maps::{Direction, IFINDEX_TABLE_SIZE, stats_index},
 };
@@ -22,7 +23,7 @@ pub fn count(ifindex: u32, dir: Direction, d: &Decision, len: u32) {
             (*c).bytes += len as u64;
         }
     }
-    if d.id != NO_ID {
+    if d.id != NO_ID && matches!(d.reason, Reason::AllowList | Reason::DenyList) {
         if let Some(c) = LIST_HITS.get_ptr_mut(d.id as u32) {
             // SAFETY: as above.
             unsafe {

@@ -76,7 +76,7 @@ impl Fixture {
         let before = reader.counter(0, Direction::Ingress, reason).unwrap();
         let action = self.run(frame);
         let want = match reason.verdict() {
-            Verdict::Pass => XDP_PASS,
+            Verdict::Pass | Verdict::Audit => XDP_PASS,
             Verdict::Drop => XDP_DROP,
         };
         assert_eq!(action, want, "action for {reason:?} frame {frame:02x?}");
@@ -503,7 +503,7 @@ fn kernel_matches_user_space_on_random_policies() {
             };
             let want = decide::ingress(f.policy.lookup_source(src));
             let expected = match want.reason.verdict() {
-                Verdict::Pass => XDP_PASS,
+                Verdict::Pass | Verdict::Audit => XDP_PASS,
                 Verdict::Drop => XDP_DROP,
             };
             assert_eq!(

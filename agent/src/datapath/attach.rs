@@ -62,6 +62,9 @@ pub struct Attachment {
     pub adopted: bool,
     link: Option<PinnedLink>,
     link_path: PathBuf,
+    /// The TC egress link and its pin.
+    egress_link: Option<PinnedLink>,
+    egress_link_path: PathBuf,
 }
 
 /// Looks an interface up by name.
@@ -179,6 +182,18 @@ impl Datapath {
                 (pin_link(link, iface, &path)?, mode, path, false)
             }
         };
+        let (egress_link, egress_link_path, _) =
+            match self.attach_egress(iface, ifindex, &links_dir) {
+                Ok(e) => e,
+                Err(e) => {
+                    if !was_adopted {
+                        // Leave nothing half-attached: the XDP link just made goes too.
+                        drop(link.unpin());
+                        let _ = std::fs::remove_file(&link_path);
+                    }
+                    return Err(e);
+                }
+            };
         self.attachments.push(Attachment {
             iface: iface.to_string(),
             ifindex,
@@ -187,6 +202,8 @@ impl Datapath {
             adopted: was_adopted,
             link: Some(link),
             link_path,
+            egress_link: Some(egress_link),
+            egress_link_path,
         });
         Ok(mode)
     }
@@ -320,6 +337,13 @@ impl Datapath {
                 }
             }
             let _ = std::fs::remove_file(&a.link_path);
+            if let Some(link) = a.egress_link {
+                match link.unpin() {
+                    Ok(fd) => drop(fd),
+                    Err(e) => tracing::warn!(iface = a.iface, error = %e, "cannot unpin egress link"),
+                }
+            }
+            let _ = std::fs::remove_file(&a.egress_link_path);
         }
         let pin_dir = self.pin_dir.clone();
         // Removing a pin file from bpffs is what unpinning is.

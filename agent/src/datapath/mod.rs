@@ -3,9 +3,11 @@
 
 mod attach;
 mod caps;
+mod egress;
 mod error;
 mod events;
 mod stats;
+mod segment_tables;
 mod tables;
 mod test_run;
 
@@ -70,7 +72,9 @@ impl Datapath {
                 }
             })?;
         let loaded = load_xdp(&mut ebpf, programs::DISPATCH)
-            .and_then(|()| load_xdp(&mut ebpf, programs::INGRESS));
+            .and_then(|()| load_xdp(&mut ebpf, programs::INGRESS))
+            .and_then(|()| egress::load_tc(&mut ebpf, programs::EGRESS_DISPATCH))
+            .and_then(|()| egress::load_tc(&mut ebpf, programs::EGRESS));
         if let Err(e) = loaded {
             if !adopted {
                 // The maps were pinned by this load: leave nothing behind.
@@ -117,7 +121,8 @@ impl Datapath {
             .map_err(|source| DatapathError::Map { map: name, source })?;
         array
             .set(PROG_INGRESS, &fd, 0)
-            .map_err(|source| DatapathError::Install { map: name, source })
+            .map_err(|source| DatapathError::Install { map: name, source })?;
+        self.install_egress()
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -160,7 +165,12 @@ pub(crate) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut 
 fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
     xdp_program(ebpf, name)?
         .load()
-        .map_err(|source| match source {
+        .map_err(|source| load_error(name, source))
+}
+
+/// A load failure in words: the verifier's log when the kernel gave one.
+fn load_error(name: &str, source: aya::programs::ProgramError) -> DatapathError {
+    match source {
             // An empty log means the kernel said no before verifying (EPERM, ENOMEM...).
             aya::programs::ProgramError::LoadError {
                 ref verifier_log, ..
@@ -172,7 +182,7 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
                 program: name.to_string(),
                 source,
             },
-        })
+        }
 }
 
 fn ensure_pin_dir(dir: &Path) -> Result<()> {

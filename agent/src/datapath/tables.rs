@@ -14,6 +14,7 @@ use tierguard_common::maps::{
     names,
 };
 
+use super::segment_tables::{self, WrittenSegmentation};
 use super::{Datapath, DatapathError, Result};
 use crate::policy::CompiledPolicy;
 
@@ -25,6 +26,7 @@ pub(super) struct Written {
     v6_buckets: Vec<u32>,
     v4: Vec<PrefixKeyV4>,
     v6: Vec<PrefixKeyV6>,
+    segmentation: WrittenSegmentation,
 }
 
 /// Programs that read the old slot finish within microseconds (they run under
@@ -106,7 +108,7 @@ fn sweep_slot(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
                 .map_err(map_err(names::V6_TABLE))?;
         }
     }
-    Ok(())
+    segment_tables::sweep(ebpf, slot)
 }
 
 fn sweep<K: aya::Pod>(
@@ -141,6 +143,7 @@ impl Datapath {
             v6_buckets: Vec::with_capacity(policy.v6_buckets.len()),
             v4: Vec::with_capacity(policy.v4_long.len()),
             v6: Vec::with_capacity(policy.v6_long),
+            segmentation: WrittenSegmentation::default(),
         };
         if let Err(e) = write_generation(ebpf, policy, new, &mut written) {
             delete(ebpf, &written);
@@ -271,7 +274,7 @@ fn write_generation(
         v6.insert(key, *entry, 0).map_err(map_err(names::LIST_V6))?;
         written.v6.push(key);
     }
-    Ok(())
+    segment_tables::write(ebpf, &policy.segmentation, slot, &mut written.segmentation)
 }
 
 fn delete(ebpf: &mut Ebpf, w: &Written) {
@@ -295,4 +298,5 @@ fn delete(ebpf: &mut Ebpf, w: &Written) {
             let _ = m.remove(k);
         }
     }
+    segment_tables::delete(ebpf, &w.segmentation);
 }

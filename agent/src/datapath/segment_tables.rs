@@ -1,0 +1,253 @@
+//! Writing and deleting the segmentation part of a policy generation: zone
+//! and failsafe tries, zone pairs, port tables and blocks, failsafe ports,
+//! settings. Called inside the transaction in `tables.rs`.
+
+use aya::{
+    Ebpf,
+    maps::{
+        Array, HashMap, MapData,
+        lpm_trie::{Key, LpmTrie},
+    },
+};
+use ipnetwork::{Ipv4Network, Ipv6Network};
+use tierguard_common::{
+    maps::names,
+    segment::{
+        FAILSAFE_CLASSES, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortTable, SegMeta,
+        SlotAddrV4, SlotAddrV6, trie_prefix_len,
+    },
+};
+
+use super::{DatapathError, Result};
+use crate::policy::CompiledSegmentation;
+
+/// Keys of one generation's segmentation entries, to delete it later.
+#[derive(Default)]
+pub(super) struct WrittenSegmentation {
+    zones_v4: Vec<Key<SlotAddrV4>>,
+    zones_v6: Vec<Key<SlotAddrV6>>,
+    failsafe_v4: Vec<Key<SlotAddrV4>>,
+    failsafe_v6: Vec<Key<SlotAddrV6>>,
+    pairs: Vec<PairKey>,
+    /// Absolute indexes (slot included).
+    port_tables: Vec<u32>,
+    port_blocks: Vec<u32>,
+    failsafe_ports: Vec<u32>,
+}
+
+fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
+    move |source| DatapathError::Map { map, source }
+}
+
+fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or(DatapathError::MissingMap { map: name })
+}
+
+fn trie<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<LpmTrie<&'a mut MapData, K, V>> {
+    LpmTrie::try_from(map(ebpf, name)?).map_err(map_err(name))
+}
+
+fn array<'a, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<Array<&'a mut MapData, V>> {
+    Array::try_from(map(ebpf, name)?).map_err(map_err(name))
+}
+
+fn v4_key(slot: u8, n: &Ipv4Network) -> Key<SlotAddrV4> {
+    Key::new(
+        trie_prefix_len(n.prefix()),
+        SlotAddrV4 {
+            slot,
+            addr: n.network().octets(),
+            _pad: [0; 3],
+        },
+    )
+}
+
+fn v6_key(slot: u8, n: &Ipv6Network) -> Key<SlotAddrV6> {
+    Key::new(
+        trie_prefix_len(n.prefix()),
+        SlotAddrV6 {
+            slot,
+            addr: n.network().octets(),
+            _pad: [0; 3],
+        },
+    )
+}
+
+fn failsafe_index(slot: u8, class: u32, port: u16) -> u32 {
+    ((u32::from(slot) * FAILSAFE_CLASSES + class) << 16) | u32::from(port)
+}
+
+/// Writes `seg` into `slot`, recording every key in `w` as it goes (so a
+/// failure part-way can be undone).
+pub(super) fn write(
+    ebpf: &mut Ebpf,
+    seg: &CompiledSegmentation,
+    slot: u8,
+    w: &mut WrittenSegmentation,
+) -> Result<()> {
+    {
+        let mut t: LpmTrie<_, SlotAddrV4, u16> = trie(ebpf, names::ZONES_V4)?;
+        for (net, zone) in &seg.zone_v4 {
+            let k = v4_key(slot, net);
+            t.insert(&k, zone, 0).map_err(map_err(names::ZONES_V4))?;
+            w.zones_v4.push(k);
+        }
+    }
+    {
+        let mut t: LpmTrie<_, SlotAddrV6, u16> = trie(ebpf, names::ZONES_V6)?;
+        for (net, zone) in &seg.zone_v6 {
+            let k = v6_key(slot, net);
+            t.insert(&k, zone, 0).map_err(map_err(names::ZONES_V6))?;
+            w.zones_v6.push(k);
+        }
+    }
+    {
+        let mut t: LpmTrie<_, SlotAddrV4, u32> = trie(ebpf, names::FAILSAFE_V4)?;
+        for (net, mask) in &seg.failsafe_v4 {
+            let k = v4_key(slot, net);
+            t.insert(&k, mask, 0).map_err(map_err(names::FAILSAFE_V4))?;
+            w.failsafe_v4.push(k);
+        }
+    }
+    {
+        let mut t: LpmTrie<_, SlotAddrV6, u32> = trie(ebpf, names::FAILSAFE_V6)?;
+        for (net, mask) in &seg.failsafe_v6 {
+            let k = v6_key(slot, net);
+            t.insert(&k, mask, 0).map_err(map_err(names::FAILSAFE_V6))?;
+            w.failsafe_v6.push(k);
+        }
+    }
+    {
+        let mut a: Array<_, u32> = array(ebpf, names::FAILSAFE_PORTS)?;
+        for &(class, port, mask) in &seg.failsafe_ports {
+            let i = failsafe_index(slot, class, port);
+            a.set(i, mask, 0).map_err(map_err(names::FAILSAFE_PORTS))?;
+            w.failsafe_ports.push(i);
+        }
+    }
+    {
+        let mut a: Array<_, PortTable> = array(ebpf, names::PORT_TABLES)?;
+        for (i, t) in seg.port_tables.iter().enumerate() {
+            let i = u32::from(slot) * PORT_TABLES_PER_SLOT + i as u32;
+            a.set(i, t, 0).map_err(map_err(names::PORT_TABLES))?;
+            w.port_tables.push(i);
+        }
+    }
+    {
+        let mut a: Array<_, PortTable> = array(ebpf, names::PORT_BLOCKS)?;
+        for (i, t) in seg.port_blocks.iter().enumerate() {
+            let i = u32::from(slot) * PORT_BLOCKS_PER_SLOT + i as u32;
+            a.set(i, t, 0).map_err(map_err(names::PORT_BLOCKS))?;
+            w.port_blocks.push(i);
+        }
+    }
+    {
+        let mut m: HashMap<_, PairKey, u32> =
+            HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;
+        for (key, table) in &seg.pairs {
+            let key = PairKey { slot, ..*key };
+            m.insert(key, table, 0).map_err(map_err(names::ZONE_PAIRS))?;
+            w.pairs.push(key);
+        }
+    }
+    array::<SegMeta>(ebpf, names::SEG_META)?
+        .set(u32::from(slot), seg.meta, 0)
+        .map_err(map_err(names::SEG_META))
+}
+
+/// Deletes what `w` records. Best effort: an entry that cannot be removed
+/// is unreachable anyway once its slot is not live.
+pub(super) fn delete(ebpf: &mut Ebpf, w: &WrittenSegmentation) {
+    if let Ok(mut t) = trie::<SlotAddrV4, u16>(ebpf, names::ZONES_V4) {
+        w.zones_v4.iter().for_each(|k| drop(t.remove(k)));
+    }
+    if let Ok(mut t) = trie::<SlotAddrV6, u16>(ebpf, names::ZONES_V6) {
+        w.zones_v6.iter().for_each(|k| drop(t.remove(k)));
+    }
+    if let Ok(mut t) = trie::<SlotAddrV4, u32>(ebpf, names::FAILSAFE_V4) {
+        w.failsafe_v4.iter().for_each(|k| drop(t.remove(k)));
+    }
+    if let Ok(mut t) = trie::<SlotAddrV6, u32>(ebpf, names::FAILSAFE_V6) {
+        w.failsafe_v6.iter().for_each(|k| drop(t.remove(k)));
+    }
+    if let Ok(mut a) = array::<u32>(ebpf, names::FAILSAFE_PORTS) {
+        w.failsafe_ports.iter().for_each(|i| drop(a.set(*i, 0, 0)));
+    }
+    if let Ok(mut a) = array::<PortTable>(ebpf, names::PORT_TABLES) {
+        w.port_tables
+            .iter()
+            .for_each(|i| drop(a.set(*i, PortTable::EMPTY, 0)));
+    }
+    if let Ok(mut a) = array::<PortTable>(ebpf, names::PORT_BLOCKS) {
+        w.port_blocks
+            .iter()
+            .for_each(|i| drop(a.set(*i, PortTable::EMPTY, 0)));
+    }
+    if let Ok(m) = map(ebpf, names::ZONE_PAIRS) {
+        if let Ok(mut m) = HashMap::<_, PairKey, u32>::try_from(m) {
+            w.pairs.iter().for_each(|k| drop(m.remove(k)));
+        }
+    }
+}
+
+/// Deletes every segmentation entry of `slot`, found by scanning (entries
+/// written by an earlier agent).
+pub(super) fn sweep(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
+    let mut w = WrittenSegmentation::default();
+    w.zones_v4 = trie_keys::<SlotAddrV4, u16>(ebpf, names::ZONES_V4, slot, |k| k.slot)?;
+    w.zones_v6 = trie_keys::<SlotAddrV6, u16>(ebpf, names::ZONES_V6, slot, |k| k.slot)?;
+    w.failsafe_v4 = trie_keys::<SlotAddrV4, u32>(ebpf, names::FAILSAFE_V4, slot, |k| k.slot)?;
+    w.failsafe_v6 = trie_keys::<SlotAddrV6, u32>(ebpf, names::FAILSAFE_V6, slot, |k| k.slot)?;
+    {
+        let m: HashMap<_, PairKey, u32> =
+            HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;
+        w.pairs = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.slot == slot)
+            .collect();
+    }
+    {
+        let a: Array<_, PortTable> = array(ebpf, names::PORT_TABLES)?;
+        let base = u32::from(slot) * PORT_TABLES_PER_SLOT;
+        w.port_tables = (base..base + PORT_TABLES_PER_SLOT)
+            .filter(|i| a.get(i, 0).is_ok_and(|t| t != PortTable::EMPTY))
+            .collect();
+    }
+    {
+        let a: Array<_, PortTable> = array(ebpf, names::PORT_BLOCKS)?;
+        let base = u32::from(slot) * PORT_BLOCKS_PER_SLOT;
+        w.port_blocks = (base..base + PORT_BLOCKS_PER_SLOT)
+            .filter(|i| a.get(i, 0).is_ok_and(|t| t != PortTable::EMPTY))
+            .collect();
+    }
+    {
+        let a: Array<_, u32> = array(ebpf, names::FAILSAFE_PORTS)?;
+        let base = failsafe_index(slot, 0, 0);
+        w.failsafe_ports = (base..base + FAILSAFE_CLASSES * 65536)
+            .filter(|i| a.get(i, 0).is_ok_and(|m| m != 0))
+            .collect();
+    }
+    delete(ebpf, &w);
+    Ok(())
+}
+
+fn trie_keys<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    slot: u8,
+    slot_of: fn(&K) -> u8,
+) -> Result<Vec<Key<K>>> {
+    let t: LpmTrie<_, K, V> = trie(ebpf, name)?;
+    Ok(t.keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| slot_of(&k.data()) == slot)
+        .collect())
+}

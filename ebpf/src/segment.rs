@@ -1,0 +1,231 @@
+//! The kernel's side of the decision: `Tables` over the BPF maps, and the
+//! bookkeeping after a decision (flows, rule and zone-pair counters).
+
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use tierguard_common::{
+    Reason,
+    decide::{Decision, Tables},
+    maps::{Counter, Direction, ListEntry},
+    packet::Packet,
+    segment::{
+        FLOW_CLOSING, FLOW_STAT_CREATED, FLOW_STAT_INSERT_FAILED, FLOW_STAT_REPLIES, FlowKey,
+        FlowValue, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortEntry, SEG_ENABLED,
+        SegMeta, SlotAddrV4, SlotAddrV6, ZONE_WORLD, closes_flow, flow_alive, flow_key,
+        opens_flow, trie_prefix_len, zone_pair_index,
+    },
+};
+
+use crate::lists;
+use crate::maps::{
+    FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PORT_BLOCKS, PORT_TABLES,
+    RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONES_V4, ZONES_V6,
+};
+
+/// Used when the settings map cannot be read (never, for an array in range):
+/// segmentation off, which is the pre-segmentation behaviour.
+static NO_META: SegMeta = SegMeta {
+    flags: 0,
+    _pad: 0,
+    tcp_timeout_ns: 0,
+    tcp_closing_timeout_ns: 0,
+    udp_timeout_ns: 0,
+    other_timeout_ns: 0,
+};
+
+#[inline(always)]
+pub fn meta(slot: u8) -> &'static SegMeta {
+    match SEG_META.get(slot as u32) {
+        Some(m) => m,
+        None => &NO_META,
+    }
+}
+
+pub struct KernelTables {
+    pub slot: u8,
+    pub meta: &'static SegMeta,
+}
+
+#[inline(always)]
+fn v4_key(slot: u8, addr: &[u8; 16]) -> Key<SlotAddrV4> {
+    Key::new(
+        trie_prefix_len(32),
+        SlotAddrV4 {
+            slot,
+            addr: [addr[0], addr[1], addr[2], addr[3]],
+            _pad: [0; 3],
+        },
+    )
+}
+
+#[inline(always)]
+fn v6_key(slot: u8, addr: &[u8; 16]) -> Key<SlotAddrV6> {
+    Key::new(
+        trie_prefix_len(128),
+        SlotAddrV6 {
+            slot,
+            addr: *addr,
+            _pad: [0; 3],
+        },
+    )
+}
+
+impl Tables for KernelTables {
+    #[inline(always)]
+    fn list(&self, p: &Packet) -> Option<ListEntry> {
+        lists::lookup_source(self.slot, p)
+    }
+
+    #[inline(always)]
+    fn failsafe_ports(&self, class: u32, port: u16) -> u32 {
+        let idx = ((u32::from(self.slot) * 4 + class) << 16) | u32::from(port);
+        FAILSAFE_PORTS.get(idx).copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn failsafe_addr(&self, family: u8, addr: &[u8; 16]) -> u32 {
+        let hit = if family == 4 {
+            FAILSAFE_V4.get(v4_key(self.slot, addr))
+        } else {
+            FAILSAFE_V6.get(v6_key(self.slot, addr))
+        };
+        hit.copied().unwrap_or(0)
+    }
+
+    #[inline(always)]
+    fn zone(&self, family: u8, addr: &[u8; 16]) -> u16 {
+        let hit = if family == 4 {
+            ZONES_V4.get(v4_key(self.slot, addr))
+        } else {
+            ZONES_V6.get(v6_key(self.slot, addr))
+        };
+        hit.copied().unwrap_or(ZONE_WORLD)
+    }
+
+    #[inline(always)]
+    fn pair(&self, key: &PairKey) -> Option<u32> {
+        // SAFETY: the value is copied out at once.
+        unsafe { ZONE_PAIRS.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn port_table(&self, table: u32, hi: u8) -> PortEntry {
+        if table >= PORT_TABLES_PER_SLOT {
+            return 0;
+        }
+        match PORT_TABLES.get(u32::from(self.slot) * PORT_TABLES_PER_SLOT + table) {
+            Some(t) => t.entries[hi as usize],
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn port_block(&self, block: u32, lo: u8) -> PortEntry {
+        if block >= PORT_BLOCKS_PER_SLOT {
+            return 0;
+        }
+        match PORT_BLOCKS.get(u32::from(self.slot) * PORT_BLOCKS_PER_SLOT + block) {
+            Some(t) => t.entries[lo as usize],
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn flow_alive(&self, key: &FlowKey, p: &Packet) -> bool {
+        let Some(v) = FLOWS.get_ptr_mut(key) else {
+            return false;
+        };
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        // SAFETY: a map value; racing writers only store timestamps and flags.
+        let v = unsafe { &mut *v };
+        if !flow_alive(self.meta, key, v, now) {
+            return false;
+        }
+        v.last_seen_ns = now;
+        if closes_flow(p) {
+            v.flags |= FLOW_CLOSING;
+        }
+        bump(FLOW_STAT_REPLIES);
+        true
+    }
+}
+
+#[inline(always)]
+fn bump(stat: u32) {
+    if let Some(c) = FLOW_STATS_MAP.get_ptr_mut(stat) {
+        // SAFETY: per-CPU value.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn add(c: *mut Counter, len: u32) {
+    // SAFETY: per-CPU value, no concurrent writer on this CPU.
+    unsafe {
+        (*c).packets += 1;
+        (*c).bytes += len as u64;
+    }
+}
+
+/// After the decision: open a flow for an allowed first packet, count the
+/// rule, and count segmentation denials by zone pair.
+#[inline(never)]
+pub fn after(dir: Direction, meta: &SegMeta, p: &Packet, d: &Decision, len: u32) {
+    if meta.flags & SEG_ENABLED == 0 {
+        return;
+    }
+    match d.reason {
+        Reason::RuleAllow | Reason::RuleAudit | Reason::RuleDeny => {
+            if let Some(c) = RULE_HITS.get_ptr_mut(d.id as u32) {
+                add(c, len);
+            }
+        }
+        _ => {}
+    }
+    if matches!(d.reason, Reason::RuleDeny | Reason::DefaultDeny) {
+        let key = zone_pair_index(d.src_zone, d.dst_zone);
+        match ZONE_DROPS.get_ptr_mut(&key) {
+            Some(c) => add(c, len),
+            None => {
+                let first = Counter {
+                    packets: 1,
+                    bytes: len as u64,
+                };
+                let _ = ZONE_DROPS.insert(&key, &first, 0);
+            }
+        }
+    }
+    let opens = match d.reason {
+        // Trusted and allowed first packets open flows; so do audited ones
+        // (in audit mode too), or their replies would be reported as drops.
+        Reason::AllowList | Reason::RuleAllow | Reason::RuleAudit | Reason::DefaultAllow => true,
+        Reason::RuleDeny | Reason::DefaultDeny => d.verdict.passes(),
+        _ => false,
+    };
+    if opens && opens_flow(p) {
+        open_flow(dir, p, d.id);
+    }
+}
+
+const BPF_NOEXIST: u64 = 1;
+
+#[inline(always)]
+fn open_flow(dir: Direction, p: &Packet, rule: u16) {
+    let key = flow_key(p);
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let v = FlowValue {
+        last_seen_ns: now,
+        rule,
+        flags: 0,
+        direction: dir as u8,
+        _pad: 0,
+    };
+    match FLOWS.insert(&key, &v, BPF_NOEXIST) {
+        Ok(()) => bump(FLOW_STAT_CREATED),
+        Err(_) => match FLOWS.get_ptr_mut(&key) {
+            // A retransmitted SYN, or the flow's successor on the same
+            // ports: it starts afresh.
+            Some(old) => unsafe { *old = v },
+            None => bump(FLOW_STAT_INSERT_FAILED),
+        },
+    }
+}
