@@ -14,14 +14,15 @@ use crate::cli::RunArgs;
 use crate::config::{Config, ConfigErrors};
 use crate::datapath::{Datapath, SamplerReader, StatsReader};
 use crate::events::{self, Context};
-use crate::metrics::{self, Metrics};
-use crate::policy::{CompiledPolicy, ListInfo};
+use crate::metrics::{self, Metrics, PolicyNames};
+use crate::policy::CompiledPolicy;
 
 /// What the metrics endpoint reads.
 struct Shared {
     metrics: Metrics,
     stats: Mutex<Option<StatsReader>>,
-    lists: RwLock<Vec<ListInfo>>,
+    /// Names behind the ids in kernel counters.
+    names: RwLock<PolicyNames>,
     ready: AtomicBool,
     sampler: Mutex<Option<SamplerReader>>,
     /// What event enrichment needs from the live policy.
@@ -63,9 +64,9 @@ impl Shared {
 
 impl metrics::Endpoint for Shared {
     fn metrics(&self) -> String {
-        let lists = self.lists.read().map(|l| l.clone()).unwrap_or_default();
+        let names = self.names.read().map(|l| l.clone()).unwrap_or_default();
         let stats = self.stats.lock().ok().and_then(|r| {
-            r.as_ref().and_then(|r| match r.read(lists.len()) {
+            r.as_ref().and_then(|r| match r.read(names.lists.len(), names.rules.len()) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read kernel counters");
@@ -91,12 +92,56 @@ impl metrics::Endpoint for Shared {
             })
         });
         self.metrics
-            .render_with(stats.as_ref(), &lists, sampler.as_ref())
+            .render_with(stats.as_ref(), &names, sampler.as_ref())
     }
 
     fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
+}
+
+/// How often idle flows are freed and the flow table measured.
+const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Frees expired flows and keeps the flow metrics current, on a thread of
+/// its own: a full table is a few hundred thousand map syscalls.
+fn start_flow_sweeper(pin_dir: &std::path::Path, metrics: &Metrics) {
+    let mut sweeper = match crate::datapath::FlowSweeper::open(pin_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "flow table unavailable: no flow metrics, no sweeping");
+            return;
+        }
+    };
+    metrics
+        .flow_capacity
+        .set(crate::datapath::FlowSweeper::CAPACITY as i64);
+    let (flows, expired, evictions) = (
+        metrics.flows.clone(),
+        metrics.flows_expired.clone(),
+        metrics.flow_evictions.clone(),
+    );
+    std::thread::spawn(move || {
+        let mut accounting = crate::datapath::FlowAccounting::default();
+        let mut warned = false;
+        loop {
+            match sweeper.sweep() {
+                Ok(s) => {
+                    let (new_expired, new_evicted) = accounting.record(s);
+                    flows.set(s.entries as i64);
+                    expired.inc_by(new_expired);
+                    evictions.inc_by(new_evicted);
+                    warned = false;
+                }
+                Err(e) if !warned => {
+                    tracing::warn!(error = %e, "cannot sweep the flow table");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            std::thread::sleep(FLOW_SWEEP_INTERVAL);
+        }
+    });
 }
 
 fn report(errors: &ConfigErrors) {
@@ -238,7 +283,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
         stats: Mutex::new(None),
-        lists: RwLock::new(policy.lists.clone()),
+        names: RwLock::new(PolicyNames::of(&policy)),
         ready: AtomicBool::new(false),
         sampler: Mutex::new(None),
         event_ctx: Arc::new(RwLock::new(Context {
@@ -309,6 +354,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Err(e) => tracing::warn!(error = %e, "event sampler counters unavailable to metrics"),
     }
     start_events(&config, &datapath, &shared);
+    start_flow_sweeper(datapath.pin_dir(), &shared.metrics);
     shared
         .metrics
         .set_policy(generation, &policy.hash, &config.origin, &policy.lists);
@@ -560,8 +606,8 @@ fn reload(
     }
     match datapath.apply(&policy) {
         Ok(generation) => {
-            if let Ok(mut l) = shared.lists.write() {
-                *l = policy.lists.clone();
+            if let Ok(mut l) = shared.names.write() {
+                *l = PolicyNames::of(&policy);
             }
             if let Ok(mut c) = shared.event_ctx.write() {
                 c.generation = generation;

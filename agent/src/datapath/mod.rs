@@ -4,6 +4,7 @@
 mod attach;
 mod caps;
 mod egress;
+mod flows;
 mod error;
 mod events;
 mod stats;
@@ -19,7 +20,8 @@ use tierguard_common::maps::{PROG_INGRESS, names, programs};
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use error::{DatapathError, Result};
 pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config, ns_per_jiffy};
-pub use stats::{Stats, StatsKey, StatsReader};
+pub use flows::{FlowAccounting, FlowSweep, FlowSweeper, coarse_now_ns};
+pub use stats::{FlowCounters, Stats, StatsKey, StatsReader, verdicts_of};
 pub use test_run::{RunResult, XDP_DROP, XDP_PASS};
 
 /// The kernel object, built by build.rs.

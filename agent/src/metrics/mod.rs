@@ -5,7 +5,8 @@
 mod http;
 
 use prometheus::{
-    Encoder, Gauge, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
     proto::{Counter as PCounter, LabelPair, Metric, MetricFamily, MetricType},
 };
 
@@ -13,6 +14,7 @@ pub use http::{Endpoint, serve};
 
 use crate::datapath::{SamplerCounts, Stats};
 use crate::policy::ListInfo;
+use crate::policy::segmentation::{RuleInfo, ZoneInfo};
 
 pub const PREFIX: &str = "tierguard";
 
@@ -29,6 +31,10 @@ pub struct Metrics {
     pub events_emitted: IntCounterVec,
     pub events_dropped: IntCounterVec,
     pub events_delivered: IntCounterVec,
+    pub flows: IntGauge,
+    pub flow_capacity: IntGauge,
+    pub flows_expired: IntCounter,
+    pub flow_evictions: IntCounter,
 }
 
 /// Stages at which the agent can lose an event (`ring_full` is counted by the kernel).
@@ -115,6 +121,26 @@ impl Metrics {
             &["sink"],
         )
         .expect("valid metric");
+        let flows = IntGauge::with_opts(opts(
+            "flows",
+            "Live flows in the flow table at the last sweep.",
+        ))
+        .expect("valid metric");
+        let flow_capacity = IntGauge::with_opts(opts(
+            "flow_table_capacity",
+            "Flows the flow table holds before the least recently used is evicted.",
+        ))
+        .expect("valid metric");
+        let flows_expired = IntCounter::with_opts(opts(
+            "flows_expired_total",
+            "Idle flows the agent freed after their timeout.",
+        ))
+        .expect("valid metric");
+        let flow_evictions = IntCounter::with_opts(opts(
+            "flow_evictions_total",
+            "Flows evicted by the LRU table before they expired (created, minus live, minus expired).",
+        ))
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             opts("build_info", "1, labelled with the agent's version."),
             &["version"],
@@ -132,6 +158,10 @@ impl Metrics {
             Box::new(events_emitted.clone()),
             Box::new(events_dropped.clone()),
             Box::new(events_delivered.clone()),
+            Box::new(flows.clone()),
+            Box::new(flow_capacity.clone()),
+            Box::new(flows_expired.clone()),
+            Box::new(flow_evictions.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -154,6 +184,10 @@ impl Metrics {
             events_emitted,
             events_dropped,
             events_delivered,
+            flows,
+            flow_capacity,
+            flows_expired,
+            flow_evictions,
         }
     }
 
@@ -175,20 +209,20 @@ impl Metrics {
     }
 
     /// The text exposition: registry metrics plus kernel counters.
-    pub fn render(&self, stats: Option<&Stats>, lists: &[ListInfo]) -> String {
-        self.render_with(stats, lists, None)
+    pub fn render(&self, stats: Option<&Stats>, names: &PolicyNames) -> String {
+        self.render_with(stats, names, None)
     }
 
     /// As `render`, with the event sampler's counters when they could be read.
     pub fn render_with(
         &self,
         stats: Option<&Stats>,
-        lists: &[ListInfo],
+        names: &PolicyNames,
         sampler: Option<&SamplerCounts>,
     ) -> String {
         let mut families = self.registry.gather();
         if let Some(s) = stats {
-            families.extend(kernel_families(s, lists));
+            families.extend(kernel_families(s, names));
         }
         if let Some(c) = sampler {
             let suppressed = c
@@ -252,7 +286,32 @@ fn family(name: &str, help: &str, metrics: Vec<Metric>) -> MetricFamily {
     f
 }
 
-fn kernel_families(s: &Stats, lists: &[ListInfo]) -> Vec<MetricFamily> {
+/// What kernel counters are labelled with: the names behind list, rule and zone ids.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyNames {
+    pub lists: Vec<ListInfo>,
+    pub rules: Vec<RuleInfo>,
+    pub zones: Vec<ZoneInfo>,
+}
+
+impl PolicyNames {
+    pub fn of(policy: &crate::policy::CompiledPolicy) -> PolicyNames {
+        PolicyNames {
+            lists: policy.lists.clone(),
+            rules: policy.segmentation.rules.clone(),
+            zones: policy.segmentation.zones.clone(),
+        }
+    }
+
+    fn zone(&self, id: u16) -> String {
+        self.zones
+            .get(id as usize)
+            .map_or_else(|| format!("zone-{id}"), |z| z.name.clone())
+    }
+}
+
+fn kernel_families(s: &Stats, names: &PolicyNames) -> Vec<MetricFamily> {
+    let lists = &names.lists;
     let mut packets = Vec::new();
     let mut bytes = Vec::new();
     for (k, c) in &s.packets {
@@ -261,7 +320,7 @@ fn kernel_families(s: &Stats, lists: &[ListInfo]) -> Vec<MetricFamily> {
                 label("direction", k.direction.name()),
                 label("interface", &k.iface),
                 label("reason", k.reason.name()),
-                label("verdict", k.reason.verdict().name()),
+                label("verdict", k.verdict.name()),
             ]
         };
         packets.push(counter(labels(), c.packets));
@@ -274,7 +333,62 @@ fn kernel_families(s: &Stats, lists: &[ListInfo]) -> Vec<MetricFamily> {
         hits.push(counter(labels(), c.packets));
         hit_bytes.push(counter(labels(), c.bytes));
     }
+    let mut rules = Vec::new();
+    let mut rule_bytes = Vec::new();
+    for (r, c) in names.rules.iter().zip(&s.rules) {
+        let labels = || vec![label("action", r.action.name()), label("rule", &r.name)];
+        rules.push(counter(labels(), c.packets));
+        rule_bytes.push(counter(labels(), c.bytes));
+    }
+    let mut zone_drops = Vec::new();
+    let mut zone_drop_bytes = Vec::new();
+    for (src, dst, c) in &s.zone_drops {
+        let labels = || {
+            vec![
+                label("dst_zone", &names.zone(*dst)),
+                label("src_zone", &names.zone(*src)),
+            ]
+        };
+        zone_drops.push(counter(labels(), c.packets));
+        zone_drop_bytes.push(counter(labels(), c.bytes));
+    }
+    let flows = |v: u64| vec![counter(Vec::new(), v)];
     vec![
+        family(
+            "rule_packets_total",
+            "Packets each segmentation rule decided (the rule that won).",
+            rules,
+        ),
+        family(
+            "rule_bytes_total",
+            "Bytes of packets each segmentation rule decided.",
+            rule_bytes,
+        ),
+        family(
+            "zone_pair_drops_total",
+            "Packets denied by segmentation (a deny rule or a deny default), by source and destination zone; in audit mode, those it would have dropped.",
+            zone_drops,
+        ),
+        family(
+            "zone_pair_drop_bytes_total",
+            "Bytes of packets denied by segmentation, by zone pair.",
+            zone_drop_bytes,
+        ),
+        family(
+            "flows_created_total",
+            "Flows opened in the flow table by allowed first packets.",
+            flows(s.flows.created),
+        ),
+        family(
+            "flow_insert_failures_total",
+            "Flows the kernel could not insert (their replies need a rule of their own).",
+            flows(s.flows.insert_failed),
+        ),
+        family(
+            "flow_replies_total",
+            "Reply packets passed because a live flow admitted them.",
+            flows(s.flows.replies),
+        ),
         family(
             "packets_total",
             "Packets seen by the datapath, by interface, direction, verdict and reason.",
@@ -312,11 +426,8 @@ mod tests {
     fn renders_a_policy_without_lists() {
         let m = Metrics::new();
         m.set_policy(1, "h", "p.toml", &[]);
-        let stats = Stats {
-            packets: Vec::new(),
-            lists: Vec::new(),
-        };
-        let text = m.render(Some(&stats), &[]);
+        let stats = Stats::default();
+        let text = m.render(Some(&stats), &PolicyNames::default());
         assert!(text.contains("tierguard_policy_generation 1"), "{text}");
         assert!(!text.contains("tierguard_list_hits_total"));
     }
@@ -336,6 +447,7 @@ mod tests {
                 StatsKey {
                     iface: "eth0".into(),
                     direction: Direction::Ingress,
+                    verdict: tierguard_common::Verdict::Drop,
                     reason: Reason::DenyList,
                 },
                 Counter {
@@ -347,8 +459,46 @@ mod tests {
                 packets: 7,
                 bytes: 420,
             }],
+            rules: vec![Counter {
+                packets: 4,
+                bytes: 240,
+            }],
+            zone_drops: vec![(
+                2,
+                0,
+                Counter {
+                    packets: 9,
+                    bytes: 540,
+                },
+            )],
+            flows: crate::datapath::FlowCounters {
+                created: 11,
+                insert_failed: 0,
+                replies: 30,
+            },
         };
-        let text = m.render(Some(&stats), &lists);
+        let names = PolicyNames {
+            lists: lists.clone(),
+            rules: vec![RuleInfo {
+                name: "edge-to-dmz".into(),
+                action: tierguard_common::segment::RuleAction::Allow,
+                description: None,
+                origin: "p.toml:9:1".into(),
+            }],
+            zones: ["world", "host", "edge"]
+                .iter()
+                .map(|n| ZoneInfo { name: n.to_string() })
+                .collect(),
+        };
+        let text = m.render(Some(&stats), &names);
+        assert!(text.contains(
+            "tierguard_rule_packets_total{action=\"allow\",rule=\"edge-to-dmz\"} 4"
+        ), "{text}");
+        assert!(text.contains(
+            "tierguard_zone_pair_drops_total{dst_zone=\"world\",src_zone=\"edge\"} 9"
+        ), "{text}");
+        assert!(text.contains("tierguard_flows_created_total 11"), "{text}");
+        assert!(text.contains("tierguard_flow_replies_total 30"), "{text}");
         assert!(text.contains(
             "tierguard_packets_total{direction=\"ingress\",interface=\"eth0\",reason=\"deny_list\",verdict=\"drop\"} 7"
         ), "{text}");
@@ -373,7 +523,7 @@ mod tests {
             suppressed: vec![(Reason::DenyList, 40), (Reason::Malformed, 0)],
             ring_full: vec![(Reason::DenyList, 3)],
         };
-        let text = m.render_with(None, &[], Some(&sampler));
+        let text = m.render_with(None, &PolicyNames::default(), Some(&sampler));
         assert!(
             text.contains("tierguard_events_emitted_total{reason=\"deny_list\"} 5"),
             "{text}"

@@ -1,0 +1,157 @@
+//! The flow table seen from user space: the kernel enforces expiry on every
+//! lookup; the agent frees expired entries (so idle flows do not crowd out
+//! new ones) and measures the table for metrics. Evictions are derived:
+//! every entry the kernel created is either still there, expired and freed
+//! by this sweeper, or evicted by the LRU.
+
+use std::path::Path;
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use tierguard_common::{
+    maps::names,
+    segment::{FLOW_CAPACITY, FLOW_STAT_CREATED, FlowKey, FlowValue, SegMeta, flow_alive},
+};
+
+use super::{DatapathError, Result};
+
+/// What one sweep found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowSweep {
+    /// Live entries left in the table.
+    pub entries: u64,
+    /// Expired entries this sweep freed.
+    pub expired: u64,
+    /// Flows the kernel has created since the maps were pinned.
+    pub created: u64,
+}
+
+pub struct FlowSweeper {
+    flows: HashMap<MapData, FlowKey, FlowValue>,
+    meta: Array<MapData, SegMeta>,
+    active: Array<MapData, u32>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+fn open(pin_dir: &Path, name: &'static str) -> Result<Map> {
+    let err = |source| DatapathError::Map { map: name, source };
+    let data = MapData::from_pin(pin_dir.join(name)).map_err(err)?;
+    Map::from_map_data(data).map_err(err)
+}
+
+/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads.
+pub fn coarse_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+impl FlowSweeper {
+    pub fn open(pin_dir: &Path) -> Result<FlowSweeper> {
+        let err = |map| move |source| DatapathError::Map { map, source };
+        Ok(FlowSweeper {
+            flows: HashMap::try_from(open(pin_dir, names::FLOWS)?).map_err(err(names::FLOWS))?,
+            meta: Array::try_from(open(pin_dir, names::SEG_META)?)
+                .map_err(err(names::SEG_META))?,
+            active: Array::try_from(open(pin_dir, names::ACTIVE_SLOT)?)
+                .map_err(err(names::ACTIVE_SLOT))?,
+            stats: PerCpuArray::try_from(open(pin_dir, names::FLOW_STATS)?)
+                .map_err(err(names::FLOW_STATS))?,
+        })
+    }
+
+    pub const CAPACITY: u64 = FLOW_CAPACITY as u64;
+
+    /// Frees the flows the live generation's timeouts have expired.
+    pub fn sweep(&mut self) -> Result<FlowSweep> {
+        let err = |map| move |source| DatapathError::Map { map, source };
+        let slot = self.active.get(&0, 0).map_err(err(names::ACTIVE_SLOT))? & 1;
+        let meta = self.meta.get(&slot, 0).map_err(err(names::SEG_META))?;
+        let now = coarse_now_ns();
+        let mut out = FlowSweep {
+            created: self
+                .stats
+                .get(&FLOW_STAT_CREATED, 0)
+                .map_err(err(names::FLOW_STATS))?
+                .iter()
+                .fold(0u64, |a, b| a.saturating_add(*b)),
+            ..FlowSweep::default()
+        };
+        let mut stale = Vec::new();
+        for entry in self.flows.iter() {
+            // An entry evicted while we iterate ends the walk early at worst.
+            let Ok((k, v)) = entry else { break };
+            if flow_alive(&meta, &k, &v, now) {
+                out.entries += 1;
+            } else {
+                stale.push(k);
+            }
+        }
+        for k in &stale {
+            // Re-check: a retransmitted SYN may have revived it meanwhile.
+            if let Ok(v) = self.flows.get(k, 0) {
+                if flow_alive(&meta, k, &v, coarse_now_ns()) {
+                    out.entries += 1;
+                    continue;
+                }
+            }
+            if self.flows.remove(k).is_ok() {
+                out.expired += 1;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Running totals across sweeps, turned into metric increments.
+#[derive(Debug, Default)]
+pub struct FlowAccounting {
+    start: Option<FlowSweep>,
+    expired: u64,
+    evicted: u64,
+}
+
+impl FlowAccounting {
+    /// Takes one sweep's result; returns (newly expired, newly evicted).
+    /// Evictions since the agent started = flows created since then, minus
+    /// those it freed, minus the growth of the table.
+    pub fn record(&mut self, s: FlowSweep) -> (u64, u64) {
+        let start = *self.start.get_or_insert(FlowSweep {
+            entries: s.entries + s.expired,
+            expired: 0,
+            created: s.created,
+        });
+        self.expired += s.expired;
+        let evicted = (s.created - start.created.min(s.created) + start.entries)
+            .saturating_sub(self.expired + s.entries);
+        let new_evicted = evicted.saturating_sub(self.evicted);
+        self.evicted = self.evicted.max(evicted);
+        (s.expired, new_evicted)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evictions_are_what_is_neither_live_nor_expired() {
+        let mut a = FlowAccounting::default();
+        // At start: 10 flows live, 100 created by earlier agents.
+        let s = |entries, expired, created| FlowSweep {
+            entries,
+            expired,
+            created,
+        };
+        assert_eq!(a.record(s(10, 0, 100)), (0, 0));
+        // 20 more created, 5 expired and freed, 20 live: 5 were evicted.
+        assert_eq!(a.record(s(20, 5, 120)), (5, 5));
+        // Nothing new: no new evictions, counters never go back.
+        assert_eq!(a.record(s(20, 0, 120)), (0, 0));
+        // A racing sweep that sees more live entries than created: no negative.
+        assert_eq!(a.record(s(30, 0, 121)), (0, 0));
+    }
+}
