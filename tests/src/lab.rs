@@ -192,6 +192,35 @@ impl Lab {
             .expect("hping3 is installed by `cargo xtask setup`")
     }
 
+    /// Runs a command in the peer namespace; its stdout if it succeeded.
+    pub fn output(&self, args: &[&str]) -> Option<String> {
+        let args = self.exec_args(args);
+        let out = Command::new(args[0]).args(&args[1..]).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Sends one line over TCP from the peer namespace to `addr`:`port` and
+    /// returns what came back (netcat, 3 s to connect and answer).
+    pub fn tcp_exchange(&self, addr: &str, port: u16, line: &str) -> Option<String> {
+        let script = format!("echo {line} | nc -N -w 3 {addr} {port}");
+        self.output(&["sh", "-c", &script])
+            .filter(|s| !s.is_empty())
+    }
+
+    /// Sends `count` crafted TCP or UDP packets with hping3 from the peer to
+    /// `dst`, from source port `sport` to `dport`; `flags` are hping3's
+    /// (for example "-A" for a bare ACK, "--udp" for UDP). hping3's exit
+    /// status says whether replies came, which callers check by counters.
+    pub fn hping(&self, flags: &str, sport: u16, dport: u16, count: u32, dst: &str) {
+        let (sport, dport, count) = (sport.to_string(), dport.to_string(), count.to_string());
+        let _ = self.exec(&[
+            "hping3", flags, "-s", &sport, "-k", "-p", &dport, "-c", &count, "-i", "u20000", "-q",
+            dst,
+        ]);
+    }
+
     /// Runs a command in the peer namespace; returns success.
     pub fn exec(&self, args: &[&str]) -> bool {
         try_sh(&self.exec_args(args))
