@@ -36,6 +36,8 @@ pub mod names {
     pub const FLOWS: &str = "TG_FLOWS";
     pub const FLOW_STATS: &str = "TG_FLOW_STATS";
     pub const RULE_HITS: &str = "TG_RULE_HITS";
+    /// FNV-1a hash of the name of the rule each `TG_RULE_HITS` entry counts for.
+    pub const RULE_NAMES: &str = "TG_RULE_NAMES";
     pub const ZONE_DROPS: &str = "TG_ZONE_DROPS";
     /// The egress dispatcher's program array (TC programs cannot share XDP's).
     pub const EGRESS_PROGRAMS: &str = "TG_EGRESS_PROGRAMS";

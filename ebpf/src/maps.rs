@@ -147,6 +147,11 @@ pub static FLOW_STATS_MAP: PerCpuArray<u64> = PerCpuArray::pinned(FLOW_STATS, 0)
 #[map(name = "TG_RULE_HITS")]
 pub static RULE_HITS: PerCpuArray<Counter> = PerCpuArray::pinned(MAX_RULES, 0);
 
+/// Hash of the name of the rule each `TG_RULE_HITS` entry counts for. Only
+/// the agent uses it: when a rule id changes meaning, its counter is reset.
+#[map(name = "TG_RULE_NAMES")]
+pub static RULE_NAMES: Array<u64> = Array::pinned(MAX_RULES, 0);
+
 /// Segmentation denials by (source zone, destination zone).
 #[map(name = "TG_ZONE_DROPS")]
 pub static ZONE_DROPS: PerCpuHashMap<u32, Counter> =

@@ -43,6 +43,8 @@ pub struct Datapath {
     /// (ifindex, slot) pairs of `TG_IFACE_SLOTS`, read once (65,536 entries)
     /// and kept in step with every write.
     slot_table: Option<Vec<(u32, u32)>>,
+    /// Rule ids the live policy uses (0: unknown, as after a restart).
+    rule_ids_in_use: usize,
 }
 
 impl Datapath {
@@ -91,6 +93,7 @@ impl Datapath {
             live: None,
             adopted,
             slot_table: None,
+            rule_ids_in_use: 0,
         };
         if adopted {
             // A crash between writing and switching can leave a half-written

@@ -8,6 +8,7 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
+use tierguard_common::segment::MAX_RULES;
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4,
     PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKETS, V6_TABLE_MAX_STRIDE, V6Bucket,
@@ -180,6 +181,14 @@ impl Datapath {
         }
         self.live = Some(written);
         reset_renamed_list_counters(&mut self.ebpf, policy)?;
+        let scan = if self.rule_ids_in_use == 0 {
+            // Unknown after a restart: ids an earlier agent used may be anywhere.
+            MAX_RULES as usize
+        } else {
+            self.rule_ids_in_use.max(policy.segmentation.rules.len())
+        };
+        reset_renamed_rule_counters(&mut self.ebpf, policy, scan)?;
+        self.rule_ids_in_use = policy.segmentation.rules.len().max(1);
         Ok(generation)
     }
 }
@@ -211,6 +220,47 @@ fn reset_renamed_list_counters(ebpf: &mut Ebpf, policy: &CompiledPolicy) -> Resu
         return Ok(());
     }
     let name = names::LIST_HITS;
+    let map = ebpf
+        .map_mut(name)
+        .ok_or(DatapathError::MissingMap { map: name })?;
+    let mut hits: PerCpuArray<_, Counter> = PerCpuArray::try_from(map).map_err(map_err(name))?;
+    for id in changed {
+        hits.set(id, zero_per_cpu()?, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// As `reset_renamed_list_counters`, for rules, comparing name hashes over
+/// the first `scan` ids (every id a policy may have used).
+fn reset_renamed_rule_counters(
+    ebpf: &mut Ebpf,
+    policy: &CompiledPolicy,
+    scan: usize,
+) -> Result<()> {
+    let fnv = |s: &str| {
+        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    };
+    let mut changed = Vec::new();
+    {
+        let mut names_map: Array<_, u64> = array(ebpf, names::RULE_NAMES)?;
+        for id in 0..scan.min(MAX_RULES as usize) as u32 {
+            let want = policy
+                .segmentation
+                .rules
+                .get(id as usize)
+                .map_or(0, |r| fnv(&r.name));
+            let have = names_map.get(&id, 0).map_err(map_err(names::RULE_NAMES))?;
+            if have != want {
+                names_map
+                    .set(id, want, 0)
+                    .map_err(map_err(names::RULE_NAMES))?;
+                changed.push(id);
+            }
+        }
+    }
+    let name = names::RULE_HITS;
     let map = ebpf
         .map_mut(name)
         .ok_or(DatapathError::MissingMap { map: name })?;
