@@ -62,6 +62,10 @@ pub mod programs {
     pub const EGRESS: &str = "tierguard_egress";
     /// A TC program that passes everything: the egress benchmark's baseline.
     pub const EGRESS_BASELINE: &str = "tierguard_egress_baseline";
+    /// Benchmark only: egress with rotating destination addresses.
+    pub const BENCH_EGRESS: &str = "tierguard_bench_egress";
+    /// Benchmark only: the rotation alone on TC.
+    pub const BENCH_EGRESS_BASELINE: &str = "tierguard_bench_egress_baseline";
 }
 
 /// Prefix-table capacity, both generations together (a reload writes the new

@@ -54,7 +54,7 @@ pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn tierguard_ingress(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match enforce(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress, None) {
+    match enforce(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
     }
@@ -81,21 +81,29 @@ pub fn tierguard_egress_dispatch(ctx: TcContext) -> i32 {
 pub fn tierguard_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let bytes = PacketBytes::tc(&ctx);
-    match enforce(&bytes, ifindex, Direction::Egress, None) {
+    match enforce(&bytes, ifindex, Direction::Egress) {
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Pass | Verdict::Audit => TC_ACT_UNSPEC,
     }
 }
 
-/// The enforcement path, shared by both directions and the benchmark entry
-/// points. `src_override` (benchmark only) replaces the parsed source address.
+/// Benchmark only: an address that replaces the parsed one.
+#[derive(Clone, Copy)]
+enum Override {
+    None,
+    Src([u8; 16]),
+    Dst([u8; 16]),
+}
+
+/// The enforcement path, shared by both directions.
 #[inline(always)]
-fn enforce(
-    bytes: &PacketBytes,
-    ifindex: u32,
-    dir: Direction,
-    src_override: Option<[u8; 16]>,
-) -> Verdict {
+fn enforce(bytes: &PacketBytes, ifindex: u32, dir: Direction) -> Verdict {
+    enforce_with(bytes, ifindex, dir, Override::None)
+}
+
+/// The enforcement path with the benchmark's address override.
+#[inline(always)]
+fn enforce_with(bytes: &PacketBytes, ifindex: u32, dir: Direction, over: Override) -> Verdict {
     let len = bytes.frame_len();
     let slot = maps::active_slot();
     let meta = segment::meta(slot);
@@ -108,8 +116,10 @@ fn enforce(
     } else if p.family == 0 {
         Decision::new(Reason::NonIp)
     } else {
-        if let Some(src) = src_override {
-            p.src = src;
+        match over {
+            Override::None => {}
+            Override::Src(a) => p.src = a,
+            Override::Dst(a) => p.dst = a,
         }
         let d = decide_packet(dir, slot, &p, meta);
         segment::after(dir, meta, &p, &d, len);
@@ -158,7 +168,7 @@ fn decide_packet(
 pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let src = bench::next_source();
-    match enforce(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress, Some(src)) {
+    match enforce_with(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress, Override::Src(src)) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
     }
@@ -180,6 +190,28 @@ pub fn tierguard_bench_baseline(_ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn tierguard_baseline(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
+}
+
+/// Benchmark only: the egress path with the destination address taken from
+/// the rotating table (the node is the source on egress).
+#[classifier]
+pub fn tierguard_bench_egress(ctx: TcContext) -> i32 {
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let dst = bench::next_source();
+    match enforce_with(&PacketBytes::tc(&ctx), ifindex, Direction::Egress, Override::Dst(dst)) {
+        Verdict::Drop => TC_ACT_SHOT as i32,
+        Verdict::Pass | Verdict::Audit => TC_ACT_UNSPEC,
+    }
+}
+
+/// Benchmark only: the rotation alone on TC. Subtracted from the above.
+#[classifier]
+pub fn tierguard_bench_egress_baseline(_ctx: TcContext) -> i32 {
+    let dst = bench::next_source();
+    if dst[0] == 0xff && dst[15] == 0xfe {
+        return TC_ACT_SHOT as i32;
+    }
+    TC_ACT_UNSPEC
 }
 
 /// The egress benchmark's empty program.

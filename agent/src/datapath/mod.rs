@@ -22,7 +22,7 @@ pub use error::{DatapathError, Result};
 pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config, ns_per_jiffy};
 pub use flows::{FlowAccounting, FlowSweep, FlowSweeper, coarse_now_ns};
 pub use stats::{FlowCounters, Stats, StatsKey, StatsReader, verdicts_of};
-pub use test_run::{RunResult, XDP_DROP, XDP_PASS};
+pub use test_run::{RunResult, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS};
 
 /// The kernel object, built by build.rs.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tierguard"));

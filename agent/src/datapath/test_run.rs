@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use aya::programs::{TestRun, TestRunOptions};
 
-use super::{Datapath, DatapathError, Result, load_xdp, xdp_program};
+use super::{Datapath, DatapathError, Result, egress, load_xdp, xdp_program};
 
 /// Outcome of a test run.
 #[derive(Debug, Clone, Copy)]
@@ -18,10 +18,36 @@ pub struct RunResult {
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+/// TC programs' verdicts as `RunResult::action`: TC_ACT_UNSPEC (-1: pass,
+/// next program) and TC_ACT_SHOT.
+pub const TC_PASS: u32 = u32::MAX;
+pub const TC_DROP: u32 = 2;
 
 impl Datapath {
-    /// Runs program `name` on `frame` `repeat` times.
+    /// Runs program `name` (XDP or TC) on `frame` `repeat` times.
     pub fn test_run(&mut self, name: &str, frame: &[u8], repeat: u32) -> Result<RunResult> {
+        let is_tc = matches!(
+            self.ebpf.program(name),
+            Some(aya::programs::Program::SchedClassifier(_))
+        );
+        if is_tc {
+            if !self.ebpf.program(name).is_some_and(|p| p.fd().is_ok()) {
+                egress::load_tc(&mut self.ebpf, name)?;
+            }
+            let mut opts = TestRunOptions::new();
+            opts.data_in = Some(frame);
+            opts.repeat = repeat.max(1);
+            let r = egress::tc_program(&mut self.ebpf, name)?
+                .test_run(opts)
+                .map_err(|source| DatapathError::Program {
+                    program: name.into(),
+                    source,
+                })?;
+            return Ok(RunResult {
+                action: r.return_value,
+                per_run: r.duration,
+            });
+        }
         if name != tierguard_common::maps::programs::INGRESS {
             // Other programs (the benchmark baseline) load on first use.
             let loaded = self.ebpf.program(name).is_some_and(|p| p.fd().is_ok());
