@@ -25,6 +25,9 @@ use tierguard_common::{
 };
 use tierguard_tests::{Rng, pins::PinDir};
 
+#[path = "../bench/segmentation.rs"]
+mod segmentation;
+
 const REPEAT: u32 = 1_000_000;
 const ROUNDS: usize = 5;
 const SIZES: [usize; 3] = [1_000, 100_000, 1_000_000];
@@ -57,21 +60,26 @@ struct Row {
 
 fn main() {
     let mut write: Option<PathBuf> = None;
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--write" => write = Some(PathBuf::from(args.next().expect("--write needs a file"))),
+            "--only" => only = Some(args.next().expect("--only needs lists or segmentation")),
             other => {
-                eprintln!("unknown argument {other}; usage: tierguard-bench [--write FILE]");
+                eprintln!(
+                    "unknown argument {other}; usage: tierguard-bench [--write FILE] [--only lists|segmentation]"
+                );
                 std::process::exit(2);
             }
         }
     }
     tierguard_tests::require_root();
+    let run = |part: &str| only.as_deref().is_none_or(|o| o == part);
 
     let mut rows = Vec::new();
     let mut load_times = Vec::new();
-    for family in [Family::V4, Family::V6] {
+    for family in [Family::V4, Family::V6].into_iter().filter(|_| run("lists")) {
         for &n in &SIZES {
             eprintln!("{} with {n} deny prefixes...", family.name());
             let (row, compile, apply) = measure(family, n);
@@ -83,7 +91,22 @@ fn main() {
             rows.push(row);
         }
     }
-    let report = render(&rows, &load_times);
+    let mut report = render(&rows, &load_times);
+    if run("segmentation") {
+        let mut seg = Vec::new();
+        for (zones, rules) in [(10, 10), (200, 20_000)] {
+            eprintln!("segmentation with {zones} zones and {rules} rules...");
+            let rows = segmentation::measure(zones, rules);
+            for r in &rows {
+                eprintln!(
+                    "  {} {}: empty {:.1} ns, rotation {:.1} ns, full path {:.1} ns",
+                    r.direction, r.packet, r.empty, r.rotation, r.cost
+                );
+            }
+            seg.extend(rows);
+        }
+        segmentation::render(&mut report, &seg);
+    }
     print!("{report}");
     if let Some(path) = write {
         std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
