@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use crate::cli::{CheckArgs, ConfigArgs};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::datapath::ifindex;
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, host_addresses};
 
 /// Loads the config named by the arguments (or the embedded default) and
 /// applies the --iface override.
@@ -55,7 +55,7 @@ pub fn check(args: &CheckArgs) -> ExitCode {
         if !args.skip_interface_check {
             errors.extend(interface_errors(&config, !args.config.ifaces.is_empty()));
         }
-        let policy = CompiledPolicy::compile(&config);
+        let policy = CompiledPolicy::compile(&config, &host_addresses());
         match policy {
             Ok(p) if errors.is_empty() => Ok((config, p)),
             Ok(_) => Err(ConfigErrors(errors)),

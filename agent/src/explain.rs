@@ -20,7 +20,7 @@ use tierguard_common::{
 use crate::check::load;
 use crate::cli::{Direction, ExplainArgs, Proto};
 use crate::config::{Config, ConfigErrors};
-use crate::policy::CompiledPolicy;
+use crate::policy::{CompiledPolicy, host_addresses};
 
 /// The answer, as printed (text or JSON).
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -190,7 +190,8 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let loaded = load(&args.config).and_then(|c| CompiledPolicy::compile(&c).map(|p| (c, p)));
+    let loaded = load(&args.config)
+        .and_then(|c| CompiledPolicy::compile(&c, &host_addresses()).map(|p| (c, p)));
     let (config, policy) = match loaded {
         Ok(x) => x,
         Err(ConfigErrors(errors)) => {
@@ -227,7 +228,7 @@ mod tests {
             Path::new("."),
         )
         .unwrap();
-        let p = CompiledPolicy::compile(&c).unwrap();
+        let p = CompiledPolicy::compile(&c, &[]).unwrap();
         (c, p)
     }
 
