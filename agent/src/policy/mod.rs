@@ -26,7 +26,7 @@ use crate::config::{Config, ConfigError, ConfigErrors};
 mod decide;
 pub mod host;
 pub mod segmentation;
-pub use decide::UserTables;
+pub use decide::{UserTables, packet_addr};
 pub use host::host_addresses;
 pub use segmentation::CompiledSegmentation;
 
