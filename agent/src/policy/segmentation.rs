@@ -308,24 +308,12 @@ impl CompiledSegmentation {
         self.failsafe_ports = ports.into_iter().map(|((c, p), m)| (c, p, m)).collect();
         // One longest-prefix lookup must give every entry whose ranges hold
         // the address: each prefix carries the masks of those containing it.
-        self.failsafe_v4 = v4
-            .iter()
-            .map(|(n, _)| {
-                let m = v4
-                    .iter()
-                    .filter(|(o, _)| o.prefix() <= n.prefix() && o.contains(n.network()));
-                (*n, m.fold(0, |acc, (_, m)| acc | m))
-            })
-            .collect();
-        self.failsafe_v6 = v6
-            .iter()
-            .map(|(n, _)| {
-                let m = v6
-                    .iter()
-                    .filter(|(o, _)| o.prefix() <= n.prefix() && o.contains(n.network()));
-                (*n, m.fold(0, |acc, (_, m)| acc | m))
-            })
-            .collect();
+        self.failsafe_v4 = with_containing(&v4, |o, n| {
+            o.prefix() <= n.prefix() && o.contains(n.network())
+        });
+        self.failsafe_v6 = with_containing(&v6, |o, n| {
+            o.prefix() <= n.prefix() && o.contains(n.network())
+        });
         if !self.failsafe_ports.is_empty() {
             self.meta.flags |= SEG_FAILSAFE;
         }
@@ -431,6 +419,21 @@ impl CompiledSegmentation {
         }
         out
     }
+}
+
+/// Each prefix with its mask OR-ed with the masks of every prefix that
+/// `contains` it (itself included).
+fn with_containing<N: Copy + Ord>(
+    masks: &BTreeMap<N, u32>,
+    contains: impl Fn(&N, &N) -> bool,
+) -> Vec<(N, u32)> {
+    masks
+        .keys()
+        .map(|n| {
+            let m = masks.iter().filter(|(o, _)| contains(o, n));
+            (*n, m.fold(0, |acc, (_, m)| acc | m))
+        })
+        .collect()
 }
 
 /// The value of the longest prefix in `list` that `holds` the address.
