@@ -158,8 +158,8 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
             seg.port_blocks.len()
         );
     }
-    let active: Vec<&str> = seg
-        .failsafe
+    let entries = config.failsafe.entries(config.agent.metrics_address.port());
+    let active: Vec<&str> = entries
         .iter()
         .filter(|f| !f.from.is_empty())
         .map(|f| f.name.as_str())
@@ -167,7 +167,7 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
     let _ = writeln!(
         s,
         "  failsafe: {} entries, {} active: {}",
-        seg.failsafe.len(),
+        entries.len(),
         active.len(),
         if active.is_empty() {
             "none".to_string()
@@ -283,15 +283,15 @@ fn shadowed_rules(policy: &CompiledPolicy) -> Vec<String> {
         }
     }
     let mut out = Vec::new();
-    for (id, r) in seg.rules.iter().enumerate() {
+    for (id, (r, m)) in seg.rules.iter().zip(&seg.rule_matches).enumerate() {
         if wins.contains(&(id as u16)) {
             continue;
         }
         // Who decides instead: read the tables over the rule's own match.
         let mut by: BTreeSet<u16> = BTreeSet::new();
-        'keys: for &s in &r.from {
-            for &d in &r.to {
-                for (class, ranges) in &r.ports {
+        'keys: for &s in &m.from {
+            for &d in &m.to {
+                for (class, ranges) in &m.ports {
                     for run in seg.runs(s, d, *class) {
                         if ranges.iter().any(|&(lo, hi)| run.0 <= hi && lo <= run.1) {
                             by.insert(run.2);

@@ -111,8 +111,9 @@ pub fn matrix(config: &Config, policy: &CompiledPolicy) -> Matrix {
                 .unwrap_or_default(),
         })
         .collect();
-    let failsafe = seg
+    let failsafe = config
         .failsafe
+        .entries(config.agent.metrics_address.port())
         .iter()
         .map(|f| FailsafeRow {
             name: f.name.clone(),

@@ -34,23 +34,22 @@ pub struct RuleInfo {
     pub description: Option<String>,
     /// Where it is defined (file:line:column).
     pub origin: String,
-    /// Source and destination zone ids, `any` expanded.
+}
+
+/// What a rule matches, `any` expanded: source and destination zone ids,
+/// and per protocol class (`proto_class`) the ports or types it covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleMatch {
     pub from: Vec<u16>,
     pub to: Vec<u16>,
-    /// Protocol class (`proto_class`) → the ports or types it covers there.
     pub ports: Vec<(u8, Ranges)>,
 }
 
 /// A failsafe entry as compiled; its id is its bit in the failsafe masks.
+/// What it matches: `Config::failsafe.entries`, in the same order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FailsafeInfo {
     pub name: String,
-    /// IP protocol.
-    pub proto: u8,
-    /// Node-side ports, or ICMP types.
-    pub ports: Ranges,
-    /// Remote ranges; empty: the entry matches nothing.
-    pub from: Vec<IpNetwork>,
 }
 
 /// Map contents for the segmentation part of one policy generation. Keys
@@ -64,6 +63,8 @@ pub struct CompiledSegmentation {
     pub zone_v4: Vec<(Ipv4Network, u16)>,
     pub zone_v6: Vec<(Ipv6Network, u16)>,
     pub rules: Vec<RuleInfo>,
+    /// `rule_matches[id]` is what `rules[id]` matches.
+    pub rule_matches: Vec<RuleMatch>,
     /// (zone pair and protocol class) → index into `port_tables`; sorted by key.
     pub pairs: Vec<(PairKey, u32)>,
     pub port_tables: Vec<PortTable>,
@@ -166,19 +167,19 @@ impl CompiledSegmentation {
 
     fn compile_rules(&mut self, config: &Config, errors: &mut Vec<String>) {
         let zones = config.zones.len();
-        self.rules = config
-            .rules
-            .iter()
-            .map(|r| RuleInfo {
+        for r in &config.rules {
+            self.rules.push(RuleInfo {
                 name: r.name.clone(),
                 action: r.action,
                 description: r.description.clone(),
                 origin: r.origin.to_string(),
+            });
+            self.rule_matches.push(RuleMatch {
                 from: zone_ids(&r.from, zones),
                 to: zone_ids(&r.to, zones),
                 ports: rule_classes(r),
-            })
-            .collect();
+            });
+        }
         if self.rules.len() > MAX_RULES as usize {
             errors.push(format!(
                 "{} rules; at most {MAX_RULES} fit: {} too many",
@@ -198,7 +199,7 @@ impl CompiledSegmentation {
         }
         // The rules that cover each key, in id order.
         let mut by_key: BTreeMap<(u16, u16, u8), Vec<u16>> = BTreeMap::new();
-        for (id, r) in self.rules.iter().enumerate() {
+        for (id, r) in self.rule_matches.iter().enumerate() {
             for &s in &r.from {
                 for &d in &r.to {
                     for (c, _) in &r.ports {
@@ -217,7 +218,7 @@ impl CompiledSegmentation {
             let table = match by_rules.get(&key) {
                 Some(&t) => t,
                 None => {
-                    let segs = segments(&self.rules, class, &key.1);
+                    let segs = segments(&self.rules, &self.rule_matches, class, &key.1);
                     let t = tables.intern(port_table(&segs, &mut blocks));
                     by_rules.insert(key, t);
                     t
@@ -255,7 +256,7 @@ impl CompiledSegmentation {
         let class_index = |c: u8| CLASSES.iter().position(|x| x.0 == c).unwrap_or(0);
         let mut seen = vec![0u64; (zones * zones * CLASSES.len()).div_ceil(64)];
         let mut keys = 0;
-        for r in &self.rules {
+        for r in &self.rule_matches {
             for &s in &r.from {
                 for &d in &r.to {
                     for (c, _) in &r.ports {
@@ -280,9 +281,6 @@ impl CompiledSegmentation {
         for (bit, e) in entries.iter().enumerate() {
             self.failsafe.push(FailsafeInfo {
                 name: e.name.clone(),
-                proto: e.proto,
-                ports: e.ports.clone(),
-                from: e.from.clone(),
             });
             // An entry without ranges (SSH before management ranges are
             // given) matches nothing: it takes no table entries.
@@ -493,12 +491,17 @@ impl Interner {
 /// The winning rule over the ports of `class`, as runs (first, last,
 /// rule code) without gaps filled: at each port the most restrictive
 /// action wins (deny > audit > allow), then the lowest rule id.
-fn segments(rules: &[RuleInfo], class: u8, ids: &[u16]) -> Vec<(u32, u32, PortEntry)> {
+fn segments(
+    rules: &[RuleInfo],
+    matches: &[RuleMatch],
+    class: u8,
+    ids: &[u16],
+) -> Vec<(u32, u32, PortEntry)> {
     type Rank = (RuleAction, Reverse<u16>);
     let mut points: Vec<(u32, bool, Rank)> = Vec::new();
     for &id in ids {
-        let r = &rules[usize::from(id)];
-        let Some((_, ranges)) = r.ports.iter().find(|(c, _)| *c == class) else {
+        let (r, m) = (&rules[usize::from(id)], &matches[usize::from(id)]);
+        let Some((_, ranges)) = m.ports.iter().find(|(c, _)| *c == class) else {
             continue;
         };
         for &(lo, hi) in ranges {
