@@ -304,6 +304,24 @@ impl CompiledSegmentation {
             }
         }
         self.failsafe_ports = ports.into_iter().map(|((c, p), m)| (c, p, m)).collect();
+        if !self.failsafe_ports.is_empty() {
+            self.meta.flags |= SEG_FAILSAFE;
+        }
+        // Checked before nesting the masks, which is quadratic.
+        let cap = (FAILSAFE_PREFIX_CAPACITY / 2) as usize;
+        let mut fits = true;
+        for (family, used) in [("IPv4", v4.len()), ("IPv6", v6.len())] {
+            if used > cap {
+                fits = false;
+                errors.push(format!(
+                    "{used} {family} failsafe ranges; at most {cap} fit: {} too many",
+                    used - cap
+                ));
+            }
+        }
+        if !fits {
+            return;
+        }
         // One longest-prefix lookup must give every entry whose ranges hold
         // the address: each prefix carries the masks of those containing it.
         self.failsafe_v4 = with_containing(&v4, |o, n| {
@@ -312,21 +330,6 @@ impl CompiledSegmentation {
         self.failsafe_v6 = with_containing(&v6, |o, n| {
             o.prefix() <= n.prefix() && o.contains(n.network())
         });
-        if !self.failsafe_ports.is_empty() {
-            self.meta.flags |= SEG_FAILSAFE;
-        }
-        let cap = (FAILSAFE_PREFIX_CAPACITY / 2) as usize;
-        for (family, used) in [
-            ("IPv4", self.failsafe_v4.len()),
-            ("IPv6", self.failsafe_v6.len()),
-        ] {
-            if used > cap {
-                errors.push(format!(
-                    "{used} {family} failsafe ranges; at most {cap} fit: {} too many",
-                    used - cap
-                ));
-            }
-        }
     }
 
     // ---- lookups over the compiled tables, as the kernel does them ----

@@ -696,6 +696,16 @@ fn limits_are_errors_that_say_by_how_much() {
         err.contains("65536 rules; at most 65535 fit: 1 too many"),
         "{err}"
     );
+    // Failsafe ranges: refused before their masks are nested (quadratic).
+    let mut c = config("[failsafe]\nmanagement = [\"10.0.0.0/8\"]\n");
+    c.failsafe.management = (0..100_000u32)
+        .map(|i| IpAddr::from((0x0b00_0000 + i).to_be_bytes()).into())
+        .collect();
+    let err = CompiledPolicy::compile(&c, &[]).unwrap_err().to_string();
+    assert!(
+        err.contains("100001 IPv4 failsafe ranges; at most 4096 fit: 95905 too many"),
+        "{err}"
+    );
 }
 
 #[test]
