@@ -142,7 +142,13 @@ impl CompiledSegmentation {
             }
         }
         // Configured zones win over `host`: a node's address inside its
-        // tier's CIDR is governed by the tier's rules.
+        // tier's CIDR is governed by the tier's rules. Without segmentation
+        // no zone is looked up: a lists-only policy writes no zone entries.
+        let host = if config.segmentation.enabled {
+            host
+        } else {
+            &[]
+        };
         for &a in host {
             match a {
                 IpAddr::V4(a) if !self.zone_v4.iter().any(|(n, _)| n.contains(a)) => {

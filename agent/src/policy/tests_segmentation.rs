@@ -501,7 +501,10 @@ fn failsafe_entries_without_ranges_take_no_entries_and_all_off_clears_the_flag()
 
 #[test]
 fn without_segmentation_lists_decide_and_the_rest_passes() {
-    let p = compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n");
+    let p = compile_on(
+        "[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n",
+        &["10.0.0.1", "::1"],
+    );
     assert_eq!(p.segmentation.meta.flags & SEG_ENABLED, 0);
     assert!(p.segmentation.pairs.is_empty() && p.segmentation.zone_v4.is_empty());
     let d = ingress(&p, "203.0.113.5", "10.0.0.1", PROTO_TCP, 22);
