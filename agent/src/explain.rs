@@ -129,7 +129,7 @@ impl Query {
         } else {
             "icmpv6"
         };
-        let what = match (self.proto, self.icmp_type) {
+        match (self.proto, self.icmp_type) {
             (PROTO_TCP | PROTO_UDP, _) => {
                 let name = if self.proto == PROTO_TCP {
                     "tcp"
@@ -143,8 +143,7 @@ impl Query {
             }
             (_, None) => format!("{name} echo-request {} -> {}", self.src, self.dst),
             (_, Some(t)) => format!("{name} type {t} {} -> {}", self.src, self.dst),
-        };
-        format!("{what} ({})", self.direction.name())
+        }
     }
 }
 
@@ -243,7 +242,11 @@ fn explain_frame(
 
 pub fn render_text(e: &Explanation) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "packet:  {}, first packet of a connection", e.packet);
+    let _ = writeln!(
+        s,
+        "packet:  {} ({}, first packet of a connection)",
+        e.packet, e.direction
+    );
     let _ = writeln!(s, "verdict: {}", e.verdict);
     let _ = writeln!(s, "stage:   {}", e.stage);
     let _ = writeln!(s, "reason:  {}", e.reason);
@@ -534,7 +537,7 @@ action = "audit"
         let e = explain(&c, &p, &reply);
         assert_eq!((e.stage, e.failsafe.as_deref()), ("failsafe", Some("ssh")));
         assert_eq!(e.direction, "egress");
-        assert!(e.packet.ends_with("(egress)"), "{}", e.packet);
+        assert!(render_text(&e).contains("port 40000 (egress, first packet"));
     }
 
     #[test]
@@ -559,13 +562,10 @@ action = "audit"
         unreachable.icmp_type = Some(3);
         let e = explain(&c, &p, &unreachable);
         assert_eq!((e.reason, e.rule.as_deref()), ("rule_allow", Some("pmtu")));
-        assert_eq!(e.packet, "icmp type 3 198.51.100.1 -> 10.30.0.5 (ingress)");
+        assert_eq!(e.packet, "icmp type 3 198.51.100.1 -> 10.30.0.5");
         let e = explain(&c, &p, &q("198.51.100.1", "10.30.0.5", PROTO_ICMP));
         assert_eq!(e.reason, "default_deny");
-        assert_eq!(
-            e.packet,
-            "icmp echo-request 198.51.100.1 -> 10.30.0.5 (ingress)"
-        );
+        assert_eq!(e.packet, "icmp echo-request 198.51.100.1 -> 10.30.0.5");
     }
 
     #[test]
