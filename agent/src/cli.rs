@@ -9,8 +9,9 @@ use crate::config::XdpModeSetting;
 
 /// tierguard: network enforcement for Linux nodes with eBPF.
 ///
-/// XDP programs decide every packet against a TOML policy (allow and deny
-/// lists); the agent keeps the policy current and exports metrics.
+/// XDP and TC programs decide every packet against a TOML policy (allow and
+/// deny lists, segmentation between zones, a failsafe); the agent keeps the
+/// policy current and exports metrics.
 ///
 /// Without --config, commands use the policy embedded in the binary.
 #[derive(Debug, Parser)]
@@ -42,9 +43,18 @@ pub enum Command {
     /// Validate a policy and print a summary; on errors, print each with
     /// file, line and column and exit non-zero.
     Check(CheckArgs),
-    /// Show what the policy does with a packet and which list decides,
-    /// computed by the same code the kernel runs.
+    /// Show what the policy does with a packet and which stage, list, rule or
+    /// failsafe entry decides, computed by the same code the kernel runs.
+    ///
+    /// The packet is taken as the first packet of a new connection: a TCP
+    /// SYN, a UDP datagram, an ICMP echo request (or the --icmp-type given).
+    /// Replies of connections already admitted pass as `established` in the
+    /// kernel; explain does not model them.
     Explain(ExplainArgs),
+    /// Print the zone-by-zone reachability table the policy enforces: for
+    /// each pair of zones (world and host included), what is allowed, audited
+    /// and denied, and the default for everything else.
+    Matrix(MatrixArgs),
     /// Work with the audit log of policy changes.
     #[command(subcommand)]
     Audit(AuditCommand),
@@ -70,7 +80,8 @@ pub struct ExplainArgs {
     /// Destination address.
     #[arg(long)]
     pub dst: IpAddr,
-    /// Transport protocol (icmp/icmpv6 send an echo request).
+    /// Transport protocol (tcp sends a SYN; icmp/icmpv6 an echo request
+    /// unless --icmp-type is given).
     #[arg(long, value_enum, default_value_t = Proto::Tcp)]
     pub proto: Proto,
     /// Destination port (tcp, udp).
@@ -79,9 +90,23 @@ pub struct ExplainArgs {
     /// Source port (tcp, udp).
     #[arg(long)]
     pub sport: Option<u16>,
-    /// Direction as the node sees the packet.
+    /// ICMP or ICMPv6 type (icmp, icmpv6); default: echo request.
+    #[arg(long, value_name = "TYPE")]
+    pub icmp_type: Option<u8>,
+    /// Direction as the node sees the packet: ingress (arriving; lists
+    /// apply) or egress (leaving).
     #[arg(long, value_enum, default_value_t = Direction::Ingress)]
     pub direction: Direction,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MatrixArgs {
+    /// Policy file (TOML). Without it, the embedded default policy is used.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod datapath;
 pub mod events;
 pub mod explain;
+pub mod matrix;
 pub mod metrics;
 pub mod policy;
 pub mod run;

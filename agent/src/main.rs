@@ -9,6 +9,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check(args) => tierguard::check::check(&args),
         Command::Explain(args) => tierguard::explain::run(&args),
+        Command::Matrix(args) => tierguard::matrix::run(&args),
         Command::Audit(tierguard::cli::AuditCommand::Verify { file }) => {
             tierguard::audit::verify_file(&file)
         }

@@ -179,7 +179,7 @@ fn prepare(args: &RunArgs) -> Result<(Config, CompiledPolicy), ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let policy = CompiledPolicy::compile(&config)?;
+    let policy = CompiledPolicy::compile(&config, &crate::policy::host_addresses())?;
     Ok((config, policy))
 }
 

@@ -49,7 +49,7 @@ fn drops_write_records_with_the_packet_fields_and_sampling_accounts_for_every_dr
     pin_to_cpu0();
     let pins = PinDir::new("evk");
     let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
-    let policy = CompiledPolicy::compile(&config).unwrap();
+    let policy = CompiledPolicy::compile(&config, &[]).unwrap();
     let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
     dp.apply(&policy).unwrap();
     let mut ring = dp.event_ring().unwrap();

@@ -52,7 +52,7 @@ struct Fixture {
 fn fixture(name: &str, toml: &str) -> Fixture {
     let pins = PinDir::new(name);
     let config = Config::load_str(toml, "test.toml", Path::new(".")).expect("test policy is valid");
-    let policy = CompiledPolicy::compile(&config).expect("compiles");
+    let policy = CompiledPolicy::compile(&config, &[]).expect("compiles");
     let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
     dp.apply(&policy).unwrap_or_else(|e| panic!("apply: {e}"));
     Fixture {
@@ -552,7 +552,7 @@ fn reload_switches_generation_and_removes_the_old_one() {
         Path::new("."),
     )
     .unwrap();
-    let next = CompiledPolicy::compile(&next).unwrap();
+    let next = CompiledPolicy::compile(&next, &[]).unwrap();
     assert_eq!(f.dp.apply(&next).unwrap(), 2);
     f.expect(
         &v4_frame(DENIED4, NODE4, PROTO_UDP, &udp(1, 2, 0)),

@@ -4,7 +4,10 @@
 //! returned, each with file, line and column (`tierguard check` prints them all).
 
 mod error;
+mod failsafe;
 mod prefixes;
+mod segmentation;
+mod values;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,8 +17,14 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors, Source, line_col};
-pub use prefixes::{parse_list_text, parse_prefix};
+pub use failsafe::{BUILTIN_FAILSAFE, FailsafeAllow, FailsafeConfig, FailsafeEntry};
+pub use prefixes::{ListLine, parse_list_entries, parse_list_text, parse_prefix};
+pub use segmentation::{
+    FlowsConfig, Mode, Protocol, RESERVED_ZONE_NAMES, Rule, SegmentationConfig, Zone, ZoneRef,
+    zone_id, zone_ids,
+};
 use tierguard_common::maps::{ListAction, MAX_LISTS};
+pub use values::{MAX_DURATION, MIN_DURATION, Ranges, format_ranges, merge_ranges};
 
 /// The default policy, embedded in the binary and used when no --config is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.toml");
@@ -31,12 +40,22 @@ pub const MAX_NAME_LEN: usize = 64;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
+    mode: Option<Spanned<String>>,
     #[serde(default)]
     agent: RawAgent,
     #[serde(default)]
     lists: Vec<RawList>,
     #[serde(default)]
     events: RawEvents,
+    segmentation: Option<segmentation::RawSegmentation>,
+    #[serde(default)]
+    flows: segmentation::RawFlows,
+    #[serde(default)]
+    zones: Vec<segmentation::RawZone>,
+    #[serde(default)]
+    rules: Vec<segmentation::RawRule>,
+    #[serde(default)]
+    failsafe: failsafe::RawFailsafe,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -135,6 +154,15 @@ pub struct Config {
     pub agent: AgentConfig,
     pub lists: Vec<List>,
     pub events: EventsConfig,
+    /// Enforce, or only report (`mode = "audit"`).
+    pub mode: Mode,
+    pub segmentation: SegmentationConfig,
+    pub flows: FlowsConfig,
+    /// Configured zones; zone id = index + 2 (0 `world`, 1 `host`).
+    pub zones: Vec<Zone>,
+    /// Rules; rule id = index.
+    pub rules: Vec<Rule>,
+    pub failsafe: FailsafeConfig,
 }
 
 /// Where event lines go.
@@ -297,12 +325,30 @@ impl Config {
         let agent = validate_agent(&src, raw.agent, &mut errors);
         let lists = validate_lists(&src, base, raw.lists, &mut errors);
         let events = validate_events(&src, base, raw.events, &mut errors);
+        let mode = segmentation::validate_mode(&src, raw.mode.as_ref(), &mut errors);
+        let zones_or_rules = !raw.zones.is_empty() || !raw.rules.is_empty();
+        let seg = segmentation::validate_segmentation(
+            &src,
+            raw.segmentation,
+            zones_or_rules,
+            &mut errors,
+        );
+        let flows = segmentation::validate_flows(&src, raw.flows, &mut errors);
+        let zones = segmentation::validate_zones(&src, base, raw.zones, &mut errors);
+        let rules = segmentation::validate_rules(&src, &zones, raw.rules, &mut errors);
+        let failsafe = failsafe::validate_failsafe(&src, raw.failsafe, &mut errors);
         if errors.is_empty() {
             Ok(Config {
                 origin: name.to_string(),
                 agent,
                 lists,
                 events,
+                mode,
+                segmentation: seg,
+                flows,
+                zones,
+                rules,
+                failsafe,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -830,3 +876,5 @@ fn validate_lists(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_segmentation;

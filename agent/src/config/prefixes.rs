@@ -53,6 +53,20 @@ pub struct LineError {
 /// Parses a list file's text. Comments start with `#` or `;` (Spamhaus puts
 /// the SBL reference after `;`); blank lines are skipped.
 pub fn parse_list_text(text: &str) -> (Vec<IpNetwork>, Vec<LineError>) {
+    let (entries, errors) = parse_list_entries(text);
+    (entries.into_iter().map(|e| e.net).collect(), errors)
+}
+
+/// One prefix of a list file and where it is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListLine {
+    pub net: IpNetwork,
+    pub line: usize,
+    pub column: usize,
+}
+
+/// [`parse_list_text`], keeping each prefix's line and column.
+pub fn parse_list_entries(text: &str) -> (Vec<ListLine>, Vec<LineError>) {
     let mut nets = Vec::new();
     let mut errors = Vec::new();
     for (i, raw) in text.lines().enumerate() {
@@ -71,7 +85,11 @@ pub fn parse_list_text(text: &str) -> (Vec<IpNetwork>, Vec<LineError>) {
             continue;
         }
         match parse_prefix(token) {
-            Ok(n) => nets.push(n),
+            Ok(net) => nets.push(ListLine {
+                net,
+                line: i + 1,
+                column,
+            }),
             Err(message) => errors.push(LineError {
                 line: i + 1,
                 column,

@@ -23,7 +23,11 @@ use tierguard_common::{
 
 use crate::config::{Config, ConfigError, ConfigErrors};
 
+mod decide;
+pub mod host;
 pub mod segmentation;
+pub use decide::{UserTables, packet_addr};
+pub use host::host_addresses;
 pub use segmentation::CompiledSegmentation;
 
 /// One list as compiled: its id is its index.
@@ -61,8 +65,10 @@ pub struct CompiledPolicy {
 }
 
 impl CompiledPolicy {
-    /// Compiles `config`. Fails only when the tables would not fit the maps.
-    pub fn compile(config: &Config) -> Result<CompiledPolicy, ConfigErrors> {
+    /// Compiles `config` for a node with the addresses `host` (zone `host`
+    /// is made of those no configured zone covers; see [`host_addresses`]).
+    /// Fails only when the tables would not fit the maps.
+    pub fn compile(config: &Config, host: &[IpAddr]) -> Result<CompiledPolicy, ConfigErrors> {
         let mut p = CompiledPolicy::default();
         let mut short_v4: Vec<(u8, u32, ListEntry)> = Vec::new();
         for (id, list) in config.lists.iter().enumerate() {
@@ -140,6 +146,15 @@ impl CompiledPolicy {
                     ),
                 });
             }
+        }
+        match CompiledSegmentation::compile(config, host) {
+            Ok(s) => p.segmentation = s,
+            Err(messages) => errors.extend(messages.into_iter().map(|message| ConfigError {
+                file: config.origin.clone(),
+                line: 0,
+                column: 0,
+                message,
+            })),
         }
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
@@ -338,12 +353,65 @@ fn v6_place(table: &mut HashMap<u32, V6Bucket>, slot: V6Slot) -> bool {
 }
 
 /// FNV-1a over a canonical rendering of what is enforced: equal policies hash
-/// equal whatever their comments, order of keys or list files.
+/// equal whatever their comments, order of keys or list files. The node's
+/// own addresses are left out, so one policy has one hash on every node.
 fn policy_hash(config: &Config) -> String {
     let mut canon = String::new();
     for l in &config.lists {
         let _ = writeln!(canon, "list {} {}", l.name, l.action.name());
         for p in &l.prefixes {
+            let _ = writeln!(canon, " {p}");
+        }
+    }
+    let seg = &config.segmentation;
+    let word = |allow: bool| if allow { "allow" } else { "deny" };
+    let _ = writeln!(
+        canon,
+        "mode {}\nsegmentation {} default {} intra_zone {}",
+        config.mode.name(),
+        seg.enabled,
+        word(seg.default_allow),
+        word(seg.intra_zone_allow)
+    );
+    let f = &config.flows;
+    let _ = writeln!(
+        canon,
+        "flows {:?} {:?} {:?} {:?}",
+        f.tcp_timeout, f.tcp_closing_timeout, f.udp_timeout, f.other_timeout
+    );
+    for z in &config.zones {
+        let _ = writeln!(canon, "zone {}", z.name);
+        for p in &z.prefixes {
+            let _ = writeln!(canon, " {p}");
+        }
+    }
+    let zone_name = |id: u16| match id {
+        0 => "world",
+        1 => "host",
+        _ => config.zones[usize::from(id) - 2].name.as_str(),
+    };
+    let names = |refs: &[crate::config::ZoneRef]| {
+        crate::config::zone_ids(refs, config.zones.len())
+            .into_iter()
+            .map(zone_name)
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    for r in &config.rules {
+        let _ = writeln!(
+            canon,
+            "rule {} {} {} from {} to {} {:?}",
+            r.name,
+            r.action.name(),
+            r.protocol.name(),
+            names(&r.from),
+            names(&r.to),
+            r.port_ranges()
+        );
+    }
+    for e in config.failsafe.entries(config.agent.metrics_address.port()) {
+        let _ = writeln!(canon, "failsafe {} {} {:?}", e.name, e.proto, e.ports);
+        for p in &e.from {
             let _ = writeln!(canon, " {p}");
         }
     }
@@ -356,6 +424,9 @@ fn policy_hash(config: &Config) -> String {
 }
 
 #[cfg(test)]
+mod tests_segmentation;
+
+#[cfg(test)]
 mod tests {
     use std::path::Path;
 
@@ -363,7 +434,7 @@ mod tests {
 
     fn compile(text: &str) -> CompiledPolicy {
         let c = Config::load_str(text, "t.toml", Path::new(".")).unwrap();
-        CompiledPolicy::compile(&c).unwrap()
+        CompiledPolicy::compile(&c, &[]).unwrap()
     }
 
     fn hit(p: &CompiledPolicy, a: &str) -> Option<(String, ListAction)> {
@@ -605,7 +676,7 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
             nets.join(", ")
         );
         let c = Config::load_str(&text, "t.toml", Path::new(".")).unwrap();
-        let err = CompiledPolicy::compile(&c).unwrap_err().to_string();
+        let err = CompiledPolicy::compile(&c, &[]).unwrap_err().to_string();
         assert!(err.contains("IPv6 table too full"), "{err}");
         // 16 fit.
         let text = text.replacen(&format!("{}, ", nets[16]), "", 1);

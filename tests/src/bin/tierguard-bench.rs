@@ -162,6 +162,12 @@ fn config(nets: Vec<IpNetwork>) -> Config {
             files: Vec::new(),
         }],
         events: Default::default(),
+        mode: Default::default(),
+        segmentation: Default::default(),
+        flows: Default::default(),
+        zones: Vec::new(),
+        rules: Vec::new(),
+        failsafe: Default::default(),
     }
 }
 
@@ -228,7 +234,7 @@ fn measure(family: Family, n: usize) -> (Row, Duration, Duration) {
         Rng(0x00be_0c4a_u64 ^ n as u64 ^ if family == Family::V6 { 0xffff_0000 } else { 0 });
     let nets = prefixes(family, n, &mut rng);
     let t = Instant::now();
-    let policy = CompiledPolicy::compile(&config(nets.clone())).expect("compiles");
+    let policy = CompiledPolicy::compile(&config(nets.clone()), &[]).expect("compiles");
     let compile = t.elapsed();
 
     let pins = PinDir::new(&format!("bench-{}-{n}", family.name()));
