@@ -54,24 +54,24 @@ fn policy_text(zones: usize, rules: usize, rng: &mut Rng) -> String {
             i % 256
         );
     }
-    let mut n = 0;
-    let mut rule = |s: &mut String, from: &str, to: &str, port: u16| {
+    let rule = |s: &mut String, n: &mut usize, from: &str, to: &str, port: u16| {
         let _ = write!(
             s,
             "\n[[rules]]\nname = \"r{n}\"\nfrom = {from}\nto = {to}\nprotocol = \"tcp\"\nports = [{port}]\naction = \"allow\"\n"
         );
-        n += 1;
+        *n += 1;
     };
+    let mut n = 0;
     let tiers: Vec<String> = (1..zones).map(|i| format!("\"t{i}\"")).collect();
     let tiers = format!("[{}]", tiers.join(", "));
-    rule(&mut s, &tiers, "\"core\"", SERVICE_PORT);
-    rule(&mut s, "\"core\"", &tiers, SERVICE_PORT);
+    rule(&mut s, &mut n, &tiers, "\"core\"", SERVICE_PORT);
+    rule(&mut s, &mut n, "\"core\"", &tiers, SERVICE_PORT);
     while n < rules {
         let a = 1 + rng.below(zones as u64 - 1);
         let b = 1 + rng.below(zones as u64 - 1);
         // Ports from a realistic set: services reuse a few hundred ports.
         let port = 1000 + rng.below(300) as u16;
-        rule(&mut s, &format!("\"t{a}\""), &format!("\"t{b}\""), port);
+        rule(&mut s, &mut n, &format!("\"t{a}\""), &format!("\"t{b}\""), port);
     }
     s
 }
@@ -152,24 +152,24 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         });
     };
     // Ingress: tiers connect to core:443 (the source rotates).
-    let syn = v4_frame(any, node4, PROTO_TCP, &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN));
+    let syn = v4_frame(any, node4, PROTO_TCP, &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0));
     row(&mut dp, "ingress", "new connection (SYN, rule allows, flow written)", &syn);
     // Ingress replies: core connected to each tier's 443 earlier.
     flows(
         &mut dp,
         remotes.iter().map(|r| key(node, *r, CLIENT_PORT, SERVICE_PORT)),
     );
-    let ack = v4_frame(any, node4, PROTO_TCP, &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK));
+    let ack = v4_frame(any, node4, PROTO_TCP, &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0));
     row(&mut dp, "ingress", "established (reply of a live flow)", &ack);
     // Egress: core connects to each tier's 443 (the destination rotates).
-    let syn = v4_frame(node4, any, PROTO_TCP, &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN));
+    let syn = v4_frame(node4, any, PROTO_TCP, &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0));
     row(&mut dp, "egress", "new connection (SYN, rule allows, flow written)", &syn);
     // Egress replies: the tiers connected to core:443.
     flows(
         &mut dp,
         remotes.iter().map(|r| key(*r, node, CLIENT_PORT, SERVICE_PORT)),
     );
-    let ack = v4_frame(node4, any, PROTO_TCP, &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK));
+    let ack = v4_frame(node4, any, PROTO_TCP, &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0));
     row(&mut dp, "egress", "established (reply of a live flow)", &ack);
     drop(dp);
     drop(pins);
