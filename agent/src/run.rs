@@ -505,21 +505,39 @@ async fn event_loop(
     let mut last_lists = baseline.list_stamps;
     let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The node's addresses form the `host` zone: when they change (DHCP,
+    // an interface coming up) the zone tables are rewritten.
+    let mut last_hosts = crate::policy::host_addresses();
     loop {
         let trigger = tokio::select! {
             _ = term.recv() => return ExitCode::SUCCESS,
             _ = int.recv() => return ExitCode::SUCCESS,
             _ = hup.recv() => "SIGHUP",
             _ = tick.tick() => {
-                let Some(p) = &watch_path else { continue };
-                let now = std::fs::read(p).ok();
-                let lists_now = file_stamps(&list_files);
-                if now.is_some() && now != last_text {
-                    last_text = now;
-                    "config file changed"
-                } else if lists_now != last_lists {
-                    last_lists = lists_now;
-                    "list file changed"
+                let hosts = crate::policy::host_addresses();
+                let files_changed = watch_path.as_ref().and_then(|p| {
+                    let now = std::fs::read(p).ok();
+                    let lists_now = file_stamps(&list_files);
+                    if now.is_some() && now != last_text {
+                        last_text = now;
+                        Some("config file changed")
+                    } else if lists_now != last_lists {
+                        last_lists = lists_now;
+                        Some("list file changed")
+                    } else {
+                        None
+                    }
+                });
+                if let Some(t) = files_changed {
+                    last_hosts = hosts;
+                    t
+                } else if hosts != last_hosts {
+                    last_hosts = hosts;
+                    // Same policy text, new addresses: the hash is the same
+                    // on purpose (one policy, one hash on every node), so
+                    // the unchanged-policy shortcut must not apply.
+                    live_hash.clear();
+                    "node addresses changed"
                 } else {
                     continue;
                 }
