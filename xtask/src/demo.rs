@@ -18,7 +18,10 @@ use crate::lab::{self, Lab};
 
 const METRICS_ADDR: &str = "127.0.0.1:9642";
 const PIN_PATH: &str = "/sys/fs/bpf/tierguard-demo";
-const LISTEN_PORT: u16 = 8080;
+/// Allowed from the edge to the DMZ by the default policy (rule edge-to-dmz-https).
+const LISTEN_PORT: u16 = 8443;
+/// Not allowed from the edge to the DMZ: segmentation's default deny.
+const CLOSED_PORT: u16 = 8080;
 const FLOOD_SOURCE: &str = "203.0.113.66";
 const FLOOD_COUNT: u64 = 20_000;
 
@@ -50,13 +53,19 @@ pub fn run(keep: bool) -> Result<()> {
     let _pins = PinDir::claim(PIN_PATH)?;
     let lab = Lab::create()?;
     let listener = LineServer::start(lab::HOST_V4, LISTEN_PORT)?;
+    let closed = LineServer::start(lab::HOST_V4, CLOSED_PORT)?;
     let log = target.join("tierguard-demo.log");
     let mut agent = Agent::start(&bin, &log)?;
     agent.wait_ready(Duration::from_secs(30))?;
     check_interrupt()?;
 
     let mut steps = Steps::default();
-    println!("\ndemo: allowed traffic (expected to pass)");
+    println!(
+        "\ndemo: the node is {} in tier \"dmz\", the peer {} in tier \"edge\" (config/default.toml)",
+        lab::HOST_V4,
+        lab::PEER_V4
+    );
+    println!("\ndemo: allowed traffic (expected to pass: rules estate-ping, estate-ping6, edge-to-dmz-https)");
     for (src, dst) in [(lab::PEER_V4, lab::HOST_V4), (lab::PEER_V6, lab::HOST_V6)] {
         let r = lab.ping(src, dst)?;
         steps.record(
@@ -73,6 +82,22 @@ pub fn run(keep: bool) -> Result<()> {
         &format!("tcp {} -> {}:{LISTEN_PORT}", lab::PEER_V4, lab::HOST_V4),
         reply.is_some(),
         &reply.map_or_else(|| "no answer".to_owned(), |r| format!("answered {r:?}")),
+    );
+    check_interrupt()?;
+
+    println!(
+        "\ndemo: edge to dmz on a port no rule opens (expected to be dropped: segmentation default deny)"
+    );
+    let reply = tcp_exchange(&lab, lab::PEER_V4, lab::HOST_V4, CLOSED_PORT)?;
+    let seen = closed.peers_seen(lab::PEER_V4);
+    steps.record(
+        "denied",
+        &format!("tcp {} -> {}:{CLOSED_PORT}", lab::PEER_V4, lab::HOST_V4),
+        reply.is_none() && seen == 0,
+        &match reply {
+            None => format!("timed out; the listener saw {seen} connection(s)"),
+            Some(r) => format!("answered {r:?}"),
+        },
     );
     check_interrupt()?;
 
@@ -153,6 +178,7 @@ pub fn run(keep: bool) -> Result<()> {
     let status = agent.stop()?;
     println!("demo: the agent exited ({})", describe(status));
     drop(listener);
+    drop(closed);
     lab.remove()?;
     let agent_ok = status.success();
 
@@ -607,6 +633,30 @@ fn show_metrics(text: &str) {
                 s.value
             );
         }
+    }
+    println!("\ndemo: segmentation rules that decided packets (tierguard_rule_packets_total)");
+    for s in samples
+        .iter()
+        .filter(|s| s.name == "tierguard_rule_packets_total" && s.value > 0.0)
+    {
+        println!(
+            "  {:<24} {:<10} {:>10}",
+            s.label("rule").unwrap_or("-"),
+            s.label("action").unwrap_or("-"),
+            s.value
+        );
+    }
+    println!("\ndemo: segmentation drops by zone pair (tierguard_zone_pair_drops_total)");
+    for s in samples
+        .iter()
+        .filter(|s| s.name == "tierguard_zone_pair_drops_total" && s.value > 0.0)
+    {
+        println!(
+            "  {:<12} -> {:<12} {:>10}",
+            s.label("src_zone").unwrap_or("-"),
+            s.label("dst_zone").unwrap_or("-"),
+            s.value
+        );
     }
     for s in samples
         .iter()

@@ -18,10 +18,12 @@ pub const HOST_IF: &str = "tgdemo0";
 /// Peer side, inside [`NETNS`].
 pub const PEER_IF: &str = "tgdemo1";
 
-pub const HOST_V4: &str = "10.201.0.1";
-pub const PEER_V4: &str = "10.201.0.2";
-pub const HOST_V6: &str = "fd00:201::1";
-pub const PEER_V6: &str = "fd00:201::2";
+// Addresses from the default policy's estate (config/default.toml): the
+// node is an application-tier ("dmz") host, the peer an "edge" host.
+pub const HOST_V4: &str = "10.20.0.1";
+pub const PEER_V4: &str = "10.10.0.2";
+pub const HOST_V6: &str = "fd00:20::1";
+pub const PEER_V6: &str = "fd00:10::2";
 /// Attacker sources on the peer, inside the default policy's "bogons" deny list.
 pub const ATTACKER_V4: &str = "203.0.113.7";
 pub const ATTACKER_V6: &str = "2001:db8::7";
@@ -62,31 +64,35 @@ impl Lab {
         ])
         .run()?;
 
-        println!("lab: node side {HOST_IF}: {HOST_V4}/24, {HOST_V6}/64");
-        ip(&["addr", "add", &format!("{HOST_V4}/24"), "dev", HOST_IF])?;
+        // Host addresses and host routes only: the two ends are in different
+        // tiers, and no route of this machine's own networks is shadowed.
+        println!("lab: node side {HOST_IF}: {HOST_V4}/32, {HOST_V6}/128");
+        ip(&["addr", "add", &format!("{HOST_V4}/32"), "dev", HOST_IF])?;
         ip(&[
             "-6",
             "addr",
             "add",
-            &format!("{HOST_V6}/64"),
+            &format!("{HOST_V6}/128"),
             "dev",
             HOST_IF,
             "nodad",
         ])?;
         ip(&["link", "set", HOST_IF, "up"])?;
+        ip(&["route", "add", &format!("{PEER_V4}/32"), "dev", HOST_IF])?;
+        ip(&["-6", "route", "add", &format!("{PEER_V6}/128"), "dev", HOST_IF])?;
 
         println!(
-            "lab: peer side {PEER_IF}: {PEER_V4}/24, {PEER_V6}/64, attacker sources \
+            "lab: peer side {PEER_IF}: {PEER_V4}/32, {PEER_V6}/128, attacker sources \
              {ATTACKER_V4}/32 and {ATTACKER_V6}/128"
         );
         lab.ip_in(&["link", "set", "lo", "up"])?;
-        lab.ip_in(&["addr", "add", &format!("{PEER_V4}/24"), "dev", PEER_IF])?;
+        lab.ip_in(&["addr", "add", &format!("{PEER_V4}/32"), "dev", PEER_IF])?;
         lab.ip_in(&["addr", "add", &format!("{ATTACKER_V4}/32"), "dev", PEER_IF])?;
         lab.ip_in(&[
             "-6",
             "addr",
             "add",
-            &format!("{PEER_V6}/64"),
+            &format!("{PEER_V6}/128"),
             "dev",
             PEER_IF,
             "nodad",
@@ -101,6 +107,8 @@ impl Lab {
             "nodad",
         ])?;
         lab.ip_in(&["link", "set", PEER_IF, "up"])?;
+        lab.ip_in(&["route", "add", &format!("{HOST_V4}/32"), "dev", PEER_IF])?;
+        lab.ip_in(&["-6", "route", "add", &format!("{HOST_V6}/128"), "dev", PEER_IF])?;
 
         println!("lab: routing the attacker addresses back through {HOST_IF}");
         for r in LAB_ROUTES_V4 {
