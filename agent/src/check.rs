@@ -149,13 +149,14 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
         );
         let _ = writeln!(
             s,
-            "    {} zone prefixes ({} node addresses in zone host), {} zone pairs, {} port tables, {} port blocks",
+            "    {} zone prefixes ({} node addresses in zone host), {} zone pairs, {} port tables, {} port blocks, {} exact ports",
             seg.zone_v4.len() + seg.zone_v6.len(),
             seg.zone_v4.iter().filter(|z| z.1 == ZONE_HOST).count()
                 + seg.zone_v6.iter().filter(|z| z.1 == ZONE_HOST).count(),
             seg.pairs.len(),
             seg.port_tables.len(),
-            seg.port_blocks.len()
+            seg.port_blocks.len(),
+            seg.exact.len()
         );
     }
     let entries = config.failsafe.entries(config.agent.metrics_address.port());
@@ -273,13 +274,16 @@ fn dropped_to_node(
 fn shadowed_rules(policy: &CompiledPolicy) -> Vec<String> {
     let seg = &policy.segmentation;
     let mut wins: BTreeSet<u16> = BTreeSet::new();
-    for t in seg.port_tables.iter().chain(&seg.port_blocks) {
-        for &e in &t.entries {
-            if e & PORT_BLOCK == 0
-                && let Some((id, _)) = decode_rule(e)
-            {
-                wins.insert(id);
-            }
+    let table_entries = seg
+        .port_tables
+        .iter()
+        .chain(&seg.port_blocks)
+        .flat_map(|t| t.entries.iter().copied());
+    for e in table_entries.chain(seg.exact.iter().map(|e| e.1)) {
+        if e & PORT_BLOCK == 0
+            && let Some((id, _)) = decode_rule(e)
+        {
+            wins.insert(id);
         }
     }
     let mut out = Vec::new();

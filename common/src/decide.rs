@@ -8,7 +8,7 @@ use crate::maps::{Direction, ListAction, ListEntry};
 use crate::packet::Packet;
 use crate::reason::{Reason, Verdict};
 use crate::segment::{
-    FlowKey, PORT_BLOCK, PairKey, PortEntry, RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW,
+    FlowKey, PAIR_SPARSE, PORT_BLOCK, PairKey, PortEntry, PortKey, RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW,
     SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW, SegMeta, decode_rule, failsafe_class,
     failsafe_port, may_be_reply, proto_class, reply_key, rule_port,
 };
@@ -66,8 +66,11 @@ pub trait Tables {
     fn failsafe_addr(&self, family: u8, addr: &[u8; 16]) -> u32;
     /// Zone id of an address (`ZONE_WORLD` if in no zone).
     fn zone(&self, family: u8, addr: &[u8; 16]) -> u16;
-    /// Port table of a zone pair and protocol, if any rule covers it.
+    /// Port table of a zone pair and protocol, if any rule covers it
+    /// (`PAIR_SPARSE`: its ports are in the exact-port table).
     fn pair(&self, key: &PairKey) -> Option<u32>;
+    /// The entry of a sparse pair's port (0 if none).
+    fn exact(&self, key: &PortKey) -> PortEntry;
     /// Entry `hi` of port table `table`.
     fn port_table(&self, table: u32, hi: u8) -> PortEntry;
     /// Entry `lo` of port block `block`.
@@ -108,11 +111,13 @@ pub fn failsafe<T: Tables>(dir: Direction, p: &Packet, meta: &SegMeta, t: &T) ->
     Some(hit.trailing_zeros() as u16)
 }
 
-/// The rule entry for a zone pair, protocol and port: two array reads after
-/// the pair lookup, whatever the number of rules.
+/// The rule entry for a zone pair, protocol and port: after the pair lookup,
+/// one exact-port lookup (pairs with a few single ports) or two array reads
+/// (the others), whatever the number of rules.
 #[inline(always)]
 pub fn rule_entry<T: Tables>(t: &T, key: &PairKey, port: u16) -> PortEntry {
     let table = match t.pair(key) {
+        Some(PAIR_SPARSE) => return t.exact(&PortKey::of(key, port)),
         Some(table) => table,
         None => return 0,
     };

@@ -28,6 +28,7 @@ pub mod names {
     pub const ZONES_V4: &str = "TG_ZONES_V4";
     pub const ZONES_V6: &str = "TG_ZONES_V6";
     pub const ZONE_PAIRS: &str = "TG_ZONE_PAIRS";
+    pub const PORT_EXACT: &str = "TG_PORT_EXACT";
     pub const PORT_TABLES: &str = "TG_PORT_TABLES";
     pub const PORT_BLOCKS: &str = "TG_PORT_BLOCKS";
     pub const FAILSAFE_PORTS: &str = "TG_FAILSAFE_PORTS";

@@ -22,6 +22,8 @@ pub const MAX_RULES: u32 = 65_535;
 pub const ZONE_PREFIX_CAPACITY: u32 = 2 * 65_536;
 /// (source zone, destination zone, protocol) entries, both generations.
 pub const PAIR_CAPACITY: u32 = 2 * 262_144;
+/// (zone pair, protocol, port) entries of sparse pairs, both generations.
+pub const EXACT_CAPACITY: u32 = 2 * 262_144;
 /// Port tables (256 entries, one per high byte of the port) per generation.
 pub const PORT_TABLES_PER_SLOT: u32 = 2048;
 /// Port blocks (256 entries, one per low byte) per generation.
@@ -103,6 +105,35 @@ pub struct PairKey {
     pub dst_zone: u16,
 }
 const _: () = assert!(core::mem::size_of::<PairKey>() == 8);
+
+/// The value of a zone pair whose rules name a few single ports: look the
+/// port up in `TG_PORT_EXACT` instead of a port table (see
+/// docs/design/segmentation.md, "port tables").
+pub const PAIR_SPARSE: u32 = u32::MAX;
+
+/// Key of `TG_PORT_EXACT`: a sparse pair's port (or ICMP type).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortKey {
+    pub slot: u8,
+    pub proto: u8,
+    pub port: u16,
+    pub src_zone: u16,
+    pub dst_zone: u16,
+}
+const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
+
+impl PortKey {
+    pub const fn of(pair: &PairKey, port: u16) -> PortKey {
+        PortKey {
+            slot: pair.slot,
+            proto: pair.proto,
+            port,
+            src_zone: pair.src_zone,
+            dst_zone: pair.dst_zone,
+        }
+    }
+}
 
 /// A port-table entry: 0 means no rule; [`PORT_BLOCK`] set means "look in
 /// port block (entry & !PORT_BLOCK)"; otherwise a rule code
@@ -365,6 +396,7 @@ pub const fn zone_pair_index(src_zone: u16, dst_zone: u16) -> u32 {
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
     unsafe impl aya::Pod for super::PairKey {}
+    unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PortTable {}
     unsafe impl aya::Pod for super::SegMeta {}
     unsafe impl aya::Pod for super::FlowKey {}

@@ -8,8 +8,9 @@ use aya_ebpf::{
     },
 };
 use tierguard_common::segment::{
-    FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey, FlowValue,
-    MAX_RULES, PAIR_CAPACITY, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortTable,
+    EXACT_CAPACITY, FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey,
+    FlowValue, MAX_RULES, PAIR_CAPACITY, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey,
+    PortKey, PortTable,
     SegMeta, SlotAddrV4, SlotAddrV6, ZONE_DROP_CAPACITY, ZONE_PREFIX_CAPACITY,
 };
 use tierguard_common::event::{Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE};
@@ -113,6 +114,10 @@ pub static ZONES_V6: LpmTrie<SlotAddrV6, u16> = LpmTrie::pinned(ZONE_PREFIX_CAPA
 /// (slot, protocol class, source zone, destination zone) → port table index.
 #[map(name = "TG_ZONE_PAIRS")]
 pub static ZONE_PAIRS: HashMap<PairKey, u32> = HashMap::pinned(PAIR_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// Ports of sparse pairs: (slot, protocol class, port, zones) → rule code.
+#[map(name = "TG_PORT_EXACT")]
+pub static PORT_EXACT: HashMap<PortKey, u32> = HashMap::pinned(EXACT_CAPACITY, BPF_F_NO_PREALLOC);
 
 /// Port tables (by the port's high byte), slot 0's then slot 1's.
 #[map(name = "TG_PORT_TABLES")]

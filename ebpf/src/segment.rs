@@ -9,7 +9,8 @@ use tierguard_common::{
     packet::Packet,
     segment::{
         FLOW_CLOSING, FLOW_STAT_CREATED, FLOW_STAT_INSERT_FAILED, FLOW_STAT_REPLIES, FlowKey,
-        FlowValue, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortEntry, SEG_ENABLED,
+        FlowValue, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortEntry, PortKey,
+        SEG_ENABLED,
         SegMeta, SlotAddrV4, SlotAddrV6, ZONE_WORLD, closes_flow, flow_alive, flow_key,
         opens_flow, trie_prefix_len, zone_pair_index,
     },
@@ -17,7 +18,8 @@ use tierguard_common::{
 
 use crate::lists;
 use crate::maps::{
-    FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PORT_BLOCKS, PORT_TABLES,
+    FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PORT_BLOCKS, PORT_EXACT,
+    PORT_TABLES,
     RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONES_V4, ZONES_V6,
 };
 
@@ -105,6 +107,12 @@ impl Tables for KernelTables {
     fn pair(&self, key: &PairKey) -> Option<u32> {
         // SAFETY: the value is copied out at once.
         unsafe { ZONE_PAIRS.get(key) }.copied()
+    }
+
+    #[inline(always)]
+    fn exact(&self, key: &PortKey) -> PortEntry {
+        // SAFETY: the value is copied out at once.
+        unsafe { PORT_EXACT.get(key) }.copied().unwrap_or(0)
     }
 
     #[inline(always)]

@@ -13,8 +13,8 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use tierguard_common::{
     maps::names,
     segment::{
-        FAILSAFE_CLASSES, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortTable, SegMeta,
-        SlotAddrV4, SlotAddrV6, trie_prefix_len,
+        FAILSAFE_CLASSES, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortKey, PortTable,
+        SegMeta, SlotAddrV4, SlotAddrV6, trie_prefix_len,
     },
 };
 
@@ -29,6 +29,7 @@ pub(super) struct WrittenSegmentation {
     failsafe_v4: Vec<Key<SlotAddrV4>>,
     failsafe_v6: Vec<Key<SlotAddrV6>>,
     pairs: Vec<PairKey>,
+    exact: Vec<PortKey>,
     /// Absolute indexes (slot included).
     port_tables: Vec<u32>,
     port_blocks: Vec<u32>,
@@ -149,6 +150,15 @@ pub(super) fn write(
         }
     }
     {
+        let mut m: HashMap<_, PortKey, u32> =
+            HashMap::try_from(map(ebpf, names::PORT_EXACT)?).map_err(map_err(names::PORT_EXACT))?;
+        for (key, code) in &seg.exact {
+            let key = PortKey { slot, ..*key };
+            m.insert(key, code, 0).map_err(map_err(names::PORT_EXACT))?;
+            w.exact.push(key);
+        }
+    }
+    {
         let mut m: HashMap<_, PairKey, u32> =
             HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;
         for (key, table) in &seg.pairs {
@@ -195,6 +205,11 @@ pub(super) fn delete(ebpf: &mut Ebpf, w: &WrittenSegmentation) {
             w.pairs.iter().for_each(|k| drop(m.remove(k)));
         }
     }
+    if let Ok(m) = map(ebpf, names::PORT_EXACT) {
+        if let Ok(mut m) = HashMap::<_, PortKey, u32>::try_from(m) {
+            w.exact.iter().for_each(|k| drop(m.remove(k)));
+        }
+    }
 }
 
 /// Deletes every segmentation entry of `slot`, found by scanning (entries
@@ -209,6 +224,15 @@ pub(super) fn sweep(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
         let m: HashMap<_, PairKey, u32> =
             HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;
         w.pairs = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| k.slot == slot)
+            .collect();
+    }
+    {
+        let m: HashMap<_, PortKey, u32> =
+            HashMap::try_from(map(ebpf, names::PORT_EXACT)?).map_err(map_err(names::PORT_EXACT))?;
+        w.exact = m
             .keys()
             .filter_map(|k| k.ok())
             .filter(|k| k.slot == slot)

@@ -10,7 +10,7 @@ use tierguard_common::{
     maps::{Direction, ListEntry},
     packet::Packet,
     reason::Reason,
-    segment::{FlowKey, PairKey, PortEntry},
+    segment::{FlowKey, PairKey, PortEntry, PortKey},
 };
 
 use super::CompiledPolicy;
@@ -49,6 +49,10 @@ impl Tables for UserTables<'_> {
 
     fn pair(&self, key: &PairKey) -> Option<u32> {
         self.0.segmentation.pair_table(key)
+    }
+
+    fn exact(&self, key: &PortKey) -> PortEntry {
+        self.0.segmentation.exact_entry(key)
     }
 
     fn port_table(&self, table: u32, hi: u8) -> PortEntry {

@@ -10,8 +10,9 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tierguard_common::{
     packet::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
     segment::{
-        FAILSAFE_PREFIX_CAPACITY, FIRST_ZONE, MAX_RULES, PAIR_CAPACITY, PORT_BLOCK,
-        PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PROTO_OTHER, PairKey, PortEntry, PortTable,
+        EXACT_CAPACITY, FAILSAFE_PREFIX_CAPACITY, FIRST_ZONE, MAX_RULES, PAIR_CAPACITY,
+        PAIR_SPARSE, PORT_BLOCK, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PROTO_OTHER,
+        PairKey, PortEntry, PortKey, PortTable,
         RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW,
         SegMeta, ZONE_HOST, ZONE_PREFIX_CAPACITY, ZONE_WORLD, decode_rule, failsafe_class,
         rule_code,
@@ -65,8 +66,11 @@ pub struct CompiledSegmentation {
     pub rules: Vec<RuleInfo>,
     /// `rule_matches[id]` is what `rules[id]` matches.
     pub rule_matches: Vec<RuleMatch>,
-    /// (zone pair and protocol class) → index into `port_tables`; sorted by key.
+    /// (zone pair and protocol class) → index into `port_tables`, or
+    /// `PAIR_SPARSE` (its ports are in `exact`); sorted by key.
     pub pairs: Vec<(PairKey, u32)>,
+    /// Ports of sparse pairs → rule code; sorted by pair, then port.
+    pub exact: Vec<(PortKey, PortEntry)>,
     pub port_tables: Vec<PortTable>,
     pub port_blocks: Vec<PortTable>,
     pub failsafe: Vec<FailsafeInfo>,
@@ -216,30 +220,59 @@ impl CompiledSegmentation {
         }
         // Keys covered by the same rules share a port table without
         // building it again; different rule sets may still give equal tables.
-        let mut by_rules: HashMap<(u8, Vec<u16>), u32> = HashMap::new();
+        // A rule set naming a few single ports is kept as exact ports
+        // instead: a large estate has many pairs with their own handful of
+        // ports, and a port table each would not fit.
+        let mut sharing: HashMap<(u8, &[u16]), usize> = HashMap::new();
+        for ((_, _, class), ids) in &by_key {
+            *sharing.entry((*class, ids.as_slice())).or_default() += 1;
+        }
+        let mut by_rules: HashMap<(u8, Vec<u16>), Layout> = HashMap::new();
         let mut tables = Interner::default();
         let mut blocks = Interner::default();
-        for ((src, dst, class), ids) in by_key {
-            let key = (class, ids);
-            let table = match by_rules.get(&key) {
-                Some(&t) => t,
-                None => {
-                    let segs = segments(&self.rules, &self.rule_matches, class, &key.1);
-                    let t = tables.intern(port_table(&segs, &mut blocks));
-                    by_rules.insert(key, t);
-                    t
-                }
-            };
+        for ((src, dst, class), ids) in &by_key {
+            let layout = by_rules
+                .entry((*class, ids.clone()))
+                .or_insert_with(|| {
+                    let segs = segments(&self.rules, &self.rule_matches, *class, ids);
+                    let points: u32 = segs.iter().map(|(lo, hi, _)| hi - lo + 1).sum();
+                    let pairs = sharing[&(*class, ids.as_slice())] as u32;
+                    if points <= SPARSE_MAX_PORTS && points * pairs <= SPARSE_MAX_ENTRIES {
+                        Layout::Sparse(segs)
+                    } else {
+                        Layout::Table(tables.intern(port_table(&segs, &mut blocks)))
+                    }
+                })
+                .clone();
             let key = PairKey {
                 slot: 0,
-                proto: class,
+                proto: *class,
                 _pad: [0; 2],
-                src_zone: src,
-                dst_zone: dst,
+                src_zone: *src,
+                dst_zone: *dst,
             };
-            self.pairs.push((key, table));
+            match layout {
+                Layout::Table(t) => self.pairs.push((key, t)),
+                Layout::Sparse(segs) => {
+                    self.pairs.push((key, PAIR_SPARSE));
+                    for (lo, hi, code) in segs {
+                        for port in lo..=hi {
+                            self.exact.push((PortKey::of(&key, port as u16), code));
+                        }
+                    }
+                }
+            }
         }
         self.pairs.sort_unstable_by_key(|p| p.0);
+        self.exact.sort_unstable_by_key(|e| exact_order(&e.0));
+        let cap = (EXACT_CAPACITY / 2) as usize;
+        if self.exact.len() > cap {
+            errors.push(format!(
+                "rules name {} single (zone pair, port) entries; at most {cap} fit: {} too many",
+                self.exact.len(),
+                self.exact.len() - cap
+            ));
+        }
         self.port_tables = tables.list;
         self.port_blocks = blocks.list;
         for (what, used, cap) in [
@@ -374,6 +407,14 @@ impl CompiledSegmentation {
     }
 
     /// Entry `hi` of a port table (0 past the end, as an empty map slot).
+    /// A sparse pair's port entry, as `TG_PORT_EXACT` answers (0 if none).
+    pub fn exact_entry(&self, key: &PortKey) -> PortEntry {
+        let key = PortKey { slot: 0, ..*key };
+        self.exact
+            .binary_search_by_key(&exact_order(&key), |e| exact_order(&e.0))
+            .map_or(0, |i| self.exact[i].1)
+    }
+
     pub fn port_table_entry(&self, table: u32, hi: u8) -> PortEntry {
         self.port_tables
             .get(table as usize)
@@ -401,6 +442,24 @@ impl CompiledSegmentation {
             return Vec::new();
         };
         let mut out: Vec<(u16, u16, u16, RuleAction)> = Vec::new();
+        if table == PAIR_SPARSE {
+            let start = exact_order(&PortKey::of(&key, 0));
+            let first = self.exact.partition_point(|e| exact_order(&e.0) < start);
+            for (k, e) in &self.exact[first..] {
+                if (k.proto, k.src_zone, k.dst_zone) != (class, src, dst) {
+                    break;
+                }
+                if let Some((id, action)) = decode_rule(*e) {
+                    match out.last_mut() {
+                        Some(r) if u32::from(r.1) + 1 == u32::from(k.port) && (r.2, r.3) == (id, action) => {
+                            r.1 = k.port;
+                        }
+                        _ => out.push((k.port, k.port, id, action)),
+                    }
+                }
+            }
+            return out;
+        }
         let mut push = |port: u16, last: u16, e: PortEntry| {
             let Some((id, action)) = decode_rule(e) else {
                 return;
@@ -553,6 +612,26 @@ fn segments(
 /// A port table (by high byte) for sorted, disjoint runs: an entry is the
 /// rule code when one run covers its 256 ports, 0 when none touches them,
 /// otherwise a block (by low byte).
+/// The order `exact` is kept in: by pair, then port, so a pair's ports are adjacent.
+fn exact_order(k: &PortKey) -> (u8, u8, u16, u16, u16) {
+    (k.slot, k.proto, k.src_zone, k.dst_zone, k.port)
+}
+
+/// How a rule set's ports are kept.
+#[derive(Clone)]
+enum Layout {
+    /// A port table (index into `port_tables`).
+    Table(u32),
+    /// Exact ports (these runs, expanded).
+    Sparse(Vec<(u32, u32, PortEntry)>),
+}
+
+/// A rule set is kept as exact ports when it names at most this many ports...
+const SPARSE_MAX_PORTS: u32 = 64;
+/// ...and they come to at most this many entries over the pairs sharing it
+/// (a rule from `any` zone names many pairs: one shared table is smaller).
+const SPARSE_MAX_ENTRIES: u32 = 4096;
+
 fn port_table(segs: &[(u32, u32, PortEntry)], blocks: &mut Interner) -> PortTable {
     let mut t = PortTable::EMPTY;
     let mut first = 0;

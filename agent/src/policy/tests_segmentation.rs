@@ -16,7 +16,7 @@ use tierguard_common::{
 };
 
 use super::*;
-use tierguard_common::segment::PairKey;
+use tierguard_common::segment::{PAIR_SPARSE, PairKey};
 
 fn config(text: &str) -> Config {
     Config::load_str(text, "t.toml", Path::new(".")).unwrap()
@@ -600,20 +600,28 @@ action = "allow"
         .unwrap() as usize
     };
     assert_eq!(s.pairs.len(), 6);
-    // world->a ("https", "late" never wins) has the table of c->a ("https").
-    assert_eq!(table(ZONE_WORLD, 2), table(4, 2));
-    assert_eq!(table(4, 2), table(4, 3));
-    // Tables: https; https + extra; https-again; https-and-more.
-    assert_eq!(s.port_tables.len(), 4);
-    // Blocks: 443 for each of the three rules, 8000-8191 (0x1f40-0x1fff)
-    // and 9000-9099; the 443 block of "https" is shared by two tables.
-    assert_eq!(s.port_blocks.len(), 5);
+    // A handful of single ports is kept as exact ports: 443 for world->a
+    // ("https"; "late" never wins), c->a, c->b and host->a.
+    for (src, dst) in [(ZONE_WORLD, 2), (4, 2), (4, 3), (ZONE_HOST, 2)] {
+        assert_eq!(table(src, dst), PAIR_SPARSE as usize);
+    }
+    assert_eq!(s.exact.len(), 4);
+    // Ranges get port tables: https + extra (world->b); https-and-more (host->b).
+    assert_eq!(s.port_tables.len(), 2);
+    // Blocks: 443 of each table (different rules, so different blocks),
+    // 8000-8191 (0x1f40-0x1fff) and 9000-9099.
+    assert_eq!(s.port_blocks.len(), 4);
     let (t0, t1) = (
-        &s.port_tables[table(4, 2)],
+        &s.port_tables[table(ZONE_HOST, 3)],
         &s.port_tables[table(ZONE_WORLD, 3)],
     );
     assert_ne!(t0, t1);
-    assert_eq!(t0.entries[1], t1.entries[1]);
+    // The same rule set over two pairs is stored once.
+    let p = compile(&format!(
+        "{TIERS}[[rules]]\nname = \"range\"\nfrom = [\"a\", \"b\"]\nto = \"c\"\nprotocol = \"tcp\"\nports = [\"1000-1999\"]\naction = \"allow\"\n"
+    ));
+    assert_eq!(p.segmentation.pairs.len(), 2);
+    assert_eq!(p.segmentation.port_tables.len(), 1);
 }
 
 #[test]
@@ -635,7 +643,8 @@ fn limits_are_errors_that_say_by_how_much() {
         err.contains("rules name 1812020 (source zone, destination zone, protocol) combinations; at most 262144 fit: 1549876 too many"),
         "{err}"
     );
-    // Port tables and blocks: one rule per pair, each a different port.
+    // Port tables: one rule per pair, each a different range (a few single
+    // ports would be kept as exact ports instead).
     let mut text = String::new();
     for i in 0..50 {
         text.push_str(&format!(
@@ -644,10 +653,11 @@ fn limits_are_errors_that_say_by_how_much() {
     }
     for r in 0..2049 {
         text.push_str(&format!(
-            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"tcp\"\nports = [{}]\naction = \"allow\"\n",
+            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"tcp\"\nports = [\"{}-{}\"]\naction = \"allow\"\n",
             r % 50,
             r / 50,
-            r + 1
+            r + 1,
+            r + 100
         ));
     }
     let err = CompiledPolicy::compile(&config(&text), &[])
