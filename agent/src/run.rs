@@ -66,17 +66,18 @@ impl metrics::Endpoint for Shared {
     fn metrics(&self) -> String {
         let names = self.names.read().map(|l| l.clone()).unwrap_or_default();
         let stats = self.stats.lock().ok().and_then(|r| {
-            r.as_ref().and_then(|r| match r.read(names.lists.len(), names.rules.len()) {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read kernel counters");
-                    self.metrics
-                        .scrape_errors
-                        .with_label_values(&["counters"])
-                        .inc();
-                    None
-                }
-            })
+            r.as_ref()
+                .and_then(|r| match r.read(names.lists.len(), names.rules.len()) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read kernel counters");
+                        self.metrics
+                            .scrape_errors
+                            .with_label_values(&["counters"])
+                            .inc();
+                        None
+                    }
+                })
         });
         let sampler = self.sampler.lock().ok().and_then(|r| {
             r.as_ref().and_then(|r| match r.read() {

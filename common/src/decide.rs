@@ -8,9 +8,9 @@ use crate::maps::{Direction, ListAction, ListEntry};
 use crate::packet::Packet;
 use crate::reason::{Reason, Verdict};
 use crate::segment::{
-    FlowKey, PAIR_SPARSE, PORT_BLOCK, PairKey, PortEntry, PortKey, RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW,
-    SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW, SegMeta, decode_rule, failsafe_class,
-    failsafe_port, may_be_reply, proto_class, reply_key, rule_port,
+    FlowKey, PAIR_SPARSE, PORT_BLOCK, PairKey, PortEntry, PortKey, RuleAction, SEG_AUDIT_MODE,
+    SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW, SegMeta, decode_rule,
+    failsafe_class, failsafe_port, may_be_reply, proto_class, reply_key, rule_port,
 };
 
 /// A decision: why, which list or rule (by id) decided, and between which zones.
@@ -169,10 +169,10 @@ pub fn decide<T: Tables>(dir: Direction, slot: u8, p: &Packet, meta: &SegMeta, t
     if let Some(entry) = failsafe(dir, p, meta, t) {
         return Decision::with_id(Reason::Failsafe, entry);
     }
-    if matches!(dir, Direction::Ingress) {
-        if let Some(d) = lists(t.list(p)) {
-            return d.finish(meta);
-        }
+    if matches!(dir, Direction::Ingress)
+        && let Some(d) = lists(t.list(p))
+    {
+        return d.finish(meta);
     }
     if meta.flags & SEG_ENABLED == 0 {
         return Decision::new(Reason::NoMatch);
@@ -208,13 +208,10 @@ mod tests {
             action: ListAction::Allow as u8,
             orig_len: 24,
         };
-        assert_eq!(
-            ingress(Some(deny)),
-Decision::with_id(Reason::DenyList, 3)
-        );
+        assert_eq!(ingress(Some(deny)), Decision::with_id(Reason::DenyList, 3));
         assert_eq!(
             ingress(Some(allow)),
-Decision::with_id(Reason::AllowList, 4)
+            Decision::with_id(Reason::AllowList, 4)
         );
         assert_eq!(ingress(None), Decision::new(Reason::NoMatch));
     }

@@ -168,7 +168,12 @@ fn decide_packet(
 pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let src = bench::next_source();
-    match enforce_with(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress, Override::Src(src)) {
+    match enforce_with(
+        &PacketBytes::xdp(&ctx),
+        ifindex,
+        Direction::Ingress,
+        Override::Src(src),
+    ) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
     }
@@ -198,7 +203,12 @@ pub fn tierguard_baseline(_ctx: XdpContext) -> u32 {
 pub fn tierguard_bench_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let dst = bench::next_source();
-    match enforce_with(&PacketBytes::tc(&ctx), ifindex, Direction::Egress, Override::Dst(dst)) {
+    match enforce_with(
+        &PacketBytes::tc(&ctx),
+        ifindex,
+        Direction::Egress,
+        Override::Dst(dst),
+    ) {
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Pass | Verdict::Audit => TC_ACT_UNSPEC,
     }

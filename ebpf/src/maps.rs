@@ -7,17 +7,16 @@ use aya_ebpf::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
     },
 };
-use tierguard_common::segment::{
-    EXACT_CAPACITY, FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey,
-    FlowValue, MAX_RULES, PAIR_CAPACITY, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey,
-    PortKey, PortTable,
-    SegMeta, SlotAddrV4, SlotAddrV6, ZONE_DROP_CAPACITY, ZONE_PREFIX_CAPACITY,
-};
 use tierguard_common::event::{Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE};
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, LIST_NAME_LEN, LIST_V4_CAPACITY,
     LIST_V6_CAPACITY, ListEntry, MAX_LISTS, PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6,
     STATS_SIZE, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKETS, V6Bucket,
+};
+use tierguard_common::segment::{
+    EXACT_CAPACITY, FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey,
+    FlowValue, MAX_RULES, PAIR_CAPACITY, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey,
+    PortKey, PortTable, SegMeta, SlotAddrV4, SlotAddrV6, ZONE_DROP_CAPACITY, ZONE_PREFIX_CAPACITY,
 };
 
 /// Allocate hash entries on insert: memory follows the configured lists, not

@@ -10,17 +10,15 @@ use tierguard_common::{
     segment::{
         FLOW_CLOSING, FLOW_STAT_CREATED, FLOW_STAT_INSERT_FAILED, FLOW_STAT_REPLIES, FlowKey,
         FlowValue, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortEntry, PortKey,
-        SEG_ENABLED,
-        SegMeta, SlotAddrV4, SlotAddrV6, ZONE_WORLD, closes_flow, flow_alive, flow_key,
-        opens_flow, trie_prefix_len, zone_pair_index,
+        SEG_ENABLED, SegMeta, SlotAddrV4, SlotAddrV6, ZONE_WORLD, closes_flow, flow_alive,
+        flow_key, opens_flow, trie_prefix_len, zone_pair_index,
     },
 };
 
 use crate::lists;
 use crate::maps::{
     FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PORT_BLOCKS, PORT_EXACT,
-    PORT_TABLES,
-    RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONES_V4, ZONES_V6,
+    PORT_TABLES, RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONES_V4, ZONES_V6,
 };
 
 /// Used when the settings map cannot be read (never, for an array in range):

@@ -35,15 +35,14 @@ impl Estate {
     fn zones(&self) -> String {
         let core: Vec<String> = [&self.edge, &self.dmz, &self.bastion]
             .iter()
-            .flat_map(|l| [format!("\"{}/32\"", l.node_v4()), format!("\"{}/128\"", l.node_v6())])
+            .flat_map(|l| {
+                [
+                    format!("\"{}/32\"", l.node_v4()),
+                    format!("\"{}/128\"", l.node_v6()),
+                ]
+            })
             .collect();
-        let peer = |l: &Lab| {
-            format!(
-                "[\"{}/32\", \"fd00:{}::2/128\"]",
-                l.peer_v4(),
-                l.net
-            )
-        };
+        let peer = |l: &Lab| format!("[\"{}/32\", \"fd00:{}::2/128\"]", l.peer_v4(), l.net);
         format!(
             "[[zones]]\nname = \"edge\"\ncidrs = {}\n\n\
              [[zones]]\nname = \"dmz\"\ncidrs = {}\n\n\
@@ -184,7 +183,8 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
     );
     let after = agent.scrape();
     assert!(
-        rule(&after, "allow", "dmz-to-core-mesh") >= rule(&before, "allow", "dmz-to-core-mesh") + 2.0,
+        rule(&after, "allow", "dmz-to-core-mesh")
+            >= rule(&before, "allow", "dmz-to-core-mesh") + 2.0,
         "both SYNs (and the client's later packets) are counted for the rule:\n{after}"
     );
     assert!(
@@ -225,7 +225,9 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
         Some("echo trial\n")
     );
     let after = agent.scrape();
-    assert!(rule(&after, "audit", "edge-to-core-trial") > rule(&before, "audit", "edge-to-core-trial"));
+    assert!(
+        rule(&after, "audit", "edge-to-core-trial") > rule(&before, "audit", "edge-to-core-trial")
+    );
     assert!(
         packets(&after, &edge.node_if, "ingress", "audit", "rule_audit")
             > packets(&before, &edge.node_if, "ingress", "audit", "rule_audit")
@@ -235,7 +237,14 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
     // an established flow) but nothing else on the edge.
     let node_addr: SocketAddr = format!("{}:7000", edge.peer_v4()).parse().unwrap();
     let mut server = std::process::Command::new("ip")
-        .args(["netns", "exec", &edge.ns, "sh", "-c", "echo feed | nc -l -N -w 5 7000"])
+        .args([
+            "netns",
+            "exec",
+            &edge.ns,
+            "sh",
+            "-c",
+            "echo feed | nc -l -N -w 5 7000",
+        ])
         .spawn()
         .unwrap();
     let got = (0..20).find_map(|_| {
@@ -247,7 +256,11 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
         Some(buf)
     });
     let _ = server.wait();
-    assert_eq!(got.as_deref(), Some("feed\n"), "the allowed egress connection works");
+    assert_eq!(
+        got.as_deref(),
+        Some("feed\n"),
+        "the allowed egress connection works"
+    );
 
     let before = agent.scrape();
     let blocked: SocketAddr = format!("{}:7001", edge.peer_v4()).parse().unwrap();
@@ -266,7 +279,8 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
     // 5353 to the asking port is a reply and passes.
     let sock = UdpSocket::bind(format!("{}:0", edge.node_v4())).unwrap();
     let port = sock.local_addr().unwrap().port();
-    sock.send_to(b"query", format!("{}:5353", edge.peer_v4())).unwrap();
+    sock.send_to(b"query", format!("{}:5353", edge.peer_v4()))
+        .unwrap();
     let before = agent.scrape();
     edge.hping("--udp", 5353, port, 3, &edge.node_v4());
     let after = agent.scrape();
@@ -279,7 +293,10 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 64];
     assert!(sock.recv_from(&mut buf).is_ok(), "and reach the socket");
-    assert!(counter(&after, "tierguard_flows_created_total") >= 4.0, "{after}");
+    assert!(
+        counter(&after, "tierguard_flows_created_total") >= 4.0,
+        "{after}"
+    );
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -296,7 +313,8 @@ fn audit_mode_passes_everything_and_counts_what_it_would_drop() {
     let edge = &estate.edge;
     let before = agent.scrape();
     assert_eq!(
-        edge.tcp_exchange(&edge.node_v4(), 15444, "audited").as_deref(),
+        edge.tcp_exchange(&edge.node_v4(), 15444, "audited")
+            .as_deref(),
         Some("echo audited\n"),
         "audit mode drops nothing"
     );

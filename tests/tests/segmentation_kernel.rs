@@ -53,31 +53,33 @@ fn policy(rng: &mut Rng, anchors4: &mut Vec<[u8; 4]>, anchors6: &mut Vec<[u8; 16
     if rng.below(4) == 0 {
         s.push_str("mode = \"audit\"\n");
     }
-    let pick = |rng: &mut Rng, options: &[&'static str]| options[rng.below(options.len() as u64) as usize];
+    let pick =
+        |rng: &mut Rng, options: &[&'static str]| options[rng.below(options.len() as u64) as usize];
     s.push_str(&format!(
         "[segmentation]\ndefault = \"{}\"\nintra_zone = \"{}\"\n",
         pick(rng, &["deny", "allow"]),
         pick(rng, &["deny", "allow"])
     ));
     let mut used = std::collections::HashSet::new();
-    let mut cidrs = |rng: &mut Rng, n: usize, anchors4: &mut Vec<[u8; 4]>, anchors6: &mut Vec<[u8; 16]>| {
-        let mut out = Vec::new();
-        while out.len() < n {
-            let c = if rng.below(3) == 0 {
-                let a = v6(rng);
-                anchors6.push(a);
-                net(IpAddr::from(a), 16 + rng.below(113) as u8)
-            } else {
-                let a = v4(rng);
-                anchors4.push(a);
-                net(IpAddr::from(a), 12 + rng.below(21) as u8)
-            };
-            if used.insert(c.clone()) {
-                out.push(c);
+    let mut cidrs =
+        |rng: &mut Rng, n: usize, anchors4: &mut Vec<[u8; 4]>, anchors6: &mut Vec<[u8; 16]>| {
+            let mut out = Vec::new();
+            while out.len() < n {
+                let c = if rng.below(3) == 0 {
+                    let a = v6(rng);
+                    anchors6.push(a);
+                    net(IpAddr::from(a), 16 + rng.below(113) as u8)
+                } else {
+                    let a = v4(rng);
+                    anchors4.push(a);
+                    net(IpAddr::from(a), 12 + rng.below(21) as u8)
+                };
+                if used.insert(c.clone()) {
+                    out.push(c);
+                }
             }
-        }
-        out.join(", ")
-    };
+            out.join(", ")
+        };
     for z in 0..ZONES {
         let n = 1 + rng.below(4) as usize;
         s.push_str(&format!(
@@ -118,7 +120,7 @@ fn policy(rng: &mut Rng, anchors4: &mut Vec<[u8; 4]>, anchors6: &mut Vec<[u8; 16
                     let hi = lo.saturating_add(rng.below(3000) as u16);
                     format!("ports = [\"{lo}-{hi}\", {}]\n", rng.below(65536))
                 }
-                _ => format!("ports = [0, 1, 255, 256, 65535, \"1000-1100\"]\n"),
+                _ => "ports = [0, 1, 255, 256, 65535, \"1000-1100\"]\n".to_string(),
             },
             "icmp" | "icmpv6" if rng.below(2) == 0 => {
                 format!("icmp_types = [{}, {}]\n", rng.below(256), rng.below(256))
@@ -245,7 +247,14 @@ fn kernel_matches_explain_on_random_segmentation_policies() {
         round += 1;
     }
     eprintln!("outcomes over {round} policies ({attempts} drawn): {outcomes:?}");
-    for reason in ["rule_allow", "rule_deny", "rule_audit", "default_deny", "deny_list", "failsafe"] {
+    for reason in [
+        "rule_allow",
+        "rule_deny",
+        "rule_audit",
+        "default_deny",
+        "deny_list",
+        "failsafe",
+    ] {
         assert!(
             outcomes.get(reason).copied().unwrap_or(0) > 0,
             "no packet decided by {reason}: {outcomes:?}"

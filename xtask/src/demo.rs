@@ -65,7 +65,9 @@ pub fn run(keep: bool) -> Result<()> {
         lab::HOST_V4,
         lab::PEER_V4
     );
-    println!("\ndemo: allowed traffic (expected to pass: rules estate-ping, estate-ping6, edge-to-dmz-https)");
+    println!(
+        "\ndemo: allowed traffic (expected to pass: rules estate-ping, estate-ping6, edge-to-dmz-https)"
+    );
     for (src, dst) in [(lab::PEER_V4, lab::HOST_V4), (lab::PEER_V6, lab::HOST_V6)] {
         let r = lab.ping(src, dst)?;
         steps.record(

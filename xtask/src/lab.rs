@@ -79,7 +79,14 @@ impl Lab {
         ])?;
         ip(&["link", "set", HOST_IF, "up"])?;
         ip(&["route", "add", &format!("{PEER_V4}/32"), "dev", HOST_IF])?;
-        ip(&["-6", "route", "add", &format!("{PEER_V6}/128"), "dev", HOST_IF])?;
+        ip(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{PEER_V6}/128"),
+            "dev",
+            HOST_IF,
+        ])?;
 
         println!(
             "lab: peer side {PEER_IF}: {PEER_V4}/32, {PEER_V6}/128, attacker sources \
@@ -108,7 +115,14 @@ impl Lab {
         ])?;
         lab.ip_in(&["link", "set", PEER_IF, "up"])?;
         lab.ip_in(&["route", "add", &format!("{HOST_V4}/32"), "dev", PEER_IF])?;
-        lab.ip_in(&["-6", "route", "add", &format!("{HOST_V6}/128"), "dev", PEER_IF])?;
+        lab.ip_in(&[
+            "-6",
+            "route",
+            "add",
+            &format!("{HOST_V6}/128"),
+            "dev",
+            PEER_IF,
+        ])?;
 
         println!("lab: routing the attacker addresses back through {HOST_IF}");
         for r in LAB_ROUTES_V4 {

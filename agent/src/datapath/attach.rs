@@ -13,8 +13,8 @@ use aya::{
     },
 };
 use tierguard_common::maps::{
-    Counter, Direction, IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, MAX_REASONS, VERDICTS, names, programs,
-    stats_index,
+    Counter, Direction, IFINDEX_TABLE_SIZE, MAX_IFACE_SLOTS, MAX_REASONS, VERDICTS, names,
+    programs, stats_index,
 };
 
 use super::{Datapath, DatapathError, Result, tables::zero_per_cpu, xdp_program};
@@ -340,7 +340,9 @@ impl Datapath {
             if let Some(link) = a.egress_link {
                 match link.unpin() {
                     Ok(fd) => drop(fd),
-                    Err(e) => tracing::warn!(iface = a.iface, error = %e, "cannot unpin egress link"),
+                    Err(e) => {
+                        tracing::warn!(iface = a.iface, error = %e, "cannot unpin egress link")
+                    }
                 }
             }
             let _ = std::fs::remove_file(&a.egress_link_path);

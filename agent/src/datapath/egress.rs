@@ -108,21 +108,21 @@ impl Datapath {
         };
         let mut result = None;
         for (old, old_tag) in egress_pins(links_dir, ifindex) {
-            if result.is_none() {
-                if let Ok(pinned) = PinnedLink::from_pin(&old) {
-                    if old_tag == tag {
-                        result = Some((pinned, old.clone(), true));
-                        continue;
-                    }
-                    // A different dispatcher: swap ours into the same link.
-                    if let Ok(link) = SchedClassifierLink::try_from(FdLink::from(pinned)) {
-                        let id = prog.attach_to_link(link).map_err(attach_error)?;
-                        let link = prog.take_link(id).map_err(attach_error)?;
-                        let pinned = pin(link, iface, &path)?;
-                        let _ = std::fs::remove_file(&old);
-                        result = Some((pinned, path.clone(), true));
-                        continue;
-                    }
+            if result.is_none()
+                && let Ok(pinned) = PinnedLink::from_pin(&old)
+            {
+                if old_tag == tag {
+                    result = Some((pinned, old.clone(), true));
+                    continue;
+                }
+                // A different dispatcher: swap ours into the same link.
+                if let Ok(link) = SchedClassifierLink::try_from(FdLink::from(pinned)) {
+                    let id = prog.attach_to_link(link).map_err(attach_error)?;
+                    let link = prog.take_link(id).map_err(attach_error)?;
+                    let pinned = pin(link, iface, &path)?;
+                    let _ = std::fs::remove_file(&old);
+                    result = Some((pinned, path.clone(), true));
+                    continue;
                 }
             }
             tracing::warn!(iface, pin = %old.display(), "removing a pinned egress link that cannot be adopted");

@@ -54,8 +54,7 @@ impl FlowSweeper {
         let err = |map| move |source| DatapathError::Map { map, source };
         Ok(FlowSweeper {
             flows: HashMap::try_from(open(pin_dir, names::FLOWS)?).map_err(err(names::FLOWS))?,
-            meta: Array::try_from(open(pin_dir, names::SEG_META)?)
-                .map_err(err(names::SEG_META))?,
+            meta: Array::try_from(open(pin_dir, names::SEG_META)?).map_err(err(names::SEG_META))?,
             active: Array::try_from(open(pin_dir, names::ACTIVE_SLOT)?)
                 .map_err(err(names::ACTIVE_SLOT))?,
             stats: PerCpuArray::try_from(open(pin_dir, names::FLOW_STATS)?)
@@ -92,11 +91,11 @@ impl FlowSweeper {
         }
         for k in &stale {
             // Re-check: a retransmitted SYN may have revived it meanwhile.
-            if let Ok(v) = self.flows.get(k, 0) {
-                if flow_alive(&meta, k, &v, coarse_now_ns()) {
-                    out.entries += 1;
-                    continue;
-                }
+            if let Ok(v) = self.flows.get(k, 0)
+                && flow_alive(&meta, k, &v, coarse_now_ns())
+            {
+                out.entries += 1;
+                continue;
             }
             if self.flows.remove(k).is_ok() {
                 out.expired += 1;

@@ -4,11 +4,11 @@
 mod attach;
 mod caps;
 mod egress;
-mod flows;
 mod error;
 mod events;
-mod stats;
+mod flows;
 mod segment_tables;
+mod stats;
 mod tables;
 mod test_run;
 
@@ -176,18 +176,18 @@ fn load_xdp(ebpf: &mut Ebpf, name: &str) -> Result<()> {
 /// A load failure in words: the verifier's log when the kernel gave one.
 fn load_error(name: &str, source: aya::programs::ProgramError) -> DatapathError {
     match source {
-            // An empty log means the kernel said no before verifying (EPERM, ENOMEM...).
-            aya::programs::ProgramError::LoadError {
-                ref verifier_log, ..
-            } if !verifier_log.to_string().trim().is_empty() => DatapathError::Verifier {
-                program: name.to_string(),
-                log: verifier_log.to_string(),
-            },
-            source => DatapathError::Program {
-                program: name.to_string(),
-                source,
-            },
-        }
+        // An empty log means the kernel said no before verifying (EPERM, ENOMEM...).
+        aya::programs::ProgramError::LoadError {
+            ref verifier_log, ..
+        } if !verifier_log.to_string().trim().is_empty() => DatapathError::Verifier {
+            program: name.to_string(),
+            log: verifier_log.to_string(),
+        },
+        source => DatapathError::Program {
+            program: name.to_string(),
+            source,
+        },
+    }
 }
 
 fn ensure_pin_dir(dir: &Path) -> Result<()> {

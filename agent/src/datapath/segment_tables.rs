@@ -163,7 +163,8 @@ pub(super) fn write(
             HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;
         for (key, table) in &seg.pairs {
             let key = PairKey { slot, ..*key };
-            m.insert(key, table, 0).map_err(map_err(names::ZONE_PAIRS))?;
+            m.insert(key, table, 0)
+                .map_err(map_err(names::ZONE_PAIRS))?;
             w.pairs.push(key);
         }
     }
@@ -200,26 +201,28 @@ pub(super) fn delete(ebpf: &mut Ebpf, w: &WrittenSegmentation) {
             .iter()
             .for_each(|i| drop(a.set(*i, PortTable::EMPTY, 0)));
     }
-    if let Ok(m) = map(ebpf, names::ZONE_PAIRS) {
-        if let Ok(mut m) = HashMap::<_, PairKey, u32>::try_from(m) {
-            w.pairs.iter().for_each(|k| drop(m.remove(k)));
-        }
+    if let Ok(m) = map(ebpf, names::ZONE_PAIRS)
+        && let Ok(mut m) = HashMap::<_, PairKey, u32>::try_from(m)
+    {
+        w.pairs.iter().for_each(|k| drop(m.remove(k)));
     }
-    if let Ok(m) = map(ebpf, names::PORT_EXACT) {
-        if let Ok(mut m) = HashMap::<_, PortKey, u32>::try_from(m) {
-            w.exact.iter().for_each(|k| drop(m.remove(k)));
-        }
+    if let Ok(m) = map(ebpf, names::PORT_EXACT)
+        && let Ok(mut m) = HashMap::<_, PortKey, u32>::try_from(m)
+    {
+        w.exact.iter().for_each(|k| drop(m.remove(k)));
     }
 }
 
 /// Deletes every segmentation entry of `slot`, found by scanning (entries
 /// written by an earlier agent).
 pub(super) fn sweep(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
-    let mut w = WrittenSegmentation::default();
-    w.zones_v4 = trie_keys::<SlotAddrV4, u16>(ebpf, names::ZONES_V4, slot, |k| k.slot)?;
-    w.zones_v6 = trie_keys::<SlotAddrV6, u16>(ebpf, names::ZONES_V6, slot, |k| k.slot)?;
-    w.failsafe_v4 = trie_keys::<SlotAddrV4, u32>(ebpf, names::FAILSAFE_V4, slot, |k| k.slot)?;
-    w.failsafe_v6 = trie_keys::<SlotAddrV6, u32>(ebpf, names::FAILSAFE_V6, slot, |k| k.slot)?;
+    let mut w = WrittenSegmentation {
+        zones_v4: trie_keys::<SlotAddrV4, u16>(ebpf, names::ZONES_V4, slot, |k| k.slot)?,
+        zones_v6: trie_keys::<SlotAddrV6, u16>(ebpf, names::ZONES_V6, slot, |k| k.slot)?,
+        failsafe_v4: trie_keys::<SlotAddrV4, u32>(ebpf, names::FAILSAFE_V4, slot, |k| k.slot)?,
+        failsafe_v6: trie_keys::<SlotAddrV6, u32>(ebpf, names::FAILSAFE_V6, slot, |k| k.slot)?,
+        ..WrittenSegmentation::default()
+    };
     {
         let m: HashMap<_, PairKey, u32> =
             HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;

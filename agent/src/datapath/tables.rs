@@ -8,12 +8,12 @@ use aya::{
     Ebpf,
     maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
 };
-use tierguard_common::segment::MAX_RULES;
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4,
     PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKETS, V6_TABLE_MAX_STRIDE, V6Bucket,
     names,
 };
+use tierguard_common::segment::MAX_RULES;
 
 use super::segment_tables::{self, WrittenSegmentation};
 use super::{Datapath, DatapathError, Result};

@@ -31,7 +31,7 @@ impl Datapath {
             Some(aya::programs::Program::SchedClassifier(_))
         );
         if is_tc {
-            if !self.ebpf.program(name).is_some_and(|p| p.fd().is_ok()) {
+            if self.ebpf.program(name).is_none_or(|p| p.fd().is_err()) {
                 egress::load_tc(&mut self.ebpf, name)?;
             }
             let mut opts = TestRunOptions::new();

@@ -5,8 +5,7 @@
 mod http;
 
 use prometheus::{
-    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     proto::{Counter as PCounter, LabelPair, Metric, MetricFamily, MetricType},
 };
 
@@ -487,16 +486,22 @@ mod tests {
             }],
             zones: ["world", "host", "edge"]
                 .iter()
-                .map(|n| ZoneInfo { name: n.to_string() })
+                .map(|n| ZoneInfo {
+                    name: n.to_string(),
+                })
                 .collect(),
         };
         let text = m.render(Some(&stats), &names);
-        assert!(text.contains(
-            "tierguard_rule_packets_total{action=\"allow\",rule=\"edge-to-dmz\"} 4"
-        ), "{text}");
-        assert!(text.contains(
-            "tierguard_zone_pair_drops_total{dst_zone=\"world\",src_zone=\"edge\"} 9"
-        ), "{text}");
+        assert!(
+            text.contains("tierguard_rule_packets_total{action=\"allow\",rule=\"edge-to-dmz\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "tierguard_zone_pair_drops_total{dst_zone=\"world\",src_zone=\"edge\"} 9"
+            ),
+            "{text}"
+        );
         assert!(text.contains("tierguard_flows_created_total 11"), "{text}");
         assert!(text.contains("tierguard_flow_replies_total 30"), "{text}");
         assert!(text.contains(

@@ -11,11 +11,10 @@ use tierguard_common::{
     packet::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
     segment::{
         EXACT_CAPACITY, FAILSAFE_PREFIX_CAPACITY, FIRST_ZONE, MAX_RULES, PAIR_CAPACITY,
-        PAIR_SPARSE, PORT_BLOCK, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PROTO_OTHER,
-        PairKey, PortEntry, PortKey, PortTable,
-        RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW,
-        SegMeta, ZONE_HOST, ZONE_PREFIX_CAPACITY, ZONE_WORLD, decode_rule, failsafe_class,
-        rule_code,
+        PAIR_SPARSE, PORT_BLOCK, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PROTO_OTHER, PairKey,
+        PortEntry, PortKey, PortTable, RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW, SEG_ENABLED,
+        SEG_FAILSAFE, SEG_INTRA_ALLOW, SegMeta, ZONE_HOST, ZONE_PREFIX_CAPACITY, ZONE_WORLD,
+        decode_rule, failsafe_class, rule_code,
     },
 };
 
@@ -451,7 +450,10 @@ impl CompiledSegmentation {
                 }
                 if let Some((id, action)) = decode_rule(*e) {
                     match out.last_mut() {
-                        Some(r) if u32::from(r.1) + 1 == u32::from(k.port) && (r.2, r.3) == (id, action) => {
+                        Some(r)
+                            if u32::from(r.1) + 1 == u32::from(k.port)
+                                && (r.2, r.3) == (id, action) =>
+                        {
                             r.1 = k.port;
                         }
                         _ => out.push((k.port, k.port, id, action)),

@@ -71,14 +71,25 @@ fn policy_text(zones: usize, rules: usize, rng: &mut Rng) -> String {
         let b = 1 + rng.below(zones as u64 - 1);
         // Ports from a realistic set: services reuse a few hundred ports.
         let port = 1000 + rng.below(300) as u16;
-        rule(&mut s, &mut n, &format!("\"t{a}\""), &format!("\"t{b}\""), port);
+        rule(
+            &mut s,
+            &mut n,
+            &format!("\"t{a}\""),
+            &format!("\"t{b}\""),
+            port,
+        );
     }
     s
 }
 
 fn tier_address(zones: usize, rng: &mut Rng) -> [u8; 16] {
     let i = 1 + rng.below(zones as u64 - 1) as usize;
-    let a = Ipv4Addr::new(10, (i / 256 + 1) as u8, (i % 256) as u8, 1 + rng.below(254) as u8);
+    let a = Ipv4Addr::new(
+        10,
+        (i / 256 + 1) as u8,
+        (i % 256) as u8,
+        1 + rng.below(254) as u8,
+    );
     to16(a.into())
 }
 
@@ -152,25 +163,69 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         });
     };
     // Ingress: tiers connect to core:443 (the source rotates).
-    let syn = v4_frame(any, node4, PROTO_TCP, &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0));
-    row(&mut dp, "ingress", "new connection (SYN, rule allows, flow written)", &syn);
+    let syn = v4_frame(
+        any,
+        node4,
+        PROTO_TCP,
+        &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0),
+    );
+    row(
+        &mut dp,
+        "ingress",
+        "new connection (SYN, rule allows, flow written)",
+        &syn,
+    );
     // Ingress replies: core connected to each tier's 443 earlier.
     flows(
         &mut dp,
-        remotes.iter().map(|r| key(node, *r, CLIENT_PORT, SERVICE_PORT)),
+        remotes
+            .iter()
+            .map(|r| key(node, *r, CLIENT_PORT, SERVICE_PORT)),
     );
-    let ack = v4_frame(any, node4, PROTO_TCP, &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0));
-    row(&mut dp, "ingress", "established (reply of a live flow)", &ack);
+    let ack = v4_frame(
+        any,
+        node4,
+        PROTO_TCP,
+        &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0),
+    );
+    row(
+        &mut dp,
+        "ingress",
+        "established (reply of a live flow)",
+        &ack,
+    );
     // Egress: core connects to each tier's 443 (the destination rotates).
-    let syn = v4_frame(node4, any, PROTO_TCP, &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0));
-    row(&mut dp, "egress", "new connection (SYN, rule allows, flow written)", &syn);
+    let syn = v4_frame(
+        node4,
+        any,
+        PROTO_TCP,
+        &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0),
+    );
+    row(
+        &mut dp,
+        "egress",
+        "new connection (SYN, rule allows, flow written)",
+        &syn,
+    );
     // Egress replies: the tiers connected to core:443.
     flows(
         &mut dp,
-        remotes.iter().map(|r| key(*r, node, CLIENT_PORT, SERVICE_PORT)),
+        remotes
+            .iter()
+            .map(|r| key(*r, node, CLIENT_PORT, SERVICE_PORT)),
     );
-    let ack = v4_frame(node4, any, PROTO_TCP, &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0));
-    row(&mut dp, "egress", "established (reply of a live flow)", &ack);
+    let ack = v4_frame(
+        node4,
+        any,
+        PROTO_TCP,
+        &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0),
+    );
+    row(
+        &mut dp,
+        "egress",
+        "established (reply of a live flow)",
+        &ack,
+    );
     drop(dp);
     drop(pins);
     rows

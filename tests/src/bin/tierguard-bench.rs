@@ -79,7 +79,10 @@ fn main() {
 
     let mut rows = Vec::new();
     let mut load_times = Vec::new();
-    for family in [Family::V4, Family::V6].into_iter().filter(|_| run("lists")) {
+    for family in [Family::V4, Family::V6]
+        .into_iter()
+        .filter(|_| run("lists"))
+    {
         for &n in &SIZES {
             eprintln!("{} with {n} deny prefixes...", family.name());
             let (row, compile, apply) = measure(family, n);
