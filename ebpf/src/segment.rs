@@ -213,6 +213,7 @@ pub fn after(dir: Direction, meta: &SegMeta, p: &Packet, d: &Decision, len: u32)
 }
 
 const BPF_NOEXIST: u64 = 1;
+const EEXIST: i32 = 17;
 
 #[inline(always)]
 fn open_flow(dir: Direction, p: &Packet, rule: u16) {
@@ -225,13 +226,19 @@ fn open_flow(dir: Direction, p: &Packet, rule: u16) {
         direction: dir as u8,
         _pad: 0,
     };
+    // Look first: an LRU update takes a free element and returns one even
+    // when the key exists, which costs several times a lookup. A
+    // retransmitted SYN, or the flow's successor on the same ports, starts
+    // the existing entry afresh.
+    if let Some(old) = FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a map value; racing writers only store the same fields.
+        unsafe { *old = v };
+        return;
+    }
     match FLOWS.insert(&key, &v, BPF_NOEXIST) {
         Ok(()) => bump(FLOW_STAT_CREATED),
-        Err(_) => match FLOWS.get_ptr_mut(&key) {
-            // A retransmitted SYN, or the flow's successor on the same
-            // ports: it starts afresh.
-            Some(old) => unsafe { *old = v },
-            None => bump(FLOW_STAT_INSERT_FAILED),
-        },
+        // Another CPU inserted it meanwhile: the flow exists, as wanted.
+        Err(e) if e == -EEXIST => {}
+        Err(_) => bump(FLOW_STAT_INSERT_FAILED),
     }
 }
