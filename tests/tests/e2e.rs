@@ -266,7 +266,7 @@ fn a_real_prometheus_server_scrapes_the_drop_counter() {
 
     let prom = Prometheus::start(&dir, &[agent.metrics]);
     let query = format!(
-        "tierguard_packets_total{{reason=\"deny_list\",verdict=\"drop\",interface=\"{}\"}}",
+        "tierguard_packets_total{{direction=\"ingress\",reason=\"deny_list\",verdict=\"drop\",interface=\"{}\"}}",
         lab.node_if
     );
     let deadline = Instant::now() + Duration::from_secs(90);
