@@ -43,12 +43,19 @@ const METRICS: &[(&str, &str)] = &[
     ("tierguard_events_emitted_total", "counter"),
     ("tierguard_events_suppressed_total", "counter"),
     ("tierguard_events_dropped_total", "counter"),
+    ("tierguard_rule_packets_total", "counter"),
+    ("tierguard_zone_pair_drops_total", "counter"),
+    ("tierguard_flows", "gauge"),
+    ("tierguard_flow_evictions_total", "counter"),
 ];
 
 /// Metrics that appear in a scrape only after some event (a first error).
 const EVENT_ONLY_METRICS: &[&str] = &[
     "tierguard_scrape_errors_total",
     "tierguard_events_emitted_total",
+    // Only with segmentation rules, and after a first segmentation drop.
+    "tierguard_rule_packets_total",
+    "tierguard_zone_pair_drops_total",
 ];
 
 /// The capabilities the unit and the DaemonSet grant, as the kernel numbers them.
@@ -1323,8 +1330,14 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
     }
     std::thread::sleep(Duration::from_secs(12));
 
-    // Queries that legitimately return nothing on a healthy lab agent.
-    let may_be_empty = |e: &str| e.contains("tierguard_scrape_errors_total");
+    // Queries that legitimately return nothing on a healthy lab agent: no
+    // scrape error, and the example policy has lists but no segmentation
+    // rules (the segmentation end-to-end tests read those counters).
+    let may_be_empty = |e: &str| {
+        e.contains("tierguard_scrape_errors_total")
+            || e.contains("tierguard_zone_pair_drops_total")
+            || e.contains("tierguard_rule_packets_total")
+    };
     let mut checked = 0;
     for (path, e) in dashboard_exprs() {
         let q = substitute(&e, "10s", "5m");
