@@ -27,6 +27,8 @@ pub mod names {
     pub const SEG_META: &str = "TG_SEG_META";
     pub const ZONES_V4: &str = "TG_ZONES_V4";
     pub const ZONES_V6: &str = "TG_ZONES_V6";
+    pub const ZONE_V4_L1: &str = "TG_ZONE_V4_L1";
+    pub const ZONE_V4_BLOCKS: &str = "TG_ZONE_V4_BLOCKS";
     pub const ZONE_PAIRS: &str = "TG_ZONE_PAIRS";
     pub const PORT_EXACT: &str = "TG_PORT_EXACT";
     pub const PORT_TABLES: &str = "TG_PORT_TABLES";

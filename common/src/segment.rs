@@ -22,6 +22,28 @@ pub const MAX_RULES: u32 = 65_535;
 pub const ZONE_PREFIX_CAPACITY: u32 = 2 * 65_536;
 /// (source zone, destination zone, protocol) entries, both generations.
 pub const PAIR_CAPACITY: u32 = 2 * 262_144;
+/// IPv4 zone lookup, first level: one entry per /16, per generation.
+pub const ZONE_V4_L1_SIZE: u32 = 65_536;
+/// IPv4 zone lookup, second level: blocks of 256 /24s, per generation.
+pub const ZONE_V4_BLOCKS_PER_SLOT: u32 = 2048;
+/// A first-level entry with this bit names a block (low bits); otherwise
+/// its low 16 bits are the zone of the whole /16.
+pub const ZONE_L1_BLOCK: u32 = 1 << 31;
+/// A block entry with this bit: prefixes longer than /24 exist in this /24,
+/// ask the zone trie; the low 16 bits are the /24's own zone.
+pub const ZONE_LONGER: u32 = 1 << 16;
+
+/// 256 /24s of a /16: each a zone id, maybe with `ZONE_LONGER`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ZoneBlock {
+    pub zones: [u32; 256],
+}
+
+impl ZoneBlock {
+    pub const EMPTY: ZoneBlock = ZoneBlock { zones: [0; 256] };
+}
+
 /// (zone pair, protocol, port) entries of sparse pairs, both generations.
 pub const EXACT_CAPACITY: u32 = 2 * 262_144;
 /// Port tables (256 entries, one per high byte of the port) per generation.
@@ -398,6 +420,7 @@ mod pod {
     unsafe impl aya::Pod for super::PairKey {}
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::PortTable {}
+    unsafe impl aya::Pod for super::ZoneBlock {}
     unsafe impl aya::Pod for super::SegMeta {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}

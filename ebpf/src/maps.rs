@@ -17,6 +17,7 @@ use tierguard_common::segment::{
     EXACT_CAPACITY, FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey,
     FlowValue, MAX_RULES, PAIR_CAPACITY, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey,
     PortKey, PortTable, SegMeta, SlotAddrV4, SlotAddrV6, ZONE_DROP_CAPACITY, ZONE_PREFIX_CAPACITY,
+    ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE, ZoneBlock,
 };
 
 /// Allocate hash entries on insert: memory follows the configured lists, not
@@ -106,6 +107,14 @@ pub static SEG_META: Array<SegMeta> = Array::pinned(2, 0);
 /// Address → zone id, longest prefix wins; keys start with the slot byte.
 #[map(name = "TG_ZONES_V4")]
 pub static ZONES_V4: LpmTrie<SlotAddrV4, u16> = LpmTrie::pinned(ZONE_PREFIX_CAPACITY, 0);
+
+/// IPv4 zones by /16 (slot 0's, then slot 1's): a zone, or a block of /24s.
+/// Answers without the trie unless a /24 holds longer prefixes.
+#[map(name = "TG_ZONE_V4_L1")]
+pub static ZONE_V4_L1: Array<u32> = Array::pinned(2 * ZONE_V4_L1_SIZE, 0);
+
+#[map(name = "TG_ZONE_V4_BLOCKS")]
+pub static ZONE_V4_BLOCKS: Array<ZoneBlock> = Array::pinned(2 * ZONE_V4_BLOCKS_PER_SLOT, 0);
 
 #[map(name = "TG_ZONES_V6")]
 pub static ZONES_V6: LpmTrie<SlotAddrV6, u16> = LpmTrie::pinned(ZONE_PREFIX_CAPACITY, 0);

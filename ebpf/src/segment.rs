@@ -10,15 +10,17 @@ use tierguard_common::{
     segment::{
         FLOW_CLOSING, FLOW_STAT_CREATED, FLOW_STAT_INSERT_FAILED, FLOW_STAT_REPLIES, FlowKey,
         FlowValue, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortEntry, PortKey,
-        SEG_ENABLED, SegMeta, SlotAddrV4, SlotAddrV6, ZONE_WORLD, closes_flow, flow_alive,
-        flow_key, opens_flow, trie_prefix_len, zone_pair_index,
+        SEG_ENABLED, SegMeta, SlotAddrV4, SlotAddrV6, ZONE_L1_BLOCK, ZONE_LONGER,
+        ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE, ZONE_WORLD, closes_flow, flow_alive, flow_key,
+        opens_flow, trie_prefix_len, zone_pair_index,
     },
 };
 
 use crate::lists;
 use crate::maps::{
     FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PORT_BLOCKS, PORT_EXACT,
-    PORT_TABLES, RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONES_V4, ZONES_V6,
+    PORT_TABLES, RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONE_V4_BLOCKS, ZONE_V4_L1, ZONES_V4,
+    ZONES_V6,
 };
 
 /// Used when the settings map cannot be read (never, for an array in range):
@@ -93,12 +95,39 @@ impl Tables for KernelTables {
 
     #[inline(always)]
     fn zone(&self, family: u8, addr: &[u8; 16]) -> u16 {
-        let hit = if family == 4 {
-            ZONES_V4.get(v4_key(self.slot, addr))
-        } else {
-            ZONES_V6.get(v6_key(self.slot, addr))
-        };
-        hit.copied().unwrap_or(ZONE_WORLD)
+        if family == 4 {
+            // One read of the /16 table, a second of its /24 block where
+            // zones split the /16; the trie only where a /24 holds longer
+            // prefixes (docs/design/segmentation.md).
+            let slot = u32::from(self.slot);
+            let l1 = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
+            let e = ZONE_V4_L1
+                .get(slot * ZONE_V4_L1_SIZE + l1)
+                .copied()
+                .unwrap_or(0);
+            if e & ZONE_L1_BLOCK == 0 {
+                return e as u16;
+            }
+            let block = e & !ZONE_L1_BLOCK;
+            if block >= ZONE_V4_BLOCKS_PER_SLOT {
+                return ZONE_WORLD;
+            }
+            let e = match ZONE_V4_BLOCKS.get(slot * ZONE_V4_BLOCKS_PER_SLOT + block) {
+                Some(b) => b.zones[addr[2] as usize],
+                None => 0,
+            };
+            if e & ZONE_LONGER == 0 {
+                return e as u16;
+            }
+            return ZONES_V4
+                .get(v4_key(self.slot, addr))
+                .copied()
+                .unwrap_or(e as u16);
+        }
+        ZONES_V6
+            .get(v6_key(self.slot, addr))
+            .copied()
+            .unwrap_or(ZONE_WORLD)
     }
 
     #[inline(always)]

@@ -14,7 +14,8 @@ use tierguard_common::{
     maps::names,
     segment::{
         FAILSAFE_CLASSES, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortKey, PortTable,
-        SegMeta, SlotAddrV4, SlotAddrV6, trie_prefix_len,
+        SegMeta, SlotAddrV4, SlotAddrV6, ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE, ZoneBlock,
+        trie_prefix_len,
     },
 };
 
@@ -34,6 +35,8 @@ pub(super) struct WrittenSegmentation {
     port_tables: Vec<u32>,
     port_blocks: Vec<u32>,
     failsafe_ports: Vec<u32>,
+    zone_l1: Vec<u32>,
+    zone_blocks: Vec<u32>,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
@@ -99,6 +102,22 @@ pub(super) fn write(
             let k = v4_key(slot, net);
             t.insert(&k, zone, 0).map_err(map_err(names::ZONES_V4))?;
             w.zones_v4.push(k);
+        }
+    }
+    {
+        let mut a: Array<_, u32> = array(ebpf, names::ZONE_V4_L1)?;
+        for &(i, e) in &seg.zone_v4_table.l1 {
+            let i = u32::from(slot) * ZONE_V4_L1_SIZE + i;
+            a.set(i, e, 0).map_err(map_err(names::ZONE_V4_L1))?;
+            w.zone_l1.push(i);
+        }
+    }
+    {
+        let mut a: Array<_, ZoneBlock> = array(ebpf, names::ZONE_V4_BLOCKS)?;
+        for (i, b) in seg.zone_v4_table.blocks.iter().enumerate() {
+            let i = u32::from(slot) * ZONE_V4_BLOCKS_PER_SLOT + i as u32;
+            a.set(i, b, 0).map_err(map_err(names::ZONE_V4_BLOCKS))?;
+            w.zone_blocks.push(i);
         }
     }
     {
@@ -188,6 +207,14 @@ pub(super) fn delete(ebpf: &mut Ebpf, w: &WrittenSegmentation) {
     if let Ok(mut t) = trie::<SlotAddrV6, u32>(ebpf, names::FAILSAFE_V6) {
         w.failsafe_v6.iter().for_each(|k| drop(t.remove(k)));
     }
+    if let Ok(mut a) = array::<u32>(ebpf, names::ZONE_V4_L1) {
+        w.zone_l1.iter().for_each(|i| drop(a.set(*i, 0, 0)));
+    }
+    if let Ok(mut a) = array::<ZoneBlock>(ebpf, names::ZONE_V4_BLOCKS) {
+        w.zone_blocks
+            .iter()
+            .for_each(|i| drop(a.set(*i, ZoneBlock::EMPTY, 0)));
+    }
     if let Ok(mut a) = array::<u32>(ebpf, names::FAILSAFE_PORTS) {
         w.failsafe_ports.iter().for_each(|i| drop(a.set(*i, 0, 0)));
     }
@@ -253,6 +280,20 @@ pub(super) fn sweep(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
         let base = u32::from(slot) * PORT_BLOCKS_PER_SLOT;
         w.port_blocks = (base..base + PORT_BLOCKS_PER_SLOT)
             .filter(|i| a.get(i, 0).is_ok_and(|t| t != PortTable::EMPTY))
+            .collect();
+    }
+    {
+        let a: Array<_, u32> = array(ebpf, names::ZONE_V4_L1)?;
+        let base = u32::from(slot) * ZONE_V4_L1_SIZE;
+        w.zone_l1 = (base..base + ZONE_V4_L1_SIZE)
+            .filter(|i| a.get(i, 0).is_ok_and(|e| e != 0))
+            .collect();
+    }
+    {
+        let a: Array<_, ZoneBlock> = array(ebpf, names::ZONE_V4_BLOCKS)?;
+        let base = u32::from(slot) * ZONE_V4_BLOCKS_PER_SLOT;
+        w.zone_blocks = (base..base + ZONE_V4_BLOCKS_PER_SLOT)
+            .filter(|i| a.get(i, 0).is_ok_and(|b| b != ZoneBlock::EMPTY))
             .collect();
     }
     {

@@ -26,6 +26,7 @@ use crate::config::{Config, ConfigError, ConfigErrors};
 mod decide;
 pub mod host;
 pub mod segmentation;
+pub mod zone_table;
 pub use decide::{UserTables, packet_addr};
 pub use host::host_addresses;
 pub use segmentation::CompiledSegmentation;

@@ -18,6 +18,7 @@ use tierguard_common::{
     },
 };
 
+use super::zone_table::ZoneTableV4;
 use crate::config::{Config, Mode, Protocol, Ranges, Rule, zone_id, zone_ids};
 
 /// A zone as compiled; its id is its index (0 `world`, 1 `host`).
@@ -62,6 +63,8 @@ pub struct CompiledSegmentation {
     /// Zone prefixes, the node's own addresses (zone `host`) included.
     pub zone_v4: Vec<(Ipv4Network, u16)>,
     pub zone_v6: Vec<(Ipv6Network, u16)>,
+    /// `zone_v4` as direct tables (the kernel's fast path for IPv4).
+    pub zone_v4_table: ZoneTableV4,
     pub rules: Vec<RuleInfo>,
     /// `rule_matches[id]` is what `rules[id]` matches.
     pub rule_matches: Vec<RuleMatch>,
@@ -162,6 +165,10 @@ impl CompiledSegmentation {
                 }
                 _ => {}
             }
+        }
+        match ZoneTableV4::build(&self.zone_v4) {
+            Ok(t) => self.zone_v4_table = t,
+            Err(e) => errors.push(e),
         }
         let cap = (ZONE_PREFIX_CAPACITY / 2) as usize;
         for (family, used) in [("IPv4", self.zone_v4.len()), ("IPv6", self.zone_v6.len())] {
