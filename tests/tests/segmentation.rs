@@ -403,6 +403,14 @@ fn replies_stop_passing_once_their_flow_has_expired() {
     let after = agent.scrape();
     assert_eq!(established(&after) - established(&before), 0.0);
     assert_eq!(denied(&after) - denied(&before), 1.0, "{after}");
+
+    // The agent's sweeper (every 10 s) frees the expired flow and counts it.
+    agent.wait_for("the sweeper to free the expired flow", |m| {
+        counter(m, "tierguard_flows_expired_total") >= 1.0
+    });
+    let m = agent.scrape();
+    assert_eq!(counter(&m, "tierguard_flow_table_capacity"), 262_144.0);
+    assert_eq!(counter(&m, "tierguard_flow_evictions_total"), 0.0, "{m}");
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
 }
