@@ -91,30 +91,85 @@ impl AuditLog {
 
 /// What changed between two policies, by list name.
 pub fn summary(old: Option<&Config>, new: Option<&Config>) -> Value {
-    let digest = |c: Option<&Config>| -> BTreeMap<String, String> {
-        c.map(|c| {
-            c.lists
-                .iter()
-                .map(|l| {
-                    let prefixes: Vec<String> =
-                        l.prefixes.iter().map(ToString::to_string).collect();
-                    (
-                        l.name.clone(),
-                        format!("{} {}", l.action.name(), prefixes.join(",")),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+    // Each named item as a string of what it enforces (not where it is
+    // written: moving a rule in the file changes nothing).
+    let lists = |c: &Config| -> BTreeMap<String, String> {
+        c.lists
+            .iter()
+            .map(|l| {
+                let prefixes: Vec<String> = l.prefixes.iter().map(ToString::to_string).collect();
+                (
+                    l.name.clone(),
+                    format!("{} {}", l.action.name(), prefixes.join(",")),
+                )
+            })
+            .collect()
     };
-    let (a, b) = (digest(old), digest(new));
-    let added: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
-    let removed: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
-    let changed: Vec<&String> = b
-        .keys()
-        .filter(|k| a.get(*k).is_some_and(|v| Some(v) != b.get(*k)))
-        .collect();
-    json!({ "lists_added": added, "lists_removed": removed, "lists_changed": changed })
+    let zones = |c: &Config| -> BTreeMap<String, String> {
+        c.zones
+            .iter()
+            .map(|z| {
+                let prefixes: Vec<String> = z.prefixes.iter().map(ToString::to_string).collect();
+                (z.name.clone(), prefixes.join(","))
+            })
+            .collect()
+    };
+    let rules = |c: &Config| -> BTreeMap<String, String> {
+        c.rules
+            .iter()
+            .map(|r| {
+                (
+                    r.name.clone(),
+                    format!(
+                        "{:?} {:?} {:?} {:?} {:?} {}",
+                        r.from,
+                        r.to,
+                        r.protocol,
+                        r.ports,
+                        r.icmp_types,
+                        r.action.name()
+                    ),
+                )
+            })
+            .collect()
+    };
+    let mut out = serde_json::Map::new();
+    for (what, digest) in [
+        (
+            "lists",
+            &lists as &dyn Fn(&Config) -> BTreeMap<String, String>,
+        ),
+        ("zones", &zones),
+        ("rules", &rules),
+    ] {
+        let a = old.map(digest).unwrap_or_default();
+        let b = new.map(digest).unwrap_or_default();
+        let added: Vec<&String> = b.keys().filter(|k| !a.contains_key(*k)).collect();
+        let removed: Vec<&String> = a.keys().filter(|k| !b.contains_key(*k)).collect();
+        let changed: Vec<&String> = b
+            .keys()
+            .filter(|k| a.get(*k).is_some_and(|v| Some(v) != b.get(*k)))
+            .collect();
+        out.insert(format!("{what}_added"), json!(added));
+        out.insert(format!("{what}_removed"), json!(removed));
+        out.insert(format!("{what}_changed"), json!(changed));
+    }
+    let settings = |c: &Config| {
+        json!({
+            "mode": c.mode.name(),
+            "segmentation": c.segmentation.enabled,
+            "default": if c.segmentation.default_allow { "allow" } else { "deny" },
+            "intra_zone": if c.segmentation.intra_zone_allow { "allow" } else { "deny" },
+        })
+    };
+    if let Some(n) = new {
+        let before = old.map(settings);
+        let after = settings(n);
+        if before.as_ref() != Some(&after) {
+            out.insert("settings".into(), after);
+        }
+    }
+    Value::Object(out)
 }
 
 /// A break in a chain: the 1-based line and what is wrong there.
@@ -263,10 +318,35 @@ mod tests {
             Path::new("."),
         )
         .unwrap();
-        assert_eq!(
-            summary(Some(&a), Some(&b)),
-            json!({"lists_added": ["c"], "lists_removed": ["b"], "lists_changed": ["a"]})
-        );
+        let s = summary(Some(&a), Some(&b));
+        assert_eq!(s["lists_added"], json!(["c"]));
+        assert_eq!(s["lists_removed"], json!(["b"]));
+        assert_eq!(s["lists_changed"], json!(["a"]));
+        assert_eq!(s["rules_added"], json!([]));
+        assert!(s.get("settings").is_none(), "settings unchanged: {s}");
         assert_eq!(summary(None, Some(&a))["lists_added"], json!(["a", "b"]));
+    }
+
+    #[test]
+    fn summary_names_zones_rules_and_settings_that_changed() {
+        use std::path::Path;
+        let zones = "[[zones]]\nname = \"edge\"\ncidrs = [\"10.10.0.0/16\"]\n[[zones]]\nname = \"dmz\"\ncidrs = [\"10.20.0.0/16\"]\n";
+        let rule = |ports: &str, line_offset: &str| {
+            format!(
+                "{line_offset}[[rules]]\nname = \"web\"\nfrom = \"edge\"\nto = \"dmz\"\nprotocol = \"tcp\"\nports = [{ports}]\naction = \"allow\"\n"
+            )
+        };
+        let load = |t: String| Config::load_str(&t, "p.toml", Path::new(".")).unwrap();
+        let a = load(format!("{zones}{}", rule("443", "")));
+        // The same rule further down the file: nothing changed.
+        let moved = load(format!("{zones}{}", rule("443", "\n\n\n")));
+        let s = summary(Some(&a), Some(&moved));
+        assert_eq!(s["rules_changed"], json!([]));
+        // Another port, and audit mode: named.
+        let b = load(format!("mode = \"audit\"\n{zones}{}", rule("8443", "")));
+        let s = summary(Some(&a), Some(&b));
+        assert_eq!(s["rules_changed"], json!(["web"]));
+        assert_eq!(s["zones_changed"], json!([]));
+        assert_eq!(s["settings"]["mode"], json!("audit"));
     }
 }
