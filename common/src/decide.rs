@@ -1,9 +1,11 @@
 //! Verdict precedence: implemented once, called by the kernel and by `explain`.
 //!
-//! Order (docs/design/verdict-precedence.md): parse → failsafe → lists
-//! (ingress, source address) → established replies → segmentation rules →
-//! the zone pair's default. In global audit mode a drop becomes `audit`.
+//! Order (docs/design/verdict-precedence.md): parse → failsafe → blocked
+//! sources (ingress) → lists (ingress, source address) → limits (ingress) →
+//! established replies → segmentation rules → the zone pair's default. In
+//! global audit mode a drop becomes `audit`.
 
+use crate::limiter::LimitOutcome;
 use crate::maps::{Direction, ListAction, ListEntry};
 use crate::packet::Packet;
 use crate::reason::{Reason, Verdict};
@@ -77,6 +79,13 @@ pub trait Tables {
     fn port_block(&self, block: u32, lo: u8) -> PortEntry;
     /// Whether a live flow has this key (the kernel also refreshes it).
     fn flow_alive(&self, key: &FlowKey, p: &Packet) -> bool;
+    /// The origin (a limit id, or `limiter::BLOCK_ADMIN`) of a block in
+    /// force on the packet's source, if any.
+    fn blocked(&self, p: &Packet) -> Option<u16>;
+    /// The limit stage: charges the packet to each matching limit in order
+    /// until one refuses it. The kernel keeps the buckets; the agent has no
+    /// traffic to count and passes (`explain` lists the matching limits).
+    fn limits(&self, p: &Packet) -> LimitOutcome;
 }
 
 /// The list stage. `hit` is the winning entry of the source-address lookup.
@@ -163,24 +172,47 @@ pub fn segmentation<T: Tables>(slot: u8, p: &Packet, meta: &SegMeta, t: &T) -> D
     d
 }
 
+/// A packet over an `audit` limit is reported as `limit_audit` when the later
+/// stages pass it; a drop (or another audit) stands.
+#[inline(always)]
+pub fn over_audit_limit(d: Decision, limits: LimitOutcome) -> Decision {
+    match limits.audited_by() {
+        Some(id) if matches!(d.verdict, Verdict::Pass) => Decision {
+            reason: Reason::LimitAudit,
+            verdict: Verdict::Audit,
+            id,
+            ..d
+        },
+        _ => d,
+    }
+}
+
 /// The whole decision for a parsed IP packet.
 #[inline(always)]
 pub fn decide<T: Tables>(dir: Direction, slot: u8, p: &Packet, meta: &SegMeta, t: &T) -> Decision {
     if let Some(entry) = failsafe(dir, p, meta, t) {
         return Decision::with_id(Reason::Failsafe, entry);
     }
-    if matches!(dir, Direction::Ingress)
-        && let Some(d) = lists(t.list(p))
-    {
-        return d.finish(meta);
+    let mut audit = LimitOutcome::PASS;
+    if matches!(dir, Direction::Ingress) {
+        if let Some(origin) = t.blocked(p) {
+            return Decision::with_id(Reason::Blocked, origin).finish(meta);
+        }
+        if let Some(d) = lists(t.list(p)) {
+            return d.finish(meta);
+        }
+        audit = t.limits(p);
+        if let Some(id) = audit.dropped_by() {
+            return Decision::with_id(Reason::Limit, id).finish(meta);
+        }
     }
     if meta.flags & SEG_ENABLED == 0 {
-        return Decision::new(Reason::NoMatch);
+        return over_audit_limit(Decision::new(Reason::NoMatch), audit);
     }
     if may_be_reply(p) && t.flow_alive(&reply_key(p), p) {
-        return Decision::new(Reason::Established);
+        return over_audit_limit(Decision::new(Reason::Established), audit);
     }
-    segmentation(slot, p, meta, t).finish(meta)
+    over_audit_limit(segmentation(slot, p, meta, t).finish(meta), audit)
 }
 
 /// Ingress decision from the list stage alone (no segmentation configured).
@@ -215,6 +247,151 @@ mod tests {
         );
         assert_eq!(ingress(None), Decision::new(Reason::NoMatch));
     }
+
+    /// Tables answering what each test sets: no failsafe port unless
+    /// `failsafe`, one list entry, a block, a limit outcome, no rules.
+    struct Fake {
+        failsafe: bool,
+        list: Option<ListEntry>,
+        blocked: Option<u16>,
+        limits: LimitOutcome,
+    }
+
+    impl Tables for Fake {
+        fn list(&self, _: &Packet) -> Option<ListEntry> {
+            self.list
+        }
+        fn failsafe_ports(&self, _: u32, _: u16) -> u32 {
+            u32::from(self.failsafe)
+        }
+        fn failsafe_addr(&self, _: u8, _: &[u8; 16]) -> u32 {
+            1
+        }
+        fn zone(&self, _: u8, _: &[u8; 16]) -> u16 {
+            0
+        }
+        fn pair(&self, _: &PairKey) -> Option<u32> {
+            None
+        }
+        fn port_table(&self, _: u32, _: u8) -> PortEntry {
+            0
+        }
+        fn port_block(&self, _: u32, _: u8) -> PortEntry {
+            0
+        }
+        fn flow_alive(&self, _: &FlowKey, _: &Packet) -> bool {
+            false
+        }
+        fn blocked(&self, _: &Packet) -> Option<u16> {
+            self.blocked
+        }
+        fn limits(&self, _: &Packet) -> LimitOutcome {
+            self.limits
+        }
+    }
+
+    fn syn() -> Packet {
+        let mut p = Packet::EMPTY;
+        p.family = 4;
+        p.proto = crate::packet::PROTO_TCP;
+        p.flags = crate::packet::FLAG_L4;
+        p.tcp_flags = crate::packet::TCP_SYN;
+        p.dport = 22;
+        p
+    }
+
+    #[test]
+    fn blocks_and_limits_take_their_place_in_the_order() {
+        let allow = ListEntry {
+            list_id: 4,
+            action: ListAction::Allow as u8,
+            orig_len: 24,
+        };
+        let deny = ListEntry {
+            action: ListAction::Deny as u8,
+            ..allow
+        };
+        let none = Fake {
+            failsafe: false,
+            list: None,
+            blocked: None,
+            limits: LimitOutcome::PASS,
+        };
+        let seg = SegMeta {
+            flags: SEG_ENABLED | SEG_FAILSAFE | SEG_DEFAULT_ALLOW | SEG_INTRA_ALLOW,
+            ..SegMeta::default()
+        };
+        let off = SegMeta::default();
+        let d = |t: &Fake, meta: &SegMeta| decide(Direction::Ingress, 0, &syn(), meta, t);
+        // Failsafe beats a block: operators cannot block themselves out.
+        let t = Fake {
+            failsafe: true,
+            blocked: Some(3),
+            ..none
+        };
+        assert_eq!(d(&t, &seg).reason, Reason::Failsafe);
+        // A block beats the lists, even an allow list.
+        let t = Fake {
+            blocked: Some(3),
+            list: Some(allow),
+            ..none
+        };
+        assert_eq!(d(&t, &off), Decision::with_id(Reason::Blocked, 3));
+        // An allow list ends evaluation before the limits.
+        let t = Fake {
+            list: Some(allow),
+            limits: LimitOutcome::drop(1),
+            ..none
+        };
+        assert_eq!(d(&t, &off).reason, Reason::AllowList);
+        let t = Fake {
+            list: Some(deny),
+            limits: LimitOutcome::drop(1),
+            ..none
+        };
+        assert_eq!(d(&t, &off).reason, Reason::DenyList);
+        // A limit's drop decides.
+        let t = Fake {
+            limits: LimitOutcome::drop(1),
+            ..none
+        };
+        assert_eq!(d(&t, &seg), Decision::with_id(Reason::Limit, 1));
+        // An audit limit reports a packet the later stages pass...
+        let t = Fake {
+            limits: LimitOutcome::audit(2),
+            ..none
+        };
+        let got = d(&t, &off);
+        assert_eq!((got.reason, got.verdict, got.id), (Reason::LimitAudit, Verdict::Audit, 2));
+        assert_eq!(d(&t, &seg).reason, Reason::LimitAudit);
+        // ...but never lets through what they drop.
+        let strict = SegMeta {
+            flags: SEG_ENABLED,
+            ..SegMeta::default()
+        };
+        assert_eq!(d(&t, &strict).reason, Reason::DefaultDeny);
+        // In global audit mode a block or a limit is reported, not enforced.
+        let audit_mode = SegMeta {
+            flags: SEG_AUDIT_MODE,
+            ..SegMeta::default()
+        };
+        let t = Fake {
+            blocked: Some(BLOCKED_BY_ADMIN),
+            ..none
+        };
+        let got = d(&t, &audit_mode);
+        assert_eq!((got.reason, got.verdict), (Reason::Blocked, Verdict::Audit));
+        // Egress: neither blocks nor limits apply.
+        let t = Fake {
+            blocked: Some(3),
+            limits: LimitOutcome::drop(1),
+            ..none
+        };
+        let got = decide(Direction::Egress, 0, &syn(), &off, &t);
+        assert_eq!(got.reason, Reason::NoMatch);
+    }
+
+    const BLOCKED_BY_ADMIN: u16 = crate::limiter::BLOCK_ADMIN;
 
     #[test]
     fn unknown_action_byte_is_ignored_not_trusted() {

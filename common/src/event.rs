@@ -8,8 +8,14 @@
 
 use crate::maps::MAX_REASONS;
 
-/// Version of [`Event`]; bumped on any layout change.
-pub const EVENT_VERSION: u8 = 1;
+/// Version of [`Event`]; bumped on any layout change (2: `kind` and the
+/// block fields).
+pub const EVENT_VERSION: u8 = 2;
+/// [`Event::kind`]: a sampled record of a dropped or audited packet.
+pub const KIND_PACKET: u8 = 0;
+/// [`Event::kind`]: a limit started a block (one record per block, not
+/// sampled); the packet fields are those of the packet that crossed it.
+pub const KIND_BLOCK_STARTED: u8 = 1;
 /// Size of the event ring buffer in bytes (a power of two, a multiple of the page size).
 pub const RING_BYTES: u32 = 1 << 20;
 /// Nanoseconds per second: the unit bucket levels are scaled by.
@@ -60,8 +66,15 @@ pub struct Event {
     pub dport: u16,
     /// Frame length in bytes.
     pub len: u32,
+    /// `KIND_*`.
+    pub kind: u8,
+    /// For a block start: prefix length of the blocked source prefix.
+    pub block_len: u8,
+    pub _pad: u16,
+    /// For a block start: its duration in seconds.
+    pub block_secs: u32,
 }
-const _: () = assert!(core::mem::size_of::<Event>() == 72);
+const _: () = assert!(core::mem::size_of::<Event>() == 80);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 
 impl Event {
@@ -85,6 +98,10 @@ impl Event {
         sport: 0,
         dport: 0,
         len: 0,
+        kind: KIND_PACKET,
+        block_len: 0,
+        _pad: 0,
+        block_secs: 0,
     };
 
     /// Decodes a record from ring-buffer bytes (user space): `None` if too
@@ -337,8 +354,10 @@ mod tests {
         assert_eq!(offset_of!(Event, sport), 64);
         assert_eq!(offset_of!(Event, dport), 66);
         assert_eq!(offset_of!(Event, len), 68);
+        assert_eq!(offset_of!(Event, kind), 72);
+        assert_eq!(offset_of!(Event, block_secs), 76);
         // The sum of field sizes is the size: no implicit padding.
-        let fields = 10 + 2 + 4 + 8 + 8 + 16 + 16 + 2 + 2 + 4;
+        let fields = 10 + 2 + 4 + 8 + 8 + 16 + 16 + 2 + 2 + 4 + 1 + 1 + 2 + 4;
         assert_eq!(fields, core::mem::size_of::<Event>());
     }
 
@@ -357,9 +376,9 @@ mod tests {
             )
         };
         assert_eq!(Event::from_bytes(bytes), Some(e));
-        assert_eq!(Event::from_bytes(&bytes[..71]), None);
+        assert_eq!(Event::from_bytes(&bytes[..79]), None);
         let mut other = bytes.to_vec();
-        other[0] = 2;
+        other[0] = 1;
         assert_eq!(Event::from_bytes(&other), None);
     }
 

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod decide;
 pub mod event;
 pub mod limit;
+pub mod limiter;
 pub mod maps;
 pub mod packet;
 pub mod parse;

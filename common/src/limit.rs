@@ -169,6 +169,17 @@ impl fmt::Display for RateError {
 }
 
 impl Rate {
+    /// The all-zero rate: a placeholder where no threshold of a unit is
+    /// configured. Admits nothing but zero-cost packets; callers check
+    /// whether a rate is configured before using it.
+    pub const NONE: Rate = Rate {
+        per_second: 0,
+        capacity: 0,
+        fill_ns: 0,
+        unit: 0,
+        _pad: [0; 7],
+    };
+
     /// A threshold of `per_second` tokens per second with a bucket of `burst`
     /// tokens, tokens being packets or bits as `unit` says.
     pub const fn new(per_second: u64, burst: u64, unit: Unit) -> Result<Rate, RateError> {

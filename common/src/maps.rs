@@ -44,6 +44,22 @@ pub mod names {
     pub const ZONE_DROPS: &str = "TG_ZONE_DROPS";
     /// The egress dispatcher's program array (TC programs cannot share XDP's).
     pub const EGRESS_PROGRAMS: &str = "TG_EGRESS_PROGRAMS";
+    // Limits and blocks (layout in `crate::limiter`).
+    /// `limiter::LimitSpec` per generation slot and limit id.
+    pub const LIMITS: &str = "TG_LIMITS";
+    /// Destination-port bitmaps of the limits, per generation slot.
+    pub const LIMIT_PORTS: &str = "TG_LIMIT_PORTS";
+    /// Per-key state: `limiter::Slot`s, `SLOTS_PER_LIMIT` per limit id.
+    pub const LIMIT_SLOTS: &str = "TG_LIMIT_SLOTS";
+    /// `limiter::Shared` buckets (overflow or global) per limit id.
+    pub const LIMIT_SHARED: &str = "TG_LIMIT_SHARED";
+    /// Per-CPU counters per limit (`limiter::LSTAT_*`).
+    pub const LIMIT_STATS: &str = "TG_LIMIT_STATS";
+    /// FNV-1a hash of the name of the limit each id holds state for (agent only).
+    pub const LIMIT_NAMES: &str = "TG_LIMIT_NAMES";
+    /// Blocked sources: LPM tries of `limiter::BlockValue`.
+    pub const BLOCKS_V4: &str = "TG_BLOCKS_V4";
+    pub const BLOCKS_V6: &str = "TG_BLOCKS_V6";
 }
 
 /// Program names in the kernel object.

@@ -73,11 +73,17 @@ pub enum Reason {
     DefaultAllow = 16,
     /// No rule matched; the zone pair's default is deny.
     DefaultDeny = 17,
+    /// The source is blocked (by a limit's `block` action or over the admin socket).
+    Blocked = 18,
+    /// Over a limit whose action drops (or blocks): the excess.
+    Limit = 19,
+    /// Over a limit whose action is `audit`: passed, reported.
+    LimitAudit = 20,
 }
 
 impl Reason {
     /// Every reason, in numeric order.
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 21] = [
         Reason::NoMatch,
         Reason::NonIp,
         Reason::AllowList,
@@ -96,6 +102,9 @@ impl Reason {
         Reason::RuleDeny,
         Reason::DefaultAllow,
         Reason::DefaultDeny,
+        Reason::Blocked,
+        Reason::Limit,
+        Reason::LimitAudit,
     ];
 
     pub const fn verdict(self) -> Verdict {
@@ -108,7 +117,7 @@ impl Reason {
             | Reason::Established
             | Reason::RuleAllow
             | Reason::DefaultAllow => Verdict::Pass,
-            Reason::RuleAudit => Verdict::Audit,
+            Reason::RuleAudit | Reason::LimitAudit => Verdict::Audit,
             Reason::DenyList
             | Reason::Truncated
             | Reason::Malformed
@@ -117,7 +126,9 @@ impl Reason {
             | Reason::TinyFragment
             | Reason::UnsupportedEncap
             | Reason::RuleDeny
-            | Reason::DefaultDeny => Verdict::Drop,
+            | Reason::DefaultDeny
+            | Reason::Blocked
+            | Reason::Limit => Verdict::Drop,
         }
     }
 
@@ -142,6 +153,9 @@ impl Reason {
             Reason::RuleDeny => "rule_deny",
             Reason::DefaultAllow => "default_allow",
             Reason::DefaultDeny => "default_deny",
+            Reason::Blocked => "blocked",
+            Reason::Limit => "limit",
+            Reason::LimitAudit => "limit_audit",
         }
     }
 

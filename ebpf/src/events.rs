@@ -4,7 +4,7 @@
 use aya_ebpf::helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns};
 use tierguard_common::{
     decide::Decision,
-    event::{self, EVENT_VERSION, Event, GLOBAL_BUCKET, WAKEUP_EVERY},
+    event::{self, EVENT_VERSION, Event, GLOBAL_BUCKET, KIND_BLOCK_STARTED, WAKEUP_EVERY},
     maps::Direction,
     packet::Packet,
 };
@@ -87,4 +87,49 @@ pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, l
         BPF_RB_NO_WAKEUP
     };
     entry.submit(flags);
+}
+
+/// Records that limit `limit` started a block, when events are on: one
+/// record per block, not sampled (a block lasts at least a second, and the
+/// blocked table is bounded). Written in place in the ring, as the stack of
+/// the deepest stage has no room for a record. False if the ring was full.
+#[inline(never)]
+pub fn on_block_started(ifindex: u32, p: &Packet, limit: u16, block_len: u8, secs: u32) -> bool {
+    match EVENT_CONFIG.get(0) {
+        Some(c) if c.enabled != 0 => {}
+        _ => return true,
+    }
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        return false;
+    };
+    let e = entry.as_mut_ptr();
+    // SAFETY: `e` points to a reserved record of the right size; every field
+    // is written before it is submitted.
+    unsafe {
+        (*e).version = EVENT_VERSION;
+        (*e).direction = Direction::Ingress as u8;
+        (*e).verdict = tierguard_common::Verdict::Drop as u8;
+        (*e).reason = tierguard_common::Reason::Limit as u8;
+        (*e).family = p.family;
+        (*e).proto = p.proto;
+        (*e).tcp_flags = p.tcp_flags;
+        (*e).icmp_type = p.icmp_type;
+        (*e).icmp_code = p.icmp_code;
+        (*e).packet_flags = p.flags;
+        (*e).list_id = limit;
+        (*e).ifindex = ifindex;
+        (*e).time_ns = bpf_ktime_get_ns();
+        (*e).suppressed = 0;
+        (*e).src = p.src;
+        (*e).dst = p.dst;
+        (*e).sport = p.sport;
+        (*e).dport = p.dport;
+        (*e).len = p.len;
+        (*e).kind = KIND_BLOCK_STARTED;
+        (*e).block_len = block_len;
+        (*e)._pad = 0;
+        (*e).block_secs = secs;
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP);
+    true
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod bytes;
 mod events;
+mod limits;
 mod lists;
 mod maps;
 mod segment;
@@ -121,7 +122,7 @@ fn enforce_with(bytes: &PacketBytes, ifindex: u32, dir: Direction, over: Overrid
             Override::Src(a) => p.src = a,
             Override::Dst(a) => p.dst = a,
         }
-        let d = decide_packet(dir, slot, &p, meta);
+        let d = decide_packet(dir, slot, &p, meta, ifindex);
         segment::after(dir, meta, &p, &d, len);
         d
     };
@@ -158,8 +159,19 @@ fn decide_packet(
     slot: u8,
     p: &Packet,
     meta: &'static tierguard_common::segment::SegMeta,
+    ifindex: u32,
 ) -> Decision {
-    decide::decide(dir, slot, p, meta, &KernelTables { slot, meta })
+    decide::decide(
+        dir,
+        slot,
+        p,
+        meta,
+        &KernelTables {
+            slot,
+            meta,
+            ifindex,
+        },
+    )
 }
 
 /// Benchmark only: the ingress path with the source address taken from a

@@ -8,6 +8,10 @@ use aya_ebpf::{
     },
 };
 use tierguard_common::event::{Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE};
+use tierguard_common::limiter::{
+    BLOCK_CAPACITY, BlockValue, Buckets, LIMIT_STATS, LimitSpec, MAX_LIMITS, PORT_WORDS,
+    SLOTS_PER_LIMIT, Slot,
+};
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, IFINDEX_TABLE_SIZE, LIST_NAME_LEN, LIST_V4_CAPACITY,
     LIST_V6_CAPACITY, ListEntry, MAX_LISTS, PROGRAM_SLOTS, PolicyMeta, PrefixKeyV4, PrefixKeyV6,
@@ -169,6 +173,50 @@ pub static RULE_NAMES: Array<u64> = Array::pinned(MAX_RULES, 0);
 #[map(name = "TG_ZONE_DROPS")]
 pub static ZONE_DROPS: PerCpuHashMap<u32, Counter> =
     PerCpuHashMap::pinned(ZONE_DROP_CAPACITY, BPF_F_NO_PREALLOC);
+
+/// The limits of each generation: `slot * MAX_LIMITS + id`; entries past
+/// the last limit are zero.
+#[map(name = "TG_LIMITS")]
+pub static LIMITS: Array<LimitSpec> = Array::pinned(2 * MAX_LIMITS, 0);
+
+/// Destination-port bitmaps: word `(slot * MAX_LIMITS + id) * PORT_WORDS + port / 64`.
+#[map(name = "TG_LIMIT_PORTS")]
+pub static LIMIT_PORTS: Array<u64> = Array::pinned(2 * MAX_LIMITS * PORT_WORDS, 0);
+
+/// Per-key state of each limit: `id * SLOTS_PER_LIMIT + slot`. Shared by
+/// every CPU, outside the policy transaction (state carries over reloads).
+#[map(name = "TG_LIMIT_SLOTS")]
+pub static LIMIT_SLOTS: Array<Slot> = Array::pinned(MAX_LIMITS * SLOTS_PER_LIMIT, 0);
+
+/// The overflow bucket of each per-key limit, or the bucket of a global one.
+#[map(name = "TG_LIMIT_SHARED")]
+pub static LIMIT_SHARED: Array<Buckets> = Array::pinned(MAX_LIMITS, 0);
+
+/// Per-limit counters (`limiter::LSTAT_*`).
+#[map(name = "TG_LIMIT_STATS")]
+pub static LIMIT_STATS_MAP: PerCpuArray<u64> = PerCpuArray::pinned(MAX_LIMITS * LIMIT_STATS, 0);
+
+/// Hash of the name of the limit each id holds state for. Only the agent
+/// uses it: state and counters of an id that changes meaning are reset.
+#[map(name = "TG_LIMIT_NAMES")]
+pub static LIMIT_NAMES: Array<u64> = Array::pinned(MAX_LIMITS, 0);
+
+/// Blocked sources (address → block), longest prefix wins; not part of a
+/// policy generation, so blocks survive reloads and restarts.
+#[map(name = "TG_BLOCKS_V4")]
+pub static BLOCKS_V4: LpmTrie<[u8; 4], BlockValue> = LpmTrie::pinned(BLOCK_CAPACITY, 0);
+
+#[map(name = "TG_BLOCKS_V6")]
+pub static BLOCKS_V6: LpmTrie<[u8; 16], BlockValue> = LpmTrie::pinned(BLOCK_CAPACITY, 0);
+
+/// The limit stage's outcome for the packet being decided (see limits.rs).
+#[map(name = "TG_LIMIT_OUTCOME")]
+pub static LIMIT_OUTCOME: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Where a block's value is built before it is inserted: 120 bytes the
+/// stack of the deepest stage cannot spare.
+#[map(name = "TG_BLOCK_SCRATCH")]
+pub static BLOCK_SCRATCH: PerCpuArray<BlockValue> = PerCpuArray::with_max_entries(1, 0);
 
 #[inline(always)]
 pub fn active_slot() -> u8 {

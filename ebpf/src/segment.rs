@@ -5,6 +5,7 @@ use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use tierguard_common::{
     Reason,
     decide::{Decision, Tables},
+    limiter::LimitOutcome,
     maps::{Counter, Direction, ListEntry},
     packet::Packet,
     segment::{
@@ -16,12 +17,12 @@ use tierguard_common::{
     },
 };
 
-use crate::lists;
 use crate::maps::{
     FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PORT_BLOCKS, PORT_EXACT,
     PORT_TABLES, RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONE_V4_BLOCKS, ZONE_V4_L1, ZONES_V4,
     ZONES_V6,
 };
+use crate::{limits, lists};
 
 /// Used when the settings map cannot be read (never, for an array in range):
 /// segmentation off, which is the pre-segmentation behaviour.
@@ -45,6 +46,8 @@ pub fn meta(slot: u8) -> &'static SegMeta {
 pub struct KernelTables {
     pub slot: u8,
     pub meta: &'static SegMeta,
+    /// The interface the packet arrived on (limits may be restricted to some).
+    pub ifindex: u32,
 }
 
 #[inline(always)]
@@ -71,6 +74,44 @@ fn v6_key(slot: u8, addr: &[u8; 16]) -> Key<SlotAddrV6> {
     )
 }
 
+/// Zone id of an address in generation `slot`.
+#[inline(always)]
+pub fn zone_of(slot: u8, family: u8, addr: &[u8; 16]) -> u16 {
+    if family == 4 {
+        // One read of the /16 table, a second of its /24 block where
+        // zones split the /16; the trie only where a /24 holds longer
+        // prefixes (docs/design/segmentation.md).
+        let s = u32::from(slot);
+        let l1 = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
+        let e = ZONE_V4_L1
+            .get(s * ZONE_V4_L1_SIZE + l1)
+            .copied()
+            .unwrap_or(0);
+        if e & ZONE_L1_BLOCK == 0 {
+            return e as u16;
+        }
+        let block = e & !ZONE_L1_BLOCK;
+        if block >= ZONE_V4_BLOCKS_PER_SLOT {
+            return ZONE_WORLD;
+        }
+        let e = match ZONE_V4_BLOCKS.get(s * ZONE_V4_BLOCKS_PER_SLOT + block) {
+            Some(b) => b.zones[addr[2] as usize],
+            None => 0,
+        };
+        if e & ZONE_LONGER == 0 {
+            return e as u16;
+        }
+        return ZONES_V4
+            .get(v4_key(slot, addr))
+            .copied()
+            .unwrap_or(e as u16);
+    }
+    ZONES_V6
+        .get(v6_key(slot, addr))
+        .copied()
+        .unwrap_or(ZONE_WORLD)
+}
+
 impl Tables for KernelTables {
     #[inline(always)]
     fn list(&self, p: &Packet) -> Option<ListEntry> {
@@ -95,39 +136,7 @@ impl Tables for KernelTables {
 
     #[inline(always)]
     fn zone(&self, family: u8, addr: &[u8; 16]) -> u16 {
-        if family == 4 {
-            // One read of the /16 table, a second of its /24 block where
-            // zones split the /16; the trie only where a /24 holds longer
-            // prefixes (docs/design/segmentation.md).
-            let slot = u32::from(self.slot);
-            let l1 = (u32::from(addr[0]) << 8) | u32::from(addr[1]);
-            let e = ZONE_V4_L1
-                .get(slot * ZONE_V4_L1_SIZE + l1)
-                .copied()
-                .unwrap_or(0);
-            if e & ZONE_L1_BLOCK == 0 {
-                return e as u16;
-            }
-            let block = e & !ZONE_L1_BLOCK;
-            if block >= ZONE_V4_BLOCKS_PER_SLOT {
-                return ZONE_WORLD;
-            }
-            let e = match ZONE_V4_BLOCKS.get(slot * ZONE_V4_BLOCKS_PER_SLOT + block) {
-                Some(b) => b.zones[addr[2] as usize],
-                None => 0,
-            };
-            if e & ZONE_LONGER == 0 {
-                return e as u16;
-            }
-            return ZONES_V4
-                .get(v4_key(self.slot, addr))
-                .copied()
-                .unwrap_or(e as u16);
-        }
-        ZONES_V6
-            .get(v6_key(self.slot, addr))
-            .copied()
-            .unwrap_or(ZONE_WORLD)
+        zone_of(self.slot, family, addr)
     }
 
     #[inline(always)]
@@ -181,6 +190,16 @@ impl Tables for KernelTables {
         }
         bump(FLOW_STAT_REPLIES);
         true
+    }
+
+    #[inline(always)]
+    fn blocked(&self, p: &Packet) -> Option<u16> {
+        limits::blocked(p)
+    }
+
+    #[inline(always)]
+    fn limits(&self, p: &Packet) -> LimitOutcome {
+        limits::limits(self.slot, p, self.ifindex)
     }
 }
 
