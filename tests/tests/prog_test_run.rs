@@ -622,3 +622,304 @@ fn reload_switches_generation_and_removes_the_old_one() {
     assert_eq!(live.len(), 1);
     assert_eq!(used, live, "only the live generation's bucket remains");
 }
+
+// ---- Limits and blocked sources ----
+//
+// BPF_PROG_TEST_RUN runs in microseconds: with a rate of one packet per
+// second the refill during a test is nil, so counts are exact.
+
+use tierguard::datapath::{BlockTable, LimitReader, coarse_now_ns};
+use tierguard_common::limiter::{
+    BLOCK_ADMIN, BlockValue, LimitSpec, MAX_LIMITS, SLOTS_PER_LIMIT, Slot, candidates, v4_key,
+};
+
+const A4: [u8; 4] = [203, 0, 113, 10];
+const B4: [u8; 4] = [203, 0, 113, 20];
+const C4: [u8; 4] = [198, 18, 0, 1];
+
+fn syn(src: [u8; 4]) -> Vec<u8> {
+    v4_frame(src, NODE4, PROTO_TCP, &tcp(40000, 443, TCP_SYN, 0))
+}
+
+impl Fixture {
+    fn limits(&self) -> LimitReader {
+        LimitReader::open(self._pins.path()).expect("limit counters")
+    }
+
+    fn blocks(&self) -> BlockTable {
+        BlockTable::open(self._pins.path()).expect("block tables")
+    }
+
+    /// Runs `frame` `n` times in one BPF_PROG_TEST_RUN; the last action.
+    fn run_n(&mut self, frame: &[u8], n: u32) -> u32 {
+        self.dp
+            .test_run(programs::INGRESS, frame, n)
+            .unwrap_or_else(|e| panic!("test_run: {e}"))
+            .action
+    }
+
+    fn count(&self, reason: Reason) -> u64 {
+        let r = self.dp.stats_reader().unwrap();
+        tierguard::datapath::verdicts_of(reason)
+            .iter()
+            .map(|&v| {
+                r.counter_as(0, Direction::Ingress, v, reason)
+                    .unwrap()
+                    .packets
+            })
+            .sum()
+    }
+}
+
+#[test]
+fn a_limit_passes_exactly_its_burst_per_key_then_drops() {
+    let mut f = fixture(
+        "limit-burst",
+        r#"
+[[limits]]
+name = "syn"
+protocol = "tcp"
+tcp_flags = "syn"
+ports = [443]
+pps = 1
+burst = 5
+"#,
+    );
+    assert_eq!(f.run_n(&syn(A4), 100), XDP_DROP);
+    let c = f.limits().counters(1).unwrap()[0];
+    assert_eq!((c.passed, c.dropped, c.overflow), (5, 95, 0));
+    assert_eq!(f.count(Reason::Limit), 95);
+    assert_eq!(f.count(Reason::NoMatch), 5);
+    // Another source has its own bucket.
+    assert_eq!(f.run_n(&syn(B4), 7), XDP_DROP);
+    assert_eq!(f.limits().counters(1).unwrap()[0].passed, 10);
+    // What the limit does not match is not charged: an ACK, another port.
+    f.expect(
+        &v4_frame(A4, NODE4, PROTO_TCP, &tcp(40000, 443, TCP_ACK, 0)),
+        Reason::NoMatch,
+    );
+    f.expect(
+        &v4_frame(A4, NODE4, PROTO_TCP, &tcp(40000, 80, TCP_SYN, 0)),
+        Reason::NoMatch,
+    );
+    f.expect(&syn(A4), Reason::Limit);
+}
+
+#[test]
+fn a_global_limit_and_a_bit_rate_cap_every_source_together() {
+    let mut f = fixture(
+        "limit-global",
+        r#"
+[[limits]]
+name = "all-udp"
+protocol = "udp"
+per = "global"
+pps = 1
+burst = 3
+
+[[limits]]
+name = "icmp-bits"
+protocol = "icmp"
+bps = 1
+bps_burst = 12144
+"#,
+    );
+    for src in [A4, B4, C4, A4, B4] {
+        f.run(&v4_frame(src, NODE4, PROTO_UDP, &udp(1, 53, 10)));
+    }
+    let c = f.limits().counters(2).unwrap();
+    assert_eq!((c[0].passed, c[0].dropped), (3, 2));
+    // 12,144 bits: 15 frames of 100 bytes (800 bits), not 16.
+    let ping = v4_frame(A4, NODE4, PROTO_ICMP, &icmp(8, 0));
+    let mut frame = ping.clone();
+    frame.resize(100, 0);
+    f.run_n(&frame, 40);
+    let c = f.limits().counters(2).unwrap();
+    assert_eq!((c[1].passed, c[1].dropped), (15, 25));
+}
+
+#[test]
+fn an_audit_limit_passes_and_reports_the_excess() {
+    let mut f = fixture(
+        "limit-audit",
+        r#"
+[[limits]]
+name = "watch"
+pps = 1
+burst = 2
+action = "audit"
+"#,
+    );
+    f.expect(&syn(A4), Reason::NoMatch);
+    f.expect(&syn(A4), Reason::NoMatch);
+    f.expect(&syn(A4), Reason::LimitAudit);
+    let c = f.limits().counters(1).unwrap()[0];
+    assert_eq!((c.passed, c.audited, c.dropped), (2, 1, 0));
+}
+
+#[test]
+fn crossing_a_block_limit_blocks_the_source_once_and_then_drops_it_as_blocked() {
+    let mut f = fixture(
+        "limit-block",
+        r#"
+[[limits]]
+name = "syn-block"
+protocol = "tcp"
+tcp_flags = "syn"
+pps = 1
+burst = 2
+action = "block"
+block_for = "60s"
+
+[[limits]]
+name = "udp-prefix"
+protocol = "udp"
+per = "source_prefix"
+prefix_v4 = 24
+pps = 1
+burst = 1
+action = "block"
+block_for = "10m"
+"#,
+    );
+    let before = coarse_now_ns();
+    f.expect(&syn(A4), Reason::NoMatch);
+    f.expect(&syn(A4), Reason::NoMatch);
+    // The packet that crosses is the limit's; the block starts with it.
+    f.expect(&syn(A4), Reason::Limit);
+    f.expect(&syn(A4), Reason::Blocked);
+    // Blocked: everything from the source, not just what the limit matches.
+    f.expect(
+        &v4_frame(A4, NODE4, PROTO_UDP, &udp(1, 53, 0)),
+        Reason::Blocked,
+    );
+    f.run_n(&syn(A4), 50);
+    let c = f.limits().counters(2).unwrap()[0];
+    assert_eq!(
+        (c.passed, c.dropped, c.blocks, c.block_failed),
+        (2, 1, 1, 0)
+    );
+    let blocks = f.blocks().list().unwrap();
+    assert_eq!(blocks.len(), 1, "{blocks:?}");
+    let b = blocks[0];
+    assert_eq!(b.net.to_string(), "203.0.113.10/32");
+    assert_eq!((b.value.origin, b.value.len), (0, 32));
+    let after = coarse_now_ns();
+    assert!(b.value.created_ns >= before && b.value.created_ns <= after);
+    assert_eq!(b.value.until_ns - b.value.created_ns, 60_000_000_000);
+    // Other sources go on.
+    f.expect(&syn(B4), Reason::NoMatch);
+    // A per-prefix limit blocks the whole /24.
+    let u = |src| v4_frame(src, NODE4, PROTO_UDP, &udp(1, 53, 0));
+    f.expect(&u(C4), Reason::NoMatch);
+    f.expect(&u(C4), Reason::Limit);
+    f.expect(&u([198, 18, 0, 99]), Reason::Blocked);
+    f.expect(&u([198, 18, 1, 1]), Reason::NoMatch);
+    let nets: Vec<String> = f
+        .blocks()
+        .list()
+        .unwrap()
+        .iter()
+        .map(|b| b.net.to_string())
+        .collect();
+    assert_eq!(nets, ["198.18.0.0/24", "203.0.113.10/32"]);
+}
+
+#[test]
+fn expired_blocks_are_ignored_and_looked_past() {
+    let mut f = fixture("limit-expiry", POLICY);
+    let now = coarse_now_ns();
+    let mut t = f.blocks();
+    let block = |until: u64, origin: u16, len: u8| BlockValue {
+        until_ns: until,
+        created_ns: 1,
+        origin,
+        len,
+        ..BlockValue::EMPTY
+    };
+    let net = |s: &str| s.parse::<ipnetwork::IpNetwork>().unwrap();
+    // Ended a second ago: as if absent.
+    t.insert(
+        net("203.0.113.10/32"),
+        &block(now - 1_000_000_000, BLOCK_ADMIN, 32),
+    )
+    .unwrap();
+    f.expect(&syn(A4), Reason::NoMatch);
+    // A live /24 around it: the kernel looks past the expired /32.
+    t.insert(
+        net("203.0.113.0/24"),
+        &block(now + 60_000_000_000, BLOCK_ADMIN, 24),
+    )
+    .unwrap();
+    f.expect(&syn(A4), Reason::Blocked);
+    f.expect(&syn(B4), Reason::Blocked);
+    // IPv6 the same way; a block beats an allow list.
+    let v6 = |src| v6_frame(src, NODE6, PROTO_UDP, &udp(1, 2, 0));
+    f.expect(&v6(EXCEPT6), Reason::AllowList);
+    t.insert(
+        net("2001:db8:1::7/128"),
+        &block(now + 60_000_000_000, 3, 128),
+    )
+    .unwrap();
+    f.expect(&v6(EXCEPT6), Reason::Blocked);
+    t.insert(net("2001:db8:1::7/128"), &block(now - 1, 3, 128))
+        .unwrap();
+    f.expect(&v6(EXCEPT6), Reason::AllowList);
+    assert_eq!(
+        t.covering("203.0.113.10".parse().unwrap(), coarse_now_ns())
+            .unwrap()
+            .map(|b| b.net.to_string()),
+        Some("203.0.113.0/24".into()),
+        "user space sees what the kernel applies"
+    );
+}
+
+#[test]
+fn a_key_whose_slots_are_busy_is_charged_to_the_overflow() {
+    let mut f = fixture(
+        "limit-overflow",
+        r#"
+[[limits]]
+name = "syn"
+protocol = "tcp"
+pps = 1
+burst = 2
+action = "block"
+block_for = 60
+"#,
+    );
+    // Occupy both candidates of A's key with another key, drained just now.
+    let seed = {
+        let map = f.dp.ebpf_mut().map_mut(names::LIMITS).unwrap();
+        let specs: aya::maps::Array<_, LimitSpec> = aya::maps::Array::try_from(map).unwrap();
+        let slot = 1; // the first policy goes into generation slot 1
+        let s = specs.get(&(slot * MAX_LIMITS), 0).unwrap();
+        assert!(s.used() && s.seed != 0, "the seed is set");
+        s.seed
+    };
+    let (ia, ib) = candidates(seed, &v4_key(A4));
+    let now = coarse_now_ns();
+    let busy = Slot {
+        key: v4_key(B4),
+        buckets: tierguard_common::limiter::Buckets {
+            packets: tierguard_common::limit::Bucket {
+                tokens: 0,
+                last_ns: now,
+            },
+            ..Default::default()
+        },
+    };
+    {
+        let map = f.dp.ebpf_mut().map_mut(names::LIMIT_SLOTS).unwrap();
+        let mut slots: aya::maps::Array<_, Slot> = aya::maps::Array::try_from(map).unwrap();
+        assert!(ia < SLOTS_PER_LIMIT && ib < SLOTS_PER_LIMIT);
+        slots.set(ia, busy, 0).unwrap();
+        slots.set(ib, busy, 0).unwrap();
+    }
+    // The overflow holds four times the burst; its refusals block nobody.
+    f.run_n(&syn(A4), 20);
+    let c = f.limits().counters(1).unwrap()[0];
+    assert_eq!((c.overflow, c.passed, c.dropped, c.blocks), (20, 8, 12, 0));
+    assert!(f.blocks().list().unwrap().is_empty());
+    assert_eq!(f.count(Reason::Limit), 12);
+}

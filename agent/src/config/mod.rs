@@ -5,6 +5,7 @@
 
 mod error;
 mod failsafe;
+mod limits;
 mod prefixes;
 mod segmentation;
 mod values;
@@ -18,6 +19,10 @@ use toml::Spanned;
 
 pub use error::{ConfigError, ConfigErrors, Source, line_col};
 pub use failsafe::{BUILTIN_FAILSAFE, FailsafeAllow, FailsafeConfig, FailsafeEntry};
+pub use limits::{
+    Limit, LimitProtocol, MAX_BLOCK_FOR, MIN_BLOCK_FOR, Threshold, ZoneTarget, format_duration,
+    parse_duration,
+};
 pub use prefixes::{ListLine, parse_list_entries, parse_list_text, parse_prefix};
 pub use segmentation::{
     FlowsConfig, Mode, Protocol, RESERVED_ZONE_NAMES, Rule, SegmentationConfig, Zone, ZoneRef,
@@ -32,6 +37,7 @@ pub const EMBEDDED_NAME: &str = "<embedded default>";
 
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9642";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tierguard";
+pub const DEFAULT_ADMIN_SOCKET: &str = "/run/tierguard/admin.sock";
 /// Longest accepted list or interface name; names appear in metric labels.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -56,6 +62,8 @@ struct RawConfig {
     rules: Vec<segmentation::RawRule>,
     #[serde(default)]
     failsafe: failsafe::RawFailsafe,
+    #[serde(default)]
+    limits: Vec<limits::RawLimit>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -87,6 +95,7 @@ struct RawAgent {
     metrics_address: Option<Spanned<String>>,
     pin_path: Option<Spanned<String>>,
     audit_log: Option<Spanned<String>>,
+    admin_socket: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +172,8 @@ pub struct Config {
     /// Rules; rule id = index.
     pub rules: Vec<Rule>,
     pub failsafe: FailsafeConfig,
+    /// Volumetric limits; limit id = index.
+    pub limits: Vec<Limit>,
 }
 
 /// Where event lines go.
@@ -278,6 +289,8 @@ pub struct AgentConfig {
     pub pin_path: PathBuf,
     /// Hash-chained record of every policy change (absolute path), if set.
     pub audit_log: Option<PathBuf>,
+    /// The admin API's Unix socket.
+    pub admin_socket: PathBuf,
 }
 
 #[derive(Debug, Clone)]
@@ -337,6 +350,8 @@ impl Config {
         let zones = segmentation::validate_zones(&src, base, raw.zones, &mut errors);
         let rules = segmentation::validate_rules(&src, &zones, raw.rules, &mut errors);
         let failsafe = failsafe::validate_failsafe(&src, raw.failsafe, &mut errors);
+        let zone_names: Vec<String> = zones.iter().map(|z| z.name.clone()).collect();
+        let limits = limits::validate_limits(&src, raw.limits, &zone_names, &mut errors);
         if errors.is_empty() {
             Ok(Config {
                 origin: name.to_string(),
@@ -349,6 +364,7 @@ impl Config {
                 zones,
                 rules,
                 failsafe,
+                limits,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -375,11 +391,15 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+fn valid_interface_name(name: &str) -> bool {
+    !(name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', ' ', '\0']))
+}
+
 fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) -> AgentConfig {
     let mut interfaces: Vec<String> = Vec::new();
     for i in &raw.interfaces {
         let name = i.get_ref();
-        if name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', ' ', '\0']) {
+        if !valid_interface_name(name) {
             errors
                 .push(src.error_span(&i.span(), format!("'{name}' is not a valid interface name")));
         } else if interfaces.contains(name) {
@@ -422,12 +442,27 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
         }
         path
     });
+    let admin_socket = match &raw.admin_socket {
+        None => PathBuf::from(DEFAULT_ADMIN_SOCKET),
+        Some(a) => {
+            let text = a.get_ref();
+            // sun_path holds 108 bytes, the terminating NUL included.
+            if !text.starts_with('/') || text.ends_with('/') || text.len() > 107 {
+                errors.push(src.error_span(
+                    &a.span(),
+                    "admin_socket must be an absolute path to a socket file, at most 107 bytes long",
+                ));
+            }
+            PathBuf::from(text)
+        }
+    };
     AgentConfig {
         interfaces,
         xdp_mode: raw.xdp_mode,
         metrics_address,
         pin_path,
         audit_log,
+        admin_socket,
     }
 }
 

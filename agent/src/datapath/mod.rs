@@ -2,11 +2,13 @@
 //! their maps as a transaction; reading their counters.
 
 mod attach;
+mod blocks;
 mod caps;
 mod egress;
 mod error;
 mod events;
 mod flows;
+mod limit_tables;
 mod segment_tables;
 mod stats;
 mod tables;
@@ -20,7 +22,9 @@ use tierguard_common::maps::{PROG_INGRESS, names, programs};
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use error::{DatapathError, Result};
 pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config, ns_per_jiffy};
+pub use blocks::{Block, BlockTable};
 pub use flows::{FlowAccounting, FlowSweep, FlowSweeper, coarse_now_ns};
+pub use limit_tables::{LimitCounters, LimitReader, state_bytes};
 pub use stats::{FlowCounters, Stats, StatsKey, StatsReader, verdicts_of};
 pub use test_run::{RunResult, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS};
 

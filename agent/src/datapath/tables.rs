@@ -15,6 +15,7 @@ use tierguard_common::maps::{
 };
 use tierguard_common::segment::MAX_RULES;
 
+use super::limit_tables;
 use super::segment_tables::{self, WrittenSegmentation};
 use super::{Datapath, DatapathError, Result};
 use crate::policy::CompiledPolicy;
@@ -170,6 +171,9 @@ impl Datapath {
         }
 
         std::thread::sleep(GRACE);
+        // State may be in the maps unless this agent created them and this
+        // is its first policy.
+        let stateful = self.adopted || self.live.is_some();
         match self.live.take() {
             Some(previous) => delete(&mut self.ebpf, &previous),
             // Maps this load created: the old slot was never written.
@@ -189,6 +193,7 @@ impl Datapath {
         };
         reset_renamed_rule_counters(&mut self.ebpf, policy, scan)?;
         self.rule_ids_in_use = policy.segmentation.rules.len().max(1);
+        limit_tables::reset_renamed(&mut self.ebpf, &policy.limits, stateful)?;
         Ok(generation)
     }
 }
@@ -324,7 +329,8 @@ fn write_generation(
         v6.insert(key, *entry, 0).map_err(map_err(names::LIST_V6))?;
         written.v6.push(key);
     }
-    segment_tables::write(ebpf, &policy.segmentation, slot, &mut written.segmentation)
+    segment_tables::write(ebpf, &policy.segmentation, slot, &mut written.segmentation)?;
+    limit_tables::write(ebpf, &policy.limits, slot, 1 - slot)
 }
 
 fn delete(ebpf: &mut Ebpf, w: &Written) {

@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use tierguard_common::{
     decide::{self, Decision, Tables},
+    limiter::LimitOutcome,
     maps::{Direction, ListEntry},
     packet::Packet,
     reason::Reason,
@@ -65,6 +66,18 @@ impl Tables for UserTables<'_> {
 
     fn flow_alive(&self, _key: &FlowKey, _p: &Packet) -> bool {
         false
+    }
+
+    /// Blocks are state of the running datapath, not of the policy:
+    /// `explain` reads them from the pinned table itself.
+    fn blocked(&self, _p: &Packet) -> Option<u16> {
+        None
+    }
+
+    /// Whether a limit drops depends on traffic, which user space does not
+    /// see; `explain` lists the limits that match instead.
+    fn limits(&self, _p: &Packet) -> LimitOutcome {
+        LimitOutcome::PASS
     }
 }
 

@@ -25,10 +25,12 @@ use crate::config::{Config, ConfigError, ConfigErrors};
 
 mod decide;
 pub mod host;
+pub mod limits;
 pub mod segmentation;
 pub mod zone_table;
 pub use decide::{UserTables, packet_addr};
 pub use host::host_addresses;
+pub use limits::CompiledLimits;
 pub use segmentation::CompiledSegmentation;
 
 /// One list as compiled: its id is its index.
@@ -61,6 +63,8 @@ pub struct CompiledPolicy {
     pub v6_strides: u32,
     /// Zones, rules, failsafe and flow settings.
     pub segmentation: CompiledSegmentation,
+    /// Volumetric limits.
+    pub limits: CompiledLimits,
     /// Stable hash of what is enforced (hex), for audit and metrics.
     pub hash: String,
 }
@@ -160,6 +164,7 @@ impl CompiledPolicy {
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
+        p.limits = CompiledLimits::compile(config);
         p.hash = policy_hash(config);
         Ok(p)
     }
@@ -416,6 +421,7 @@ fn policy_hash(config: &Config) -> String {
             let _ = writeln!(canon, " {p}");
         }
     }
+    limits::hash_text(config, &mut canon);
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in canon.bytes() {
         h ^= u64::from(b);

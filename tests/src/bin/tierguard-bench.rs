@@ -151,6 +151,7 @@ fn config(nets: Vec<IpNetwork>) -> Config {
             metrics_address: "127.0.0.1:0".parse().unwrap(),
             pin_path: PathBuf::new(),
             audit_log: None,
+            admin_socket: PathBuf::new(),
         },
         lists: vec![List {
             name: "bench".into(),
@@ -171,6 +172,7 @@ fn config(nets: Vec<IpNetwork>) -> Config {
         zones: Vec::new(),
         rules: Vec::new(),
         failsafe: Default::default(),
+        limits: Vec::new(),
     }
 }
 
