@@ -58,6 +58,7 @@ pub fn interface_errors(config: &Config, from_cli: bool) -> Vec<ConfigError> {
             errors.push(err(format!("no such interface: '{i}'")));
         }
     }
+    errors.extend(crate::config::limit_interface_errors(config));
     errors
 }
 
@@ -176,6 +177,10 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
             active.join(", ")
         }
     );
+    let _ = writeln!(s, "  limits: {}", config.limits.len());
+    for l in &config.limits {
+        let _ = writeln!(s, "    {}", crate::policy::limits::describe(l));
+    }
     s
 }
 

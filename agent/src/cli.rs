@@ -58,6 +58,54 @@ pub enum Command {
     /// Work with the audit log of policy changes.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Block an address or prefix (all its traffic, before the lists) for a
+    /// while, through the running agent's admin socket (root only; audited).
+    Block(BlockArgs),
+    /// Remove the block of an address or prefix (as blocked: unblocking one
+    /// address inside a blocked prefix is refused).
+    Unblock(UnblockArgs),
+    /// List what is blocked, why, by whom and until when.
+    Blocks(BlocksArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AdminSocketArg {
+    /// The agent's admin socket (its `[agent] admin_socket`).
+    #[arg(long, value_name = "PATH", default_value = crate::config::DEFAULT_ADMIN_SOCKET)]
+    pub socket: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    /// Address (a /32 or /128) or CIDR prefix.
+    #[arg(value_name = "ADDR|CIDR")]
+    pub target: String,
+    /// How long: seconds, or a number with a unit (90s, 10m, 2h, 1d); 1s to 30d.
+    #[arg(long = "for", value_name = "DURATION")]
+    pub duration: String,
+    /// Why (kept with the block, shown by `blocks`, written to the audit log).
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct UnblockArgs {
+    /// The blocked address or prefix.
+    #[arg(value_name = "ADDR|CIDR")]
+    pub target: String,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
+}
+
+#[derive(Debug, Args)]
+pub struct BlocksArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub admin: AdminSocketArg,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,6 @@
 //! The tierguard agent: configuration, policy compilation, datapath loading,
 //! metrics. `main.rs` only wires these together.
+pub mod admin;
 pub mod audit;
 pub mod check;
 pub mod cli;

@@ -13,6 +13,9 @@ fn main() -> ExitCode {
         Command::Audit(tierguard::cli::AuditCommand::Verify { file }) => {
             tierguard::audit::verify_file(&file)
         }
+        Command::Block(args) => tierguard::admin::client::block(&args),
+        Command::Unblock(args) => tierguard::admin::client::unblock(&args),
+        Command::Blocks(args) => tierguard::admin::client::blocks(&args),
         Command::Run(args) => {
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -8,13 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::admin::{self, Admin};
 use crate::audit::{self, AuditLog};
 use crate::check::{interface_errors, load};
 use crate::cli::RunArgs;
 use crate::config::{Config, ConfigErrors};
 use crate::datapath::{Datapath, SamplerReader, StatsReader};
 use crate::events::{self, Context};
-use crate::metrics::{self, Metrics, PolicyNames};
+use crate::metrics::{self, Metrics, PolicyNames, limits::LimitMetrics};
 use crate::policy::CompiledPolicy;
 
 /// What the metrics endpoint reads.
@@ -31,6 +32,8 @@ struct Shared {
     audit: Mutex<Option<AuditLog>>,
     /// The live policy's config, for the audit summary of the next change.
     live_config: Mutex<Option<Config>>,
+    /// Limit counters and block gauges.
+    limits: Arc<LimitMetrics>,
 }
 
 impl Shared {
@@ -57,6 +60,18 @@ impl Shared {
             r.insert("changes".into(), audit::summary(old.as_ref(), new));
         }
         if let Err(e) = log.append(r) {
+            tracing::error!(error = %e, "cannot write the audit log; enforcement goes on");
+        }
+    }
+
+    /// Appends a record made elsewhere (admin actions); a failure is logged.
+    fn append_audit(&self, r: serde_json::Map<String, serde_json::Value>) {
+        let Ok(mut audit) = self.audit.lock() else {
+            return;
+        };
+        if let Some(log) = audit.as_mut()
+            && let Err(e) = log.append(r)
+        {
             tracing::error!(error = %e, "cannot write the audit log; enforcement goes on");
         }
     }
@@ -92,8 +107,16 @@ impl metrics::Endpoint for Shared {
                 }
             })
         });
-        self.metrics
-            .render_with(stats.as_ref(), &names, sampler.as_ref())
+        let mut text = self
+            .metrics
+            .render_with(stats.as_ref(), &names, sampler.as_ref());
+        let (limits, error) = self.limits.render();
+        if let Some(e) = error {
+            tracing::warn!(error = %e, "cannot read the limit counters");
+            self.metrics.scrape_errors.with_label_values(&["limits"]).inc();
+        }
+        text.push_str(&limits);
+        text
     }
 
     fn ready(&self) -> bool {
@@ -292,6 +315,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             generation,
             policy_hash: policy.hash.clone(),
             lists: policy.lists.iter().map(|l| l.name.clone()).collect(),
+            limits: policy.limits.infos.iter().map(|l| l.name.clone()).collect(),
             boot_offset_ns: events::record::boot_offset_ns(),
         })),
         audit: Mutex::new(config.agent.audit_log.as_deref().and_then(|p| match AuditLog::open(p) {
@@ -302,6 +326,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
             }
         })),
         live_config: Mutex::new(None),
+        limits: Arc::new(LimitMetrics::new(crate::datapath::state_bytes(
+            crate::datapath::cpus(),
+        ))),
     });
     for iface in &config.agent.interfaces {
         match datapath.attach(iface, config.agent.xdp_mode) {
@@ -354,8 +381,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(r) => *shared.sampler.lock().expect("sampler lock") = Some(r),
         Err(e) => tracing::warn!(error = %e, "event sampler counters unavailable to metrics"),
     }
-    start_events(&config, &datapath, &shared);
+    let event_lines = start_events(&config, &datapath, &shared);
     start_flow_sweeper(datapath.pin_dir(), &shared.metrics);
+    let _admin_socket = start_admin(&config, &datapath, &shared, event_lines, &policy);
     shared
         .metrics
         .set_policy(generation, &policy.hash, &config.origin, &policy.lists);
@@ -414,12 +442,16 @@ pub async fn run(args: RunArgs) -> ExitCode {
 /// Starts the event consumer and its writer. The consumer runs even with
 /// events off (it then reads nothing), so a reload can switch them on; the
 /// output (and the webhook) is fixed at start.
-fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
+fn start_events(
+    config: &Config,
+    datapath: &Datapath,
+    shared: &Arc<Shared>,
+) -> Option<events::LineSender> {
     let ring = match datapath.event_ring() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!(error = %error_chain(&e), "cannot open the event ring buffer; no events will be written");
-            return;
+            return None;
         }
     };
     let ev = &config.events;
@@ -452,6 +484,7 @@ fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
         emitted: shared.metrics.events_emitted.clone(),
         dropped: shared.metrics.events_dropped.clone(),
     };
+    let lines = tx.clone();
     tokio::spawn(events::consume(
         ring,
         shared.event_ctx.clone(),
@@ -469,6 +502,58 @@ fn start_events(config: &Config, datapath: &Datapath, shared: &Arc<Shared>) {
         },
         "security events"
     );
+    Some(lines)
+}
+
+/// Starts limit metrics, the block sweeper and the admin socket. The socket
+/// is removed when the returned guard is dropped; without it (another agent
+/// serves the path, say) enforcement goes on and the error is logged.
+fn start_admin(
+    config: &Config,
+    datapath: &Datapath,
+    shared: &Arc<Shared>,
+    lines: Option<events::LineSender>,
+    policy: &CompiledPolicy,
+) -> Option<admin::Socket> {
+    shared.limits.set_limits(&policy.limits.infos);
+    let readers = (
+        crate::datapath::LimitReader::open(datapath.pin_dir()),
+        crate::datapath::LimitReader::open(datapath.pin_dir()),
+    );
+    let (Ok(for_metrics), Ok(for_sweeper)) = readers else {
+        tracing::error!("limit counters unavailable: no limit metrics, no block sweeping, no admin socket");
+        return None;
+    };
+    shared.limits.set_reader(for_metrics);
+    let audit_to = shared.clone();
+    let admin = match Admin::open(
+        datapath.pin_dir(),
+        lines,
+        shared.event_ctx.clone(),
+        Box::new(move |r| audit_to.append_audit(r)),
+        shared.limits.clone(),
+    ) {
+        Ok(a) => Arc::new(a),
+        Err(e) => {
+            tracing::error!(error = %error_chain(&e), "cannot open the blocked table: no block sweeping, no admin socket");
+            return None;
+        }
+    };
+    admin::start_sweeper(admin.clone(), for_sweeper);
+    let path = &config.agent.admin_socket;
+    match admin::Socket::bind(path) {
+        Ok(mut socket) => {
+            if let Some(listener) = socket.take_listener() {
+                tokio::spawn(admin::serve(listener, admin));
+            }
+            tracing::info!(socket = %socket.path().display(), "admin socket (root only)");
+            Some(socket)
+        }
+        Err(e) => {
+            tracing::error!(socket = %path.display(), error = %e, "cannot serve the admin socket; block, unblock and blocks are unavailable, enforcement goes on");
+            None
+        }
+    }
 }
 
 /// On a failed start: remove what this agent created, but never tear down
@@ -632,7 +717,9 @@ fn reload(
                 c.generation = generation;
                 c.policy_hash = policy.hash.clone();
                 c.lists = policy.lists.iter().map(|l| l.name.clone()).collect();
+                c.limits = policy.limits.infos.iter().map(|l| l.name.clone()).collect();
             }
+            shared.limits.set_limits(&policy.limits.infos);
             shared
                 .metrics
                 .set_policy(generation, &policy.hash, &config.origin, &policy.lists);

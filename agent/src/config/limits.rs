@@ -691,5 +691,27 @@ fn validate_limit(
     })
 }
 
+/// Limits restricted to an interface the agent does not enforce on (after
+/// `--iface`): they could never match.
+pub fn interface_errors(config: &super::Config) -> Vec<ConfigError> {
+    let mut out = Vec::new();
+    for l in &config.limits {
+        for i in &l.interfaces {
+            if !config.agent.interfaces.contains(i) {
+                out.push(ConfigError {
+                    file: l.origin.file.clone(),
+                    line: l.origin.line,
+                    column: l.origin.column,
+                    message: format!(
+                        "limit '{}': interface '{i}' is not one the agent enforces on (agent.interfaces or --iface): the limit would never match there",
+                        l.name
+                    ),
+                });
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests;

@@ -21,7 +21,7 @@ pub use error::{ConfigError, ConfigErrors, Source, line_col};
 pub use failsafe::{BUILTIN_FAILSAFE, FailsafeAllow, FailsafeConfig, FailsafeEntry};
 pub use limits::{
     Limit, LimitProtocol, MAX_BLOCK_FOR, MIN_BLOCK_FOR, Threshold, ZoneTarget, format_duration,
-    parse_duration,
+    interface_errors as limit_interface_errors, parse_duration,
 };
 pub use prefixes::{ListLine, parse_list_entries, parse_list_text, parse_prefix};
 pub use segmentation::{

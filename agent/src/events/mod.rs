@@ -5,6 +5,7 @@
 //! every `WAKEUP_EVERY` events per CPU) and also drains on a short timer, so
 //! batches submitted without a wake-up go out within `DRAIN_INTERVAL`.
 
+pub mod blocks;
 pub mod record;
 pub mod sink;
 pub mod webhook;
@@ -14,7 +15,10 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use prometheus::IntCounterVec;
-use tierguard_common::{Reason, event::Event};
+use tierguard_common::{
+    Reason,
+    event::{Event, KIND_BLOCK_STARTED},
+};
 use tokio::io::unix::AsyncFd;
 
 pub use record::{Context, EventLine, Interfaces, enrich};
@@ -107,10 +111,16 @@ fn drain(
             continue;
         };
         drop(item);
-        let reason = Reason::from_u8(e.reason).map_or("unknown", Reason::name);
-        counters.emitted.with_label_values(&[reason]).inc();
-        let line = enrich(&e, &ctx, ifaces);
-        match serde_json::to_string(&line) {
+        // Block starts are counted by the limits' block counters, not as
+        // sampled packet events.
+        let json = if e.kind == KIND_BLOCK_STARTED {
+            serde_json::to_string(&blocks::started_by_limit(&e, &ctx, ifaces))
+        } else {
+            let reason = Reason::from_u8(e.reason).map_or("unknown", Reason::name);
+            counters.emitted.with_label_values(&[reason]).inc();
+            serde_json::to_string(&enrich(&e, &ctx, ifaces))
+        };
+        match json {
             Ok(s) => tx.send(s),
             Err(_) => counters.dropped.with_label_values(&["decode"]).inc(),
         }

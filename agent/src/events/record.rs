@@ -22,6 +22,8 @@ pub struct Context {
     pub policy_hash: String,
     /// List names by list id.
     pub lists: Vec<String>,
+    /// Limit names by limit id.
+    pub limits: Vec<String>,
     /// Wall-clock time minus the monotonic clock, in ns (to date kernel times).
     pub boot_offset_ns: i128,
 }
@@ -30,6 +32,8 @@ pub struct Context {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EventLine {
     pub version: u8,
+    /// `packet` (block events are `events::blocks::BlockLine`s).
+    pub event: &'static str,
     pub time: String,
     pub time_unix_ns: u64,
     pub node: String,
@@ -42,6 +46,11 @@ pub struct EventLine {
     pub list: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub list_id: Option<u16>,
+    /// The limit over which the packet was, or whose block dropped it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit_id: Option<u16>,
     pub policy_generation: u64,
     pub policy_hash: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -175,6 +184,7 @@ pub fn enrich(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> EventLine {
     let verdict = match e.verdict {
         0 => Verdict::Pass.name(),
         1 => Verdict::Drop.name(),
+        2 => Verdict::Audit.name(),
         _ => "unknown",
     };
     let direction = match e.direction {
@@ -188,9 +198,17 @@ pub fn enrich(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> EventLine {
     let l4 = ip && e.packet_flags & FLAG_L4 != 0;
     let ports = l4 && (e.proto == PROTO_TCP || e.proto == PROTO_UDP);
     let icmp = l4 && (e.proto == PROTO_ICMP || e.proto == PROTO_ICMPV6);
-    let list_id = (e.list_id != NO_ID).then_some(e.list_id);
+    // The id is a limit's for limit reasons and for blocks a limit started
+    // (an admin block has none); a list's otherwise.
+    let by_limit = matches!(
+        reason,
+        Some(Reason::Limit | Reason::LimitAudit | Reason::Blocked)
+    );
+    let id = (e.list_id != NO_ID).then_some(e.list_id);
+    let (list_id, limit_id) = if by_limit { (None, id) } else { (id, None) };
     EventLine {
         version: e.version,
+        event: "packet",
         time: rfc3339(unix_ns),
         time_unix_ns: unix_ns,
         node: ctx.node.clone(),
@@ -206,6 +224,13 @@ pub fn enrich(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> EventLine {
                 .unwrap_or_else(|| format!("list{id}"))
         }),
         list_id,
+        limit: limit_id.map(|id| {
+            ctx.limits
+                .get(usize::from(id))
+                .cloned()
+                .unwrap_or_else(|| format!("limit{id}"))
+        }),
+        limit_id,
         policy_generation: ctx.generation,
         policy_hash: ctx.policy_hash.clone(),
         family: match e.family {
@@ -266,6 +291,7 @@ mod tests {
             generation: 3,
             policy_hash: "abc".into(),
             lists: vec!["a".into(), "blocked".into()],
+            limits: Vec::new(),
             boot_offset_ns: 1_000,
         };
         let l = enrich(&e, &ctx, &mut Interfaces::default());

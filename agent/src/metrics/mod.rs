@@ -3,6 +3,7 @@
 //! survive agent restarts, because the maps are pinned). docs/metrics.md lists them.
 
 mod http;
+pub mod limits;
 
 use prometheus::{
     Encoder, Gauge, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,

@@ -144,6 +144,43 @@ impl CompiledLimits {
     }
 }
 
+/// One line about a limit, for `check` and `explain`.
+pub fn describe(l: &Limit) -> String {
+    let mut what = l.protocol.name().to_string();
+    if l.syn_only {
+        what.push_str(" syn");
+    }
+    if let Some(ports) = &l.ports {
+        let p: Vec<String> = ports
+            .iter()
+            .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .collect();
+        let _ = write!(what, " ports {}", p.join(","));
+    }
+    if let Some(z) = &l.to_zone {
+        let _ = write!(what, " to {}", z.name);
+    }
+    if !l.interfaces.is_empty() {
+        let _ = write!(what, " on {}", l.interfaces.join(","));
+    }
+    let per = match l.per {
+        Per::SourcePrefix => format!("source /{} /{}", l.prefix_v4, l.prefix_v6),
+        p => p.name().to_string(),
+    };
+    let mut rate = Vec::new();
+    if let Some(t) = l.pps {
+        rate.push(format!("{} pps (burst {})", t.per_second, t.burst));
+    }
+    if let Some(t) = l.bps {
+        rate.push(format!("{} bps (burst {} bits)", t.per_second, t.burst));
+    }
+    let action = match l.block_for {
+        Some(d) => format!("block {}", crate::config::format_duration(d)),
+        None => l.action.name().to_string(),
+    };
+    format!("{:<24} {what}, per {per}, {}, then {action}", l.name, rate.join(" and "))
+}
+
 /// What the policy hash covers of the limits.
 pub fn hash_text(config: &Config, canon: &mut String) {
     for l in &config.limits {
