@@ -273,6 +273,9 @@ mod tests {
         fn pair(&self, _: &PairKey) -> Option<u32> {
             None
         }
+        fn exact(&self, _: &crate::segment::PortKey) -> PortEntry {
+            0
+        }
         fn port_table(&self, _: u32, _: u8) -> PortEntry {
             0
         }
