@@ -25,7 +25,7 @@ use tierguard_common::{
     maps::names,
 };
 
-use crate::config::{format_duration, parse_duration, parse_prefix};
+use crate::config::{duration_text_secs, format_duration, parse_prefix};
 use crate::datapath::{Block, BlockTable, LimitReader, coarse_now_ns};
 use crate::events::{Context, LineSender, blocks, record::rfc3339};
 use crate::metrics::limits::LimitMetrics;
@@ -94,9 +94,17 @@ fn check_reason(r: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Parses an admin block duration: 1 s to 30 days.
+/// Parses an admin block duration (seconds, or a number with one unit: 90s,
+/// 10m, 2h, 1d): 1 s to 30 days.
 pub fn parse_block_duration(text: &str) -> Result<Duration, String> {
-    let d = parse_duration(text)?;
+    let t = text.trim();
+    let secs = match t.parse::<u64>() {
+        Ok(n) => Some(n),
+        Err(_) => duration_text_secs(t),
+    };
+    let d = Duration::from_secs(secs.ok_or_else(|| {
+        format!("'{t}' is not a duration: expected seconds or a number with one unit, like 90s, 10m, 2h, 1d")
+    })?);
     if d < Duration::from_secs(1) {
         return Err(format!("'{}' is too short: a block lasts at least 1s", text.trim()));
     }

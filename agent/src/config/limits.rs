@@ -5,58 +5,25 @@ use std::fmt;
 use std::time::Duration;
 
 use serde::Deserialize;
-use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
 use tierguard_common::limit::{MAX_BITS_PER_SECOND, MAX_BURST, MAX_PACKETS_PER_SECOND};
 use tierguard_common::limiter::{LimitAction, MAX_LIMIT_IFACES, MAX_LIMITS, Per};
 use tierguard_common::packet::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
-use tierguard_common::segment::{FIRST_ZONE, ZONE_HOST, ZONE_WORLD};
+use tierguard_common::segment::{ZONE_HOST, ZONE_WORLD};
 
+use super::values::{IntOrStr, parse_duration, parse_ranges};
 use super::{ConfigError, Origin, Source, line_col, valid_interface_name, valid_name};
 
 /// Smallest bit burst: one full Ethernet frame (1518 bytes), so that every
 /// frame can pass.
 pub const MIN_BPS_BURST: u64 = 1518 * 8;
-/// Bounds of `block_for`.
-pub const MIN_BLOCK_FOR: Duration = Duration::from_secs(1);
-pub const MAX_BLOCK_FOR: Duration = Duration::from_secs(7 * 86_400);
 
-/// An integer or a string, for keys that take `100` as well as `"10M"`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Number {
-    Int(i64),
-    Text(String),
-}
-
-impl<'de> Deserialize<'de> for Number {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = Number;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an integer or a string")
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Number, E> {
-                Ok(Number::Int(v))
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Number, E> {
-                Ok(Number::Int(i64::try_from(v).unwrap_or(i64::MAX)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Number, E> {
-                Ok(Number::Text(v.to_string()))
-            }
-        }
-        d.deserialize_any(V)
-    }
-}
-
-impl fmt::Display for Number {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Number::Int(n) => write!(f, "{n}"),
-            Number::Text(s) => write!(f, "\"{s}\""),
-        }
+/// How a quantity was written, for messages.
+fn shown(v: &IntOrStr) -> String {
+    match v {
+        IntOrStr::Int(n) => n.to_string(),
+        IntOrStr::Str(s) => format!("\"{s}\""),
     }
 }
 
@@ -68,18 +35,18 @@ pub(super) struct RawLimit {
     description: Option<String>,
     protocol: Option<Spanned<String>>,
     tcp_flags: Option<Spanned<String>>,
-    ports: Option<Spanned<Vec<Spanned<Number>>>>,
+    ports: Option<Spanned<Vec<Spanned<IntOrStr>>>>,
     to_zone: Option<Spanned<String>>,
     interfaces: Option<Spanned<Vec<Spanned<String>>>>,
     per: Option<Spanned<String>>,
     prefix_v4: Option<Spanned<i64>>,
     prefix_v6: Option<Spanned<i64>>,
-    pps: Option<Spanned<Number>>,
-    bps: Option<Spanned<Number>>,
-    burst: Option<Spanned<Number>>,
-    bps_burst: Option<Spanned<Number>>,
+    pps: Option<Spanned<IntOrStr>>,
+    bps: Option<Spanned<IntOrStr>>,
+    burst: Option<Spanned<IntOrStr>>,
+    bps_burst: Option<Spanned<IntOrStr>>,
     action: Option<Spanned<String>>,
-    block_for: Option<Spanned<Number>>,
+    block_for: Option<Spanned<IntOrStr>>,
 }
 
 /// The protocol a limit matches.
@@ -156,11 +123,11 @@ pub struct Limit {
 
 /// Parses `N`, `"N"`, or `"N"` with one SI suffix (`K` or `k` = 10^3, `M` =
 /// 10^6, `G` = 10^9, `T` = 10^12): `"10M"` is ten million.
-pub fn parse_quantity(v: &Number) -> Result<u64, String> {
+fn parse_quantity(v: &IntOrStr) -> Result<u64, String> {
     let s = match v {
-        Number::Int(n) if *n > 0 => return Ok(*n as u64),
-        Number::Int(n) => return Err(format!("{n} is not greater than zero")),
-        Number::Text(s) => s.trim(),
+        IntOrStr::Int(n) if *n > 0 => return Ok(*n as u64),
+        IntOrStr::Int(n) => return Err(format!("{n} is not greater than zero")),
+        IntOrStr::Str(s) => s.trim(),
     };
     let (digits, scale) = match s.char_indices().last() {
         Some((i, 'K' | 'k')) => (&s[..i], 1_000),
@@ -185,33 +152,6 @@ pub fn parse_quantity(v: &Number) -> Result<u64, String> {
         .ok_or_else(|| format!("\"{s}\" is too large"))
 }
 
-/// Parses seconds (`90`) or a number with one unit (`"90s"`, `"10m"`,
-/// `"1h"`, `"2d"`). Bounds are the caller's.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let s = text.trim();
-    let unit = match s.chars().last() {
-        Some('s') => 1,
-        Some('m') => 60,
-        Some('h') => 3600,
-        Some('d') => 86_400,
-        Some(c) if c.is_ascii_digit() => 1,
-        _ => 0,
-    };
-    let digits = if s.ends_with(|c: char| c.is_ascii_digit()) {
-        s
-    } else {
-        &s[..s.len().saturating_sub(1)]
-    };
-    match digits.parse::<u64>() {
-        Ok(n) if unit != 0 && !digits.starts_with('+') => {
-            Ok(Duration::from_secs(n.saturating_mul(unit)))
-        }
-        _ => Err(format!(
-            "'{s}' is not a duration: expected seconds or a number with one unit, like \"90s\", \"10m\", \"1h\", \"2d\""
-        )),
-    }
-}
-
 /// Renders a duration the way it is written in a config (`"90s"`, `"10m"`).
 pub fn format_duration(d: Duration) -> String {
     let s = d.as_secs();
@@ -224,50 +164,13 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// Parses a port (`443`) or a range (`"8000-8100"`).
-fn parse_ports(v: &Number) -> Result<(u16, u16), String> {
-    let one = |n: i64| {
-        u16::try_from(n).map_err(|_| format!("port {n} is out of range: expected 0 to 65535"))
-    };
-    match v {
-        Number::Int(n) => one(*n).map(|p| (p, p)),
-        Number::Text(s) => {
-            let bad = || format!("'{s}' is not a port or a range like \"8000-8100\"");
-            let (lo, hi) = s.split_once('-').unwrap_or((s, s));
-            let lo: i64 = lo.trim().parse().map_err(|_| bad())?;
-            let hi: i64 = hi.trim().parse().map_err(|_| bad())?;
-            let (lo, hi) = (one(lo)?, one(hi)?);
-            if lo > hi {
-                return Err(format!("port range '{s}' is empty ({lo} > {hi})"));
-            }
-            Ok((lo, hi))
-        }
-    }
-}
-
-/// Sorts ranges and merges those that overlap or touch.
-fn merge(mut r: Vec<(u16, u16)>) -> Vec<(u16, u16)> {
-    r.sort_unstable();
-    let mut out: Vec<(u16, u16)> = Vec::with_capacity(r.len());
-    for (lo, hi) in r {
-        match out.last_mut() {
-            Some(last) if u32::from(lo) <= u32::from(last.1) + 1 => last.1 = last.1.max(hi),
-            _ => out.push((lo, hi)),
-        }
-    }
-    out
-}
-
 /// The id of a zone named by `to_zone`, among the built-in zones and the
 /// configured ones (`zones`, in config order).
 fn zone_target(name: &str, zones: &[String]) -> Option<ZoneTarget> {
     let id = match name {
         "world" => ZONE_WORLD,
         "host" => ZONE_HOST,
-        _ => {
-            let i = zones.iter().position(|z| z == name)?;
-            FIRST_ZONE + u16::try_from(i).ok()?
-        }
+        _ => super::zone_id(zones.iter().position(|z| z == name)?),
     };
     Some(ZoneTarget {
         name: name.to_string(),
@@ -315,7 +218,7 @@ impl Errors<'_, '_> {
     /// A positive quantity within `min..=max` (see [`parse_quantity`]).
     fn quantity(
         &mut self,
-        v: &Spanned<Number>,
+        v: &Spanned<IntOrStr>,
         key: &str,
         min: u64,
         max: u64,
@@ -327,7 +230,7 @@ impl Errors<'_, '_> {
                     &v.span(),
                     format!(
                         "{key} = {} is below the minimum of {min} {unit}",
-                        v.get_ref()
+                        shown(v.get_ref())
                     ),
                 );
                 None
@@ -337,7 +240,7 @@ impl Errors<'_, '_> {
                     &v.span(),
                     format!(
                         "{key} = {} is above the maximum of {max} {unit}",
-                        v.get_ref()
+                        shown(v.get_ref())
                     ),
                 );
                 None
@@ -469,7 +372,9 @@ fn validate_limit(
     };
     let mut ports = None;
     if let Some(list) = &r.ports {
-        if !matches!(protocol, LimitProtocol::Tcp | LimitProtocol::Udp) {
+        if matches!(protocol, LimitProtocol::Tcp | LimitProtocol::Udp) {
+            ports = parse_ranges(src, "ports", u16::MAX, list, e.out);
+        } else {
             e.at(
                 &list.span(),
                 format!(
@@ -477,25 +382,16 @@ fn validate_limit(
                     protocol.name()
                 ),
             );
-        } else if list.get_ref().is_empty() {
-            e.at(
-                &list.span(),
-                "ports is an empty array: it would match nothing (omit it to match every port)",
-            );
-        } else {
-            let mut out = Vec::new();
-            for p in list.get_ref() {
-                match parse_ports(p.get_ref()) {
-                    Ok(r) => out.push(r),
-                    Err(msg) => e.at(&p.span(), msg),
-                }
-            }
-            ports = Some(merge(out));
         }
     }
     let to_zone = r.to_zone.as_ref().and_then(|z| {
         let found = zone_target(z.get_ref(), zones);
-        if found.is_none() {
+        if z.get_ref() == "any" {
+            e.at(
+                &z.span(),
+                "to_zone = \"any\" is every destination: omit to_zone",
+            );
+        } else if found.is_none() {
             let known: Vec<&str> = ["world", "host"]
                 .into_iter()
                 .chain(zones.iter().map(String::as_str))
@@ -642,31 +538,13 @@ fn validate_limit(
             None
         }
         (None, _) => None,
-        (Some(v), LimitAction::Block) => {
-            let d = match v.get_ref() {
-                Number::Int(n) => u64::try_from(*n)
-                    .map(Duration::from_secs)
-                    .map_err(|_| format!("{n} is not a duration")),
-                Number::Text(s) => parse_duration(s),
-            };
-            match d {
-                Ok(d) if (MIN_BLOCK_FOR..=MAX_BLOCK_FOR).contains(&d) => Some(d),
-                Ok(_) => {
-                    e.at(
-                        &v.span(),
-                        format!(
-                            "block_for = {} is out of range: expected 1s to 7d",
-                            v.get_ref()
-                        ),
-                    );
-                    None
-                }
-                Err(msg) => {
-                    e.at(&v.span(), format!("block_for: {msg}"));
-                    None
-                }
+        (Some(v), LimitAction::Block) => match parse_duration(v.get_ref(), "block_for") {
+            Ok(d) => Some(d),
+            Err(msg) => {
+                e.at(&v.span(), msg);
+                None
             }
-        }
+        },
         (Some(v), _) => {
             e.at(&v.span(), "block_for applies to action = \"block\" only");
             None

@@ -20,8 +20,8 @@ use toml::Spanned;
 pub use error::{ConfigError, ConfigErrors, Source, line_col};
 pub use failsafe::{BUILTIN_FAILSAFE, FailsafeAllow, FailsafeConfig, FailsafeEntry};
 pub use limits::{
-    Limit, LimitProtocol, MAX_BLOCK_FOR, MIN_BLOCK_FOR, Threshold, ZoneTarget, format_duration,
-    interface_errors as limit_interface_errors, parse_duration,
+    Limit, LimitProtocol, Threshold, ZoneTarget, format_duration,
+    interface_errors as limit_interface_errors,
 };
 pub use prefixes::{ListLine, parse_list_entries, parse_list_text, parse_prefix};
 pub use segmentation::{
@@ -29,7 +29,9 @@ pub use segmentation::{
     zone_id, zone_ids,
 };
 use tierguard_common::maps::{ListAction, MAX_LISTS};
-pub use values::{MAX_DURATION, MIN_DURATION, Ranges, format_ranges, merge_ranges};
+pub use values::{
+    MAX_DURATION, MIN_DURATION, Ranges, duration_text_secs, format_ranges, merge_ranges,
+};
 
 /// The default policy, embedded in the binary and used when no --config is given.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../../config/default.toml");

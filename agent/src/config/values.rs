@@ -167,30 +167,34 @@ fn parse_range(v: &IntOrStr, what: &str, max: u16) -> Result<(u16, u16), String>
 pub const MIN_DURATION: Duration = Duration::from_secs(1);
 pub const MAX_DURATION: Duration = Duration::from_secs(7 * 86_400);
 
+/// Seconds in a number with one unit (`"90s"`, `"10m"`, `"1h"`, `"1d"`), unbounded.
+pub fn duration_text_secs(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let unit = match s.chars().last() {
+        Some('s') => 1,
+        Some('m') => 60,
+        Some('h') => 3600,
+        Some('d') => 86_400,
+        _ => return None,
+    };
+    let n = s[..s.len() - 1].parse::<u64>().ok()?;
+    Some(n.saturating_mul(unit))
+}
+
 /// Parses seconds (`90`) or a number with one unit (`"90s"`, `"10m"`, `"1h"`, `"1d"`),
 /// from 1 second to 7 days.
 pub(super) fn parse_duration(v: &IntOrStr, what: &str) -> Result<Duration, String> {
     let secs = match v {
         IntOrStr::Int(n) => u64::try_from(*n).ok(),
-        IntOrStr::Str(s) => {
-            let s = s.trim();
-            let unit = match s.chars().last() {
-                Some('s') => Some(1),
-                Some('m') => Some(60),
-                Some('h') => Some(3600),
-                Some('d') => Some(86_400),
-                _ => None,
-            };
-            let n = unit.and_then(|_| s[..s.len() - 1].parse::<u64>().ok());
-            match (n, unit) {
-                (Some(n), Some(u)) => Some(n.saturating_mul(u)),
-                _ => {
-                    return Err(format!(
-                        "{what} '{s}' is not a duration: expected seconds or a number with a unit, like \"90s\", \"10m\", \"1h\", \"1d\""
-                    ));
-                }
+        IntOrStr::Str(s) => match duration_text_secs(s) {
+            Some(n) => Some(n),
+            None => {
+                return Err(format!(
+                    "{what} '{}' is not a duration: expected seconds or a number with a unit, like \"90s\", \"10m\", \"1h\", \"1d\"",
+                    s.trim()
+                ));
             }
-        }
+        },
     };
     let shown = match v {
         IntOrStr::Int(n) => n.to_string(),
