@@ -22,6 +22,7 @@ use tierguard_common::{
 use crate::check::load;
 use crate::cli::{self, ExplainArgs, Proto};
 use crate::config::{Config, ConfigErrors};
+use crate::admin::protocol::BlockInfo;
 use crate::policy::{CompiledPolicy, host_addresses};
 
 /// The answer, as printed (text or JSON).
@@ -51,6 +52,23 @@ pub struct Explanation {
     pub mode: &'static str,
     pub direction: &'static str,
     pub packet: String,
+    /// Limits the packet meets (ingress, when no earlier stage decided):
+    /// whether one of them drops it depends on traffic.
+    pub limits: Vec<MatchedLimit>,
+    /// The block in force on the source, read from the running agent's
+    /// pinned table (see `with_blocks`).
+    pub block: Option<BlockInfo>,
+    /// Why the blocked table could not be read, if it could not.
+    pub blocks_unknown: Option<String>,
+}
+
+/// A limit a packet meets.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct MatchedLimit {
+    pub name: String,
+    /// What it matches, how it counts, its rates and action.
+    pub summary: String,
+    pub defined_at: String,
 }
 
 /// Validated packet description.
@@ -192,6 +210,9 @@ fn explain_frame(
         mode: config.mode.name(),
         direction: dir.name(),
         packet,
+        limits: Vec::new(),
+        block: None,
+        blocks_unknown: None,
     };
     let id = usize::from(decision.id);
     match stage {
@@ -220,6 +241,28 @@ fn explain_frame(
         "failsafe" => e.failsafe = seg.failsafe.get(id).map(|f| f.name.clone()),
         _ => {}
     }
+    // The limits come after the lists (ingress only).
+    if let Ok(p) = &parsed
+        && p.family != 0
+        && dir == Direction::Ingress
+        && !matches!(
+            decision.reason,
+            Reason::Failsafe | Reason::AllowList | Reason::DenyList
+        )
+    {
+        let dst_zone = crate::policy::packet_addr(p.family, &p.dst).map_or(0, |a| seg.zone_of(a));
+        e.limits = policy
+            .limits
+            .matching(p, None, dst_zone)
+            .into_iter()
+            .filter_map(|i| config.limits.get(i))
+            .map(|l| MatchedLimit {
+                name: l.name.clone(),
+                summary: crate::policy::limits::describe(l),
+                defined_at: l.origin.to_string(),
+            })
+            .collect();
+    }
     // Zones are shown whenever segmentation is on, even if an earlier stage
     // decided, so the reader sees which pair the rules would have judged.
     if let Ok(p) = &parsed
@@ -238,6 +281,50 @@ fn explain_frame(
         e.dst_zone = zone(decision.dst_zone, &p.dst);
     }
     e
+}
+
+/// Applies a block of the running agent to an ingress explanation: the
+/// blocked stage comes right after the failsafe, so a block in force on the
+/// source decides anything but failsafe traffic and unparseable frames.
+/// `lookup` is the block covering the source, or why none could be read.
+pub fn with_blocks(mut e: Explanation, lookup: Result<Option<BlockInfo>, String>, audit_mode: bool) -> Explanation {
+    match lookup {
+        Err(why) => e.blocks_unknown = Some(why),
+        Ok(None) => {}
+        Ok(Some(b)) => {
+            if !matches!(e.stage, "failsafe" | "parse") {
+                e.verdict = if audit_mode { "audit" } else { "drop" };
+                e.stage = "blocked";
+                e.reason = Reason::Blocked.name();
+                e.list = None;
+                e.list_action = None;
+                e.matched_prefix = None;
+                e.defined_at = None;
+                e.rule = None;
+                e.rule_action = None;
+                e.rule_description = None;
+                e.limits.clear();
+            }
+            e.block = Some(b);
+        }
+    }
+    e
+}
+
+/// The block covering `src` in the running agent's table under `pin_path`.
+fn read_block(pin_path: &std::path::Path, src: IpAddr, config: &Config) -> Result<Option<BlockInfo>, String> {
+    let table = crate::datapath::BlockTable::open(pin_path).map_err(|e| {
+        format!(
+            "blocks unknown: cannot read the running agent's blocked table under {} ({e}); run as root where the agent runs",
+            pin_path.display()
+        )
+    })?;
+    let now = crate::datapath::coarse_now_ns();
+    let names: Vec<String> = config.limits.iter().map(|l| l.name.clone()).collect();
+    table
+        .covering(src, now)
+        .map(|b| b.map(|b| crate::admin::info(&b, now, &names)))
+        .map_err(|e| format!("blocks unknown: {e}"))
 }
 
 pub fn render_text(e: &Explanation) -> String {
@@ -278,6 +365,30 @@ pub fn render_text(e: &Explanation) -> String {
         let _ = writeln!(
             s,
             "failsafe: {f} (checked first; never dropped by a list or rule)"
+        );
+    }
+    if let Some(b) = &e.block {
+        let by = match (&b.limit, b.uid) {
+            (Some(l), _) => format!("limit {l}"),
+            (None, uid) => format!("admin (uid {})", uid.unwrap_or(0)),
+        };
+        let why = b.reason.as_deref().map_or(String::new(), |r| format!(": {r}"));
+        let _ = writeln!(
+            s,
+            "blocked: {} by {by}{why}, until {} ({} s left)",
+            b.target, b.until, b.remaining_seconds
+        );
+    }
+    if let Some(why) = &e.blocks_unknown {
+        let _ = writeln!(s, "blocks:  {why}");
+    }
+    for l in &e.limits {
+        let _ = writeln!(s, "limit:   {} ({}), defined at {}", l.name, l.summary, l.defined_at);
+    }
+    if !e.limits.is_empty() {
+        let _ = writeln!(
+            s,
+            "         whether a limit drops this packet depends on the traffic counted with it"
         );
     }
     match (e.reason, &e.src_zone, &e.dst_zone) {
@@ -334,7 +445,11 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let e = explain(&config, &policy, &query);
+    let mut e = explain(&config, &policy, &query);
+    if query.direction == Direction::Ingress {
+        let block = read_block(&config.agent.pin_path, query.src, &config);
+        e = with_blocks(e, block, config.mode == crate::config::Mode::Audit);
+    }
     if args.json {
         println!(
             "{}",
@@ -628,5 +743,92 @@ action = "audit"
         }
         assert_eq!(v["rule"], "public-https");
         assert_eq!(v["list"], serde_json::Value::Null);
+    }
+
+    const LIMITS: &str = r#"
+[[limits]]
+name = "syn-flood"
+protocol = "tcp"
+tcp_flags = "syn"
+ports = [443]
+pps = 100
+action = "block"
+block_for = "1m"
+
+[[limits]]
+name = "udp-any"
+protocol = "udp"
+per = "global"
+bps = "1M"
+"#;
+
+    fn admin_block(target: &str) -> BlockInfo {
+        BlockInfo {
+            target: target.into(),
+            origin: "admin".into(),
+            limit: None,
+            reason: Some("incident 7".into()),
+            uid: Some(0),
+            started: "2026-11-24T10:00:00.000000000Z".into(),
+            until: "2026-11-24T10:10:00.000000000Z".into(),
+            remaining_seconds: 300,
+        }
+    }
+
+    #[test]
+    fn the_limits_a_packet_meets_are_named_and_the_verdict_left_to_traffic() {
+        let (c, p) = setup_with(LIMITS);
+        let e = explain(&c, &p, &q("10.9.9.9", "10.0.0.1", PROTO_TCP));
+        assert_eq!((e.verdict, e.reason), ("pass", "no_match"));
+        assert_eq!(e.limits.len(), 1);
+        assert_eq!(e.limits[0].name, "syn-flood");
+        assert_eq!(
+            e.limits[0].summary,
+            "tcp syn ports 443, per source, 100 pps (burst 100), then block 1m"
+        );
+        assert!(e.limits[0].defined_at.starts_with("p.toml:"));
+        let text = render_text(&e);
+        assert!(text.contains("limit:   syn-flood"), "{text}");
+        assert!(text.contains("depends on the traffic"), "{text}");
+        // Lists come first: a listed source never meets the limits.
+        let e = explain(&c, &p, &q("203.0.113.7", "10.0.0.1", PROTO_TCP));
+        assert_eq!((e.reason, e.limits.len()), ("deny_list", 0));
+        // Nor does egress.
+        let mut out = q("10.9.9.9", "10.0.0.1", PROTO_UDP);
+        out.direction = Direction::Egress;
+        assert!(explain(&c, &p, &out).limits.is_empty());
+        let e = explain(&c, &p, &q("10.9.9.9", "10.0.0.1", PROTO_UDP));
+        assert_eq!(e.limits[0].summary, "udp, per global, 1000000 bps (burst 1000000 bits), then drop");
+    }
+
+    #[test]
+    fn a_block_decides_before_lists_and_limits_but_not_before_the_failsafe() {
+        let (c, p) = setup_with(LIMITS);
+        let e = explain(&c, &p, &q("203.0.113.200", "10.0.0.1", PROTO_TCP));
+        assert_eq!(e.reason, "allow_list");
+        let e = with_blocks(e, Ok(Some(admin_block("203.0.113.0/24"))), false);
+        assert_eq!((e.verdict, e.stage, e.reason), ("drop", "blocked", "blocked"));
+        assert_eq!((e.list.clone(), e.limits.len()), (None, 0));
+        let text = render_text(&e);
+        assert!(
+            text.contains("blocked: 203.0.113.0/24 by admin (uid 0): incident 7, until 2026-11-24T10:10:00.000000000Z (300 s left)"),
+            "{text}"
+        );
+        // Audit mode reports it.
+        let e = explain(&c, &p, &q("10.9.9.9", "10.0.0.1", PROTO_TCP));
+        let e = with_blocks(e, Ok(Some(admin_block("10.9.9.9/32"))), true);
+        assert_eq!(e.verdict, "audit");
+        // The failsafe is never blocked.
+        let (c, p) = setup_with(TIERS);
+        let mut ssh = q("10.99.0.5", "10.30.0.5", PROTO_TCP);
+        ssh.dport = 22;
+        let e = with_blocks(explain(&c, &p, &ssh), Ok(Some(admin_block("10.99.0.0/24"))), false);
+        assert_eq!((e.verdict, e.stage), ("pass", "failsafe"));
+        assert!(e.block.is_some(), "the block is still shown");
+        // Unreadable: said so, nothing assumed.
+        let e = explain(&c, &p, &q("10.9.9.9", "10.0.0.1", PROTO_TCP));
+        let e = with_blocks(e, Err("blocks unknown: no agent".into()), false);
+        assert_eq!(e.blocks_unknown.as_deref(), Some("blocks unknown: no agent"));
+        assert!(render_text(&e).contains("blocks:  blocks unknown: no agent"));
     }
 }

@@ -447,6 +447,15 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     assert!((590..=600).contains(&remaining), "{remaining}");
     assert!(list[0]["until"].as_str().unwrap().ends_with('Z'));
 
+    // explain reads the block from the running agent's pinned table.
+    let o = cli(
+        None,
+        &["explain", "--config", config.to_str().unwrap(), "--src", &peer, "--dst", &node, "--proto", "icmp"],
+    );
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("reason:  blocked") && t.contains("admin (uid 0): incident 42"), "{t}");
+
     // A non-root peer: the socket's directory keeps it out...
     let nobody: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
     let o = cli(Some(nobody), &["unblock", &peer, "--socket", s]);

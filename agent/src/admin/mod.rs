@@ -321,7 +321,7 @@ impl Admin {
         all.retain(|b| b.value.active(now));
         all.sort_by_key(|b| (b.net.is_ipv6(), b.net.network(), b.net.prefix()));
         let ctx = self.ctx();
-        Ok(all.iter().map(|b| info(b, now, &ctx)).collect())
+        Ok(all.iter().map(|b| info(b, now, &ctx.limits)).collect())
     }
 
     /// Removes expired blocks, reports each block's end once, and returns
@@ -375,14 +375,15 @@ fn wall_at(mono_ns: u64) -> u64 {
     (i128::from(mono_ns) + crate::events::record::boot_offset_ns()).clamp(0, i128::from(u64::MAX)) as u64
 }
 
-fn info(b: &Block, now: u64, ctx: &Context) -> BlockInfo {
+/// A block as `blocks` and `explain` show it; `limits` names limit ids.
+pub fn info(b: &Block, now: u64, limits: &[String]) -> BlockInfo {
     let v = &b.value;
     let admin = v.origin == BLOCK_ADMIN;
     BlockInfo {
         target: b.net.to_string(),
         origin: if admin { "admin" } else { "limit" }.into(),
         limit: (!admin).then(|| {
-            ctx.limits
+            limits
                 .get(usize::from(v.origin))
                 .cloned()
                 .unwrap_or_else(|| format!("limit{}", v.origin))

@@ -144,7 +144,8 @@ impl CompiledLimits {
     }
 }
 
-/// One line about a limit, for `check` and `explain`.
+/// What a limit matches, how it counts, its rates and action: one line
+/// for `check` and `explain`.
 pub fn describe(l: &Limit) -> String {
     let mut what = l.protocol.name().to_string();
     if l.syn_only {
@@ -178,7 +179,7 @@ pub fn describe(l: &Limit) -> String {
         Some(d) => format!("block {}", crate::config::format_duration(d)),
         None => l.action.name().to_string(),
     };
-    format!("{:<24} {what}, per {per}, {}, then {action}", l.name, rate.join(" and "))
+    format!("{what}, per {per}, {}, then {action}", rate.join(" and "))
 }
 
 /// What the policy hash covers of the limits.
