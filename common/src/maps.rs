@@ -60,6 +60,8 @@ pub mod names {
     /// Blocked sources: LPM tries of `limiter::BlockValue`.
     pub const BLOCKS_V4: &str = "TG_BLOCKS_V4";
     pub const BLOCKS_V6: &str = "TG_BLOCKS_V6";
+    /// Index 0: non-zero when the blocked tries may hold entries.
+    pub const BLOCKS_PRESENT: &str = "TG_BLOCKS_PRESENT";
 }
 
 /// Program names in the kernel object.

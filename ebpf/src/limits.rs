@@ -20,7 +20,7 @@ use tierguard_common::{
 
 use crate::events;
 use crate::maps::{
-    BLOCK_SCRATCH, BLOCKS_V4, BLOCKS_V6, LIMIT_OUTCOME, LIMIT_PORTS, LIMIT_SHARED, LIMIT_SLOTS,
+    BLOCK_SCRATCH, BLOCKS_PRESENT, BLOCKS_V4, BLOCKS_V6, LIMIT_OUTCOME, LIMIT_PORTS, LIMIT_SHARED, LIMIT_SLOTS,
     LIMIT_STATS_MAP, LIMITS,
 };
 use crate::segment::zone_of;
@@ -32,6 +32,9 @@ const BPF_EXIST: u64 = 2;
 
 #[inline(always)]
 pub fn blocked(p: &Packet) -> Option<u16> {
+    if BLOCKS_PRESENT.get(0).is_none_or(|n| *n == 0) {
+        return None;
+    }
     match blocked_origin(p) {
         NOT_BLOCKED => None,
         origin => Some(origin as u16),
@@ -78,6 +81,13 @@ fn blocked_origin(p: &Packet) -> u32 {
 /// instead of 405,000).
 #[inline(always)]
 pub fn limits(slot: u8, p: &Packet, ifindex: u32) -> LimitOutcome {
+    // No limit configured: one array read (the verifier inlines it).
+    if !LIMITS
+        .get(u32::from(slot) * MAX_LIMITS)
+        .is_some_and(LimitSpec::used)
+    {
+        return LimitOutcome::PASS;
+    }
     let Some(out) = LIMIT_OUTCOME.get_ptr_mut(0) else {
         return LimitOutcome::PASS;
     };
@@ -338,6 +348,11 @@ fn start_block(slot: u8, i: u32, p: &Packet) -> u32 {
     v.len = len;
     v.flags = 0;
     v.uid = 0;
+    if let Some(present) = BLOCKS_PRESENT.get_ptr_mut(0) {
+        // SAFETY: a shared u32 written whole. Set before the insert: the
+        // agent clears it only when it finds both tries empty, and looks again.
+        unsafe { *present = 1 };
+    }
     let (inserted, old) = if p.family == 4 {
         let k = Key::new(
             u32::from(len),

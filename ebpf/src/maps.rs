@@ -209,6 +209,13 @@ pub static BLOCKS_V4: LpmTrie<[u8; 4], BlockValue> = LpmTrie::pinned(BLOCK_CAPAC
 #[map(name = "TG_BLOCKS_V6")]
 pub static BLOCKS_V6: LpmTrie<[u8; 16], BlockValue> = LpmTrie::pinned(BLOCK_CAPACITY, 0);
 
+/// Index 0: non-zero when the blocked tries may hold entries. Set before
+/// every insert (by the kernel and the agent), cleared by the agent's sweeper
+/// when both tries are empty, so that a node with no block pays one array
+/// read per packet instead of a trie lookup.
+#[map(name = "TG_BLOCKS_PRESENT")]
+pub static BLOCKS_PRESENT: Array<u32> = Array::pinned(1, 0);
+
 /// The limit stage's outcome for the packet being decided (see limits.rs).
 #[map(name = "TG_LIMIT_OUTCOME")]
 pub static LIMIT_OUTCOME: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -923,3 +923,41 @@ block_for = 60
     assert!(f.blocks().list().unwrap().is_empty());
     assert_eq!(f.count(Reason::Limit), 12);
 }
+
+#[test]
+fn the_kernel_skips_the_blocked_tries_only_while_they_are_empty() {
+    let mut f = fixture(
+        "limit-presence",
+        "[[limits]]\nname = \"b\"\nprotocol = \"udp\"\npps = 1\nburst = 1\naction = \"block\"\nblock_for = 60\n",
+    );
+    let present = |f: &mut Fixture| {
+        let map = f.dp.ebpf_mut().map_mut(names::BLOCKS_PRESENT).unwrap();
+        let a: aya::maps::Array<_, u32> = aya::maps::Array::try_from(map).unwrap();
+        a.get(&0, 0).unwrap()
+    };
+    assert_eq!(present(&mut f), 0, "nothing blocked yet");
+    let mut t = f.blocks();
+    let net: ipnetwork::IpNetwork = "203.0.113.10/32".parse().unwrap();
+    let v = BlockValue {
+        until_ns: u64::MAX,
+        origin: BLOCK_ADMIN,
+        len: 32,
+        ..BlockValue::EMPTY
+    };
+    t.insert(net, &v).unwrap();
+    assert_eq!(present(&mut f), 1);
+    f.expect(&syn(A4), Reason::Blocked);
+    assert!(t.remove(net).unwrap());
+    t.settle_presence(true).unwrap();
+    assert_eq!(present(&mut f), 0);
+    f.expect(&syn(A4), Reason::NoMatch);
+    // A block the kernel starts raises the flag itself.
+    let u = v4_frame(B4, NODE4, PROTO_UDP, &udp(1, 53, 0));
+    f.expect(&u, Reason::NoMatch);
+    f.expect(&u, Reason::Limit);
+    assert_eq!(present(&mut f), 1);
+    f.expect(&u, Reason::Blocked);
+    // Settling with entries left keeps it raised.
+    t.settle_presence(true).unwrap();
+    assert_eq!(present(&mut f), 1, "the tries were read again");
+}

@@ -333,6 +333,7 @@ impl Admin {
             let mut book = self.book.lock().map_err(|_| "block table lock poisoned")?;
             let entries = book.table.list().map_err(|e| e.to_string())?;
             let mut seen = HashMap::with_capacity(entries.len());
+            let mut removed = 0;
             for b in &entries {
                 // Replaced since the last sweep (a limit blocked it again
                 // after it expired): the earlier block ended.
@@ -345,10 +346,14 @@ impl Admin {
                 if b.value.active(now) {
                     seen.insert(b.net, b.value);
                 } else if book.table.remove(b.net).is_ok() {
+                    removed += 1;
                     ended.push((b.net, b.value));
                 }
             }
             book.known = seen;
+            book.table
+                .settle_presence(removed == entries.len())
+                .map_err(|e| e.to_string())?;
             book.known.len()
         };
         let ctx = self.ctx();

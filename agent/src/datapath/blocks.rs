@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use aya::maps::{
-    Map, MapData, MapError,
+    Array, Map, MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnetwork::IpNetwork;
@@ -28,6 +28,8 @@ pub struct Block {
 pub struct BlockTable {
     v4: LpmTrie<MapData, [u8; 4], BlockValue>,
     v6: LpmTrie<MapData, [u8; 16], BlockValue>,
+    /// `TG_BLOCKS_PRESENT`: whether the kernel looks in the tries at all.
+    present: Array<MapData, u32>,
 }
 
 fn open_map(pin_dir: &Path, name: &'static str) -> Result<Map> {
@@ -63,7 +65,33 @@ impl BlockTable {
                 .map_err(err(names::BLOCKS_V4))?,
             v6: LpmTrie::try_from(open_map(pin_dir, names::BLOCKS_V6)?)
                 .map_err(err(names::BLOCKS_V6))?,
+            present: Array::try_from(open_map(pin_dir, names::BLOCKS_PRESENT)?)
+                .map_err(err(names::BLOCKS_PRESENT))?,
         })
+    }
+
+    fn set_present(&mut self, on: bool) -> Result<()> {
+        self.present
+            .set(0, u32::from(on), 0)
+            .map_err(|source| DatapathError::Map {
+                map: names::BLOCKS_PRESENT,
+                source,
+            })
+    }
+
+    /// Tells the kernel whether to look in the tries: `empty` is what the
+    /// caller just found. The flag is set before every insert (here and in
+    /// the kernel); clearing it races a kernel insert, so the tries are read
+    /// again once it is cleared.
+    pub fn settle_presence(&mut self, empty: bool) -> Result<()> {
+        if !empty {
+            return self.set_present(true);
+        }
+        self.set_present(false)?;
+        if !self.list()?.is_empty() {
+            self.set_present(true)?;
+        }
+        Ok(())
     }
 
     /// Every entry, expired ones included, IPv4 first.
@@ -111,6 +139,7 @@ impl BlockTable {
 
     /// Adds or replaces the entry for `net`.
     pub fn insert(&mut self, net: IpNetwork, value: &BlockValue) -> Result<()> {
+        self.set_present(true)?;
         let r = match (v4(&net), v6(&net)) {
             (Some(k), _) => self.v4.insert(&k, value, 0),
             (_, Some(k)) => self.v6.insert(&k, value, 0),

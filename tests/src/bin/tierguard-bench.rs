@@ -25,6 +25,8 @@ use tierguard_common::{
 };
 use tierguard_tests::{Rng, pins::PinDir};
 
+#[path = "../bench/limits.rs"]
+mod limits;
 #[path = "../bench/segmentation.rs"]
 mod segmentation;
 
@@ -65,10 +67,15 @@ fn main() {
     while let Some(a) = args.next() {
         match a.as_str() {
             "--write" => write = Some(PathBuf::from(args.next().expect("--write needs a file"))),
-            "--only" => only = Some(args.next().expect("--only needs lists or segmentation")),
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .expect("--only needs lists, segmentation or limits"),
+                )
+            }
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: tierguard-bench [--write FILE] [--only lists|segmentation]"
+                    "unknown argument {other}; usage: tierguard-bench [--write FILE] [--only lists|segmentation|limits]"
                 );
                 std::process::exit(2);
             }
@@ -109,6 +116,15 @@ fn main() {
             seg.extend(rows);
         }
         segmentation::render(&mut report, &seg);
+    }
+    if run("limits") {
+        eprintln!("limits and blocks...");
+        let rows = limits::measure();
+        eprintln!(
+            "  empty {:.1} ns, no limit {:.1} ns, known source {:.1} ns, slots taken {:.1} ns, table full {:.1} ns (rotation {:.1} ns)",
+            rows.empty, rows.no_limit, rows.known, rows.taking, rows.full, rows.rotation
+        );
+        limits::render(&mut report, &rows);
     }
     print!("{report}");
     if let Some(path) = write {
