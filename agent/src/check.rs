@@ -179,7 +179,12 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
     );
     let _ = writeln!(s, "  limits: {}", config.limits.len());
     for l in &config.limits {
-        let _ = writeln!(s, "    {:<24} {}", l.name, crate::policy::limits::describe(l));
+        let _ = writeln!(
+            s,
+            "    {:<24} {}",
+            l.name,
+            crate::policy::limits::describe(l)
+        );
     }
     s
 }

@@ -19,10 +19,10 @@ use tierguard_common::{
     segment::SEG_ENABLED,
 };
 
+use crate::admin::protocol::BlockInfo;
 use crate::check::load;
 use crate::cli::{self, ExplainArgs, Proto};
 use crate::config::{Config, ConfigErrors};
-use crate::admin::protocol::BlockInfo;
 use crate::policy::{CompiledPolicy, host_addresses};
 
 /// The answer, as printed (text or JSON).
@@ -287,7 +287,11 @@ fn explain_frame(
 /// blocked stage comes right after the failsafe, so a block in force on the
 /// source decides anything but failsafe traffic and unparseable frames.
 /// `lookup` is the block covering the source, or why none could be read.
-pub fn with_blocks(mut e: Explanation, lookup: Result<Option<BlockInfo>, String>, audit_mode: bool) -> Explanation {
+pub fn with_blocks(
+    mut e: Explanation,
+    lookup: Result<Option<BlockInfo>, String>,
+    audit_mode: bool,
+) -> Explanation {
     match lookup {
         Err(why) => e.blocks_unknown = Some(why),
         Ok(None) => {}
@@ -312,7 +316,11 @@ pub fn with_blocks(mut e: Explanation, lookup: Result<Option<BlockInfo>, String>
 }
 
 /// The block covering `src` in the running agent's table under `pin_path`.
-fn read_block(pin_path: &std::path::Path, src: IpAddr, config: &Config) -> Result<Option<BlockInfo>, String> {
+fn read_block(
+    pin_path: &std::path::Path,
+    src: IpAddr,
+    config: &Config,
+) -> Result<Option<BlockInfo>, String> {
     let table = crate::datapath::BlockTable::open(pin_path).map_err(|e| {
         format!(
             "blocks unknown: cannot read the running agent's blocked table under {} ({e}); run as root where the agent runs",
@@ -372,7 +380,10 @@ pub fn render_text(e: &Explanation) -> String {
             (Some(l), _) => format!("limit {l}"),
             (None, uid) => format!("admin (uid {})", uid.unwrap_or(0)),
         };
-        let why = b.reason.as_deref().map_or(String::new(), |r| format!(": {r}"));
+        let why = b
+            .reason
+            .as_deref()
+            .map_or(String::new(), |r| format!(": {r}"));
         let _ = writeln!(
             s,
             "blocked: {} by {by}{why}, until {} ({} s left)",
@@ -383,7 +394,11 @@ pub fn render_text(e: &Explanation) -> String {
         let _ = writeln!(s, "blocks:  {why}");
     }
     for l in &e.limits {
-        let _ = writeln!(s, "limit:   {} ({}), defined at {}", l.name, l.summary, l.defined_at);
+        let _ = writeln!(
+            s,
+            "limit:   {} ({}), defined at {}",
+            l.name, l.summary, l.defined_at
+        );
     }
     if !e.limits.is_empty() {
         let _ = writeln!(
@@ -798,7 +813,10 @@ bps = "1M"
         out.direction = Direction::Egress;
         assert!(explain(&c, &p, &out).limits.is_empty());
         let e = explain(&c, &p, &q("10.9.9.9", "10.0.0.1", PROTO_UDP));
-        assert_eq!(e.limits[0].summary, "udp, per global, 1000000 bps (burst 1000000 bits), then drop");
+        assert_eq!(
+            e.limits[0].summary,
+            "udp, per global, 1000000 bps (burst 1000000 bits), then drop"
+        );
     }
 
     #[test]
@@ -807,7 +825,10 @@ bps = "1M"
         let e = explain(&c, &p, &q("203.0.113.200", "10.0.0.1", PROTO_TCP));
         assert_eq!(e.reason, "allow_list");
         let e = with_blocks(e, Ok(Some(admin_block("203.0.113.0/24"))), false);
-        assert_eq!((e.verdict, e.stage, e.reason), ("drop", "blocked", "blocked"));
+        assert_eq!(
+            (e.verdict, e.stage, e.reason),
+            ("drop", "blocked", "blocked")
+        );
         assert_eq!((e.list.clone(), e.limits.len()), (None, 0));
         let text = render_text(&e);
         assert!(
@@ -822,13 +843,20 @@ bps = "1M"
         let (c, p) = setup_with(TIERS);
         let mut ssh = q("10.99.0.5", "10.30.0.5", PROTO_TCP);
         ssh.dport = 22;
-        let e = with_blocks(explain(&c, &p, &ssh), Ok(Some(admin_block("10.99.0.0/24"))), false);
+        let e = with_blocks(
+            explain(&c, &p, &ssh),
+            Ok(Some(admin_block("10.99.0.0/24"))),
+            false,
+        );
         assert_eq!((e.verdict, e.stage), ("pass", "failsafe"));
         assert!(e.block.is_some(), "the block is still shown");
         // Unreadable: said so, nothing assumed.
         let e = explain(&c, &p, &q("10.9.9.9", "10.0.0.1", PROTO_TCP));
         let e = with_blocks(e, Err("blocks unknown: no agent".into()), false);
-        assert_eq!(e.blocks_unknown.as_deref(), Some("blocks unknown: no agent"));
+        assert_eq!(
+            e.blocks_unknown.as_deref(),
+            Some("blocks unknown: no agent")
+        );
         assert!(render_text(&e).contains("blocks:  blocks unknown: no agent"));
     }
 }

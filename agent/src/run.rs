@@ -113,7 +113,10 @@ impl metrics::Endpoint for Shared {
         let (limits, error) = self.limits.render();
         if let Some(e) = error {
             tracing::warn!(error = %e, "cannot read the limit counters");
-            self.metrics.scrape_errors.with_label_values(&["limits"]).inc();
+            self.metrics
+                .scrape_errors
+                .with_label_values(&["limits"])
+                .inc();
         }
         text.push_str(&limits);
         text
@@ -521,7 +524,9 @@ fn start_admin(
         crate::datapath::LimitReader::open(datapath.pin_dir()),
     );
     let (Ok(for_metrics), Ok(for_sweeper)) = readers else {
-        tracing::error!("limit counters unavailable: no limit metrics, no block sweeping, no admin socket");
+        tracing::error!(
+            "limit counters unavailable: no limit metrics, no block sweeping, no admin socket"
+        );
         return None;
     };
     shared.limits.set_reader(for_metrics);

@@ -365,7 +365,10 @@ mod tests {
             ..none
         };
         let got = d(&t, &off);
-        assert_eq!((got.reason, got.verdict, got.id), (Reason::LimitAudit, Verdict::Audit, 2));
+        assert_eq!(
+            (got.reason, got.verdict, got.id),
+            (Reason::LimitAudit, Verdict::Audit, 2)
+        );
         assert_eq!(d(&t, &seg).reason, Reason::LimitAudit);
         // ...but never lets through what they drop.
         let strict = SegMeta {

@@ -77,7 +77,9 @@ fn limit_packets(m: &str, limit: &str, result: &str) -> u64 {
 fn reason_count(m: &str, iface: &str, reason: &str, verdict: &str) -> u64 {
     metric(
         m,
-        &format!("tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"{reason}\",verdict=\"{verdict}\"}}"),
+        &format!(
+            "tierguard_packets_total{{direction=\"ingress\",interface=\"{iface}\",reason=\"{reason}\",verdict=\"{verdict}\"}}"
+        ),
     )
 }
 
@@ -183,7 +185,9 @@ block_for = "4s"
         std::thread::spawn(move || {
             let start = Instant::now();
             let _ = Command::new("ip")
-                .args(["netns", "exec", &ns, "hping3", "-q", "-S", "-p", "7", "-a", FLOODER])
+                .args([
+                    "netns", "exec", &ns, "hping3", "-q", "-S", "-p", "7", "-a", FLOODER,
+                ])
                 .args(["-i", "u100", "-c", &count.to_string(), "10.251.0.1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -218,10 +222,28 @@ block_for = "4s"
         "{passed} + {dropped} of {count} SYNs seen"
     );
     assert_eq!(reason_count(&m, iface, "limit", "drop"), dropped);
-    assert_eq!(metric(&m, "tierguard_blocked_sources"), 0, "a drop limit blocks nobody");
+    assert_eq!(
+        metric(&m, "tierguard_blocked_sources"),
+        0,
+        "a drop limit blocks nobody"
+    );
 
     // Phase 2: crossing the blocking limit blocks the source for 4 s.
-    hping(&lab, &["-S", "-p", "8", "-a", FLOODER, "-i", "u1000", "-c", "300", "10.251.0.1"]);
+    hping(
+        &lab,
+        &[
+            "-S",
+            "-p",
+            "8",
+            "-a",
+            FLOODER,
+            "-i",
+            "u1000",
+            "-c",
+            "300",
+            "10.251.0.1",
+        ],
+    );
     let started = wait_event(&dir, "block_started", |e| e["event"] == "block_started");
     assert_eq!(started["block"], "10.251.0.50/32");
     assert_eq!(started["origin"], "limit");
@@ -235,7 +257,10 @@ block_for = "4s"
         sample(m, "tierguard_blocked_sources") == Some(1.0)
     });
     let m = agent.scrape();
-    assert_eq!(metric(&m, "tierguard_limit_blocks_total{limit=\"syn-block\"}"), 1);
+    assert_eq!(
+        metric(&m, "tierguard_limit_blocks_total{limit=\"syn-block\"}"),
+        1
+    );
     assert!(reason_count(&m, iface, "blocked", "drop") > 0);
     assert_eq!(
         limit_packets(&m, "syn-block", "dropped"),
@@ -247,7 +272,10 @@ block_for = "4s"
     assert!(!lab.ping(Some(FLOODER), &lab.node_v4(), 1));
     let m = agent.scrape();
     assert!(reason_count(&m, iface, "blocked", "drop") > before);
-    assert!(lab.ping(None, &lab.node_v4(), 1), "other sources are served");
+    assert!(
+        lab.ping(None, &lab.node_v4(), 1),
+        "other sources are served"
+    );
     assert_eq!(
         events(&dir)
             .iter()
@@ -292,17 +320,45 @@ impl LocalReplies {
         let r = LocalReplies(lab.net);
         r.remove();
         sh(&["ip", "route", "add", "unreachable", "default", "table", &t]);
-        sh(&["ip", "route", "add", &format!("10.{}.0.0/24", lab.net), "dev", &lab.node_if, "table", &t]);
-        sh(&["ip", "rule", "add", "from", &lab.node_v4(), "table", &t, "priority", "100"]);
+        sh(&[
+            "ip",
+            "route",
+            "add",
+            &format!("10.{}.0.0/24", lab.net),
+            "dev",
+            &lab.node_if,
+            "table",
+            &t,
+        ]);
+        sh(&[
+            "ip",
+            "rule",
+            "add",
+            "from",
+            &lab.node_v4(),
+            "table",
+            &t,
+            "priority",
+            "100",
+        ]);
         r
     }
 
     fn remove(&self) {
         let t = (u32::from(self.0) + 1000).to_string();
         let _ = Command::new("ip")
-            .args(["rule", "del", "from", &format!("10.{}.0.1", self.0), "table", &t])
+            .args([
+                "rule",
+                "del",
+                "from",
+                &format!("10.{}.0.1", self.0),
+                "table",
+                &t,
+            ])
             .output();
-        let _ = Command::new("ip").args(["route", "flush", "table", &t]).output();
+        let _ = Command::new("ip")
+            .args(["route", "flush", "table", &t])
+            .output();
     }
 }
 
@@ -351,7 +407,17 @@ burst = 500
         std::thread::spawn(move || {
             let start = Instant::now();
             let _ = Command::new("ip")
-                .args(["netns", "exec", &ns, "hping3", "-q", "-S", "-p", "9", "--rand-source"])
+                .args([
+                    "netns",
+                    "exec",
+                    &ns,
+                    "hping3",
+                    "-q",
+                    "-S",
+                    "-p",
+                    "9",
+                    "--rand-source",
+                ])
                 .args(["-i", "u100", "-c", &count.to_string(), "10.252.0.1"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -371,7 +437,10 @@ burst = 500
         }
     }
     let took = flood.join().unwrap();
-    assert_eq!(served, 3, "the real client connected each time during the flood");
+    assert_eq!(
+        served, 3,
+        "the real client connected each time during the flood"
+    );
     let m = agent.scrape();
     let passed = limit_packets(&m, "syn-global", "passed");
     let dropped = limit_packets(&m, "syn-global", "dropped");
@@ -393,14 +462,26 @@ burst = 500
     // client; each got at most its own small burst.
     let per_source = limit_packets(&m, "syn-per-source", "passed")
         + limit_packets(&m, "syn-per-source", "dropped");
-    assert!(per_source >= passed + dropped, "every SYN met the per-source limit first");
+    assert!(
+        per_source >= passed + dropped,
+        "every SYN met the per-source limit first"
+    );
     agent.wait_for("tracked keys measured", |m| {
         sample(m, "tierguard_limit_tracked_keys{limit=\"syn-per-source\"}")
             .is_some_and(|n| n > 1000.0)
     });
     let m = agent.scrape();
-    assert!(sample(&m, "tierguard_limit_overflow_packets_total{limit=\"syn-per-source\"}").is_some());
-    assert_eq!(metric(&m, "tierguard_limit_state_bytes"), tierguard::datapath::state_bytes(tierguard::datapath::cpus()));
+    assert!(
+        sample(
+            &m,
+            "tierguard_limit_overflow_packets_total{limit=\"syn-per-source\"}"
+        )
+        .is_some()
+    );
+    assert_eq!(
+        metric(&m, "tierguard_limit_state_bytes"),
+        tierguard::datapath::state_bytes(tierguard::datapath::cpus())
+    );
 }
 
 #[test]
@@ -422,9 +503,25 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     assert_eq!(mode(&socket), 0o600);
     assert_eq!(mode(&dir.join("run")), 0o700);
 
-    let o = cli(None, &["block", &peer, "--for", "10m", "--reason", "incident 42", "--socket", s]);
+    let o = cli(
+        None,
+        &[
+            "block",
+            &peer,
+            "--for",
+            "10m",
+            "--reason",
+            "incident 42",
+            "--socket",
+            s,
+        ],
+    );
     assert!(o.status.success(), "{}", text(&o));
-    assert!(text(&o).contains(&format!("blocked {peer}/32 for 10m")), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("blocked {peer}/32 for 10m")),
+        "{}",
+        text(&o)
+    );
     // The next packet is dropped: no wait.
     assert!(!lab.ping(None, &node, 1), "blocked at once");
     let m = agent.scrape();
@@ -434,7 +531,9 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     assert!(o.status.success(), "{}", text(&o));
     let t = text(&o);
     assert!(
-        t.contains(&format!("{peer}/32")) && t.contains("admin (uid 0)") && t.contains("incident 42"),
+        t.contains(&format!("{peer}/32"))
+            && t.contains("admin (uid 0)")
+            && t.contains("incident 42"),
         "{t}"
     );
     let o = cli(None, &["blocks", "--json", "--socket", s]);
@@ -450,11 +549,24 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     // explain reads the block from the running agent's pinned table.
     let o = cli(
         None,
-        &["explain", "--config", config.to_str().unwrap(), "--src", &peer, "--dst", &node, "--proto", "icmp"],
+        &[
+            "explain",
+            "--config",
+            config.to_str().unwrap(),
+            "--src",
+            &peer,
+            "--dst",
+            &node,
+            "--proto",
+            "icmp",
+        ],
     );
     let t = text(&o);
     assert!(o.status.success(), "{t}");
-    assert!(t.contains("reason:  blocked") && t.contains("admin (uid 0): incident 42"), "{t}");
+    assert!(
+        t.contains("reason:  blocked") && t.contains("admin (uid 0): incident 42"),
+        "{t}"
+    );
 
     // A non-root peer: the socket's directory keeps it out...
     let nobody: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
@@ -480,11 +592,26 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
 
     // Bad requests: a clear error, a non-zero exit, nothing changed.
     for (args, want) in [
-        (vec!["block", "banana", "--for", "1m", "--reason", "x"], "is not an IP address"),
-        (vec!["block", "10.253.0.0/16", "--for", "0", "--reason", "x"], "at least 1s"),
-        (vec!["block", "10.253.0.7", "--for", "31d", "--reason", "x"], "at most 30d"),
-        (vec!["block", "10.253.0.7/24", "--for", "1m", "--reason", "x"], "did you mean 10.253.0.0/24"),
-        (vec!["unblock", "10.253.0.99"], "10.253.0.99/32 is not blocked"),
+        (
+            vec!["block", "banana", "--for", "1m", "--reason", "x"],
+            "is not an IP address",
+        ),
+        (
+            vec!["block", "10.253.0.0/16", "--for", "0", "--reason", "x"],
+            "at least 1s",
+        ),
+        (
+            vec!["block", "10.253.0.7", "--for", "31d", "--reason", "x"],
+            "at most 30d",
+        ),
+        (
+            vec!["block", "10.253.0.7/24", "--for", "1m", "--reason", "x"],
+            "did you mean 10.253.0.0/24",
+        ),
+        (
+            vec!["unblock", "10.253.0.99"],
+            "10.253.0.99/32 is not blocked",
+        ),
     ] {
         let mut a = args.clone();
         a.extend(["--socket", s]);
@@ -493,7 +620,12 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
         assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
     }
     let o = cli(None, &["blocks", "--json", "--socket", s]);
-    assert_eq!(serde_json::from_slice::<Vec<Value>>(&o.stdout).unwrap().len(), 1);
+    assert_eq!(
+        serde_json::from_slice::<Vec<Value>>(&o.stdout)
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Unblocked: the next packet passes.
     let o = cli(None, &["unblock", &peer, "--socket", s]);
@@ -503,7 +635,9 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     assert!(text(&o).contains("nothing is blocked"), "{}", text(&o));
 
     // The events and the audit trail.
-    let started = wait_event(&dir, "admin block_started", |e| e["event"] == "block_started");
+    let started = wait_event(&dir, "admin block_started", |e| {
+        e["event"] == "block_started"
+    });
     assert_eq!(started["origin"], "admin");
     assert_eq!(started["reason"], "incident 42");
     assert_eq!(started["uid"], 0);
@@ -515,10 +649,18 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let admin: Vec<&Value> = audit.iter().filter(|r| r["kind"] == "admin_action").collect();
+    let admin: Vec<&Value> = audit
+        .iter()
+        .filter(|r| r["kind"] == "admin_action")
+        .collect();
     let summary: Vec<(String, String)> = admin
         .iter()
-        .map(|r| (r["action"].as_str().unwrap().into(), r["result"].as_str().unwrap().into()))
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap().into(),
+                r["result"].as_str().unwrap().into(),
+            )
+        })
         .collect();
     assert_eq!(
         summary,
@@ -544,5 +686,8 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     let o = cli(None, &["audit", "verify", audit_path.to_str().unwrap()]);
     assert!(o.status.success(), "the chain is intact: {}", text(&o));
     drop(agent);
-    assert!(!socket.exists(), "the agent removes its socket when it stops");
+    assert!(
+        !socket.exists(),
+        "the agent removes its socket when it stops"
+    );
 }

@@ -36,7 +36,9 @@ pub fn request(socket: &Path, req: &Request) -> Result<Response, String> {
         .read_line(&mut answer)
         .map_err(|e| format!("no answer from {shown}: {e}"))?;
     if answer.trim().is_empty() {
-        return Err(format!("the agent at {shown} closed the connection without an answer"));
+        return Err(format!(
+            "the agent at {shown} closed the connection without an answer"
+        ));
     }
     serde_json::from_str(answer.trim()).map_err(|e| format!("unreadable answer from {shown}: {e}"))
 }
@@ -104,7 +106,12 @@ pub fn table(blocks: &[BlockInfo]) -> String {
         (None, Some(uid)) => format!("admin (uid {uid})"),
         (None, None) => "admin".into(),
     };
-    let width = blocks.iter().map(|b| b.target.len()).max().unwrap_or(0).max(6);
+    let width = blocks
+        .iter()
+        .map(|b| b.target.len())
+        .max()
+        .unwrap_or(0)
+        .max(6);
     let by_width = blocks.iter().map(|b| by(b).len()).max().unwrap_or(0).max(2);
     let mut s = format!(
         "{:<width$}  {:<by_width$}  {:<30}  {:>9}  REASON\n",

@@ -80,7 +80,10 @@ fn reason_bytes(text: &str) -> [u8; BLOCK_REASON_LEN] {
 /// Checks an admin block's reason: printable, at most `BLOCK_REASON_LEN` bytes.
 fn check_reason(r: &str) -> Result<(), String> {
     if r.trim().is_empty() {
-        return Err("a reason is required (--reason TEXT): it is kept with the block and in the audit log".into());
+        return Err(
+            "a reason is required (--reason TEXT): it is kept with the block and in the audit log"
+                .into(),
+        );
     }
     if r.len() > BLOCK_REASON_LEN {
         return Err(format!(
@@ -106,7 +109,10 @@ pub fn parse_block_duration(text: &str) -> Result<Duration, String> {
         format!("'{t}' is not a duration: expected seconds or a number with one unit, like 90s, 10m, 2h, 1d")
     })?);
     if d < Duration::from_secs(1) {
-        return Err(format!("'{}' is too short: a block lasts at least 1s", text.trim()));
+        return Err(format!(
+            "'{}' is too short: a block lasts at least 1s",
+            text.trim()
+        ));
     }
     if d > MAX_ADMIN_BLOCK {
         return Err(format!(
@@ -248,7 +254,12 @@ impl Admin {
             Request::Unblock { target } => {
                 let fields = json!({ "target": target });
                 let r = self.unblock(&target);
-                self.audit(peer, "unblock", fields, r.as_deref().map_err(String::as_str));
+                self.audit(
+                    peer,
+                    "unblock",
+                    fields,
+                    r.as_deref().map_err(String::as_str),
+                );
                 match r {
                     Ok(m) => Response::done(m),
                     Err(e) => Response::error(e),
@@ -257,7 +268,13 @@ impl Admin {
         }
     }
 
-    fn block(&self, peer: Peer, target: &str, duration: &str, reason: &str) -> Result<String, String> {
+    fn block(
+        &self,
+        peer: Peer,
+        target: &str,
+        duration: &str,
+        reason: &str,
+    ) -> Result<String, String> {
         let net = parse_target(target)?;
         let d = parse_block_duration(duration)?;
         check_reason(reason)?;
@@ -271,7 +288,10 @@ impl Admin {
             uid: peer.uid,
             reason: reason_bytes(reason),
         };
-        let mut book = self.book.lock().map_err(|_| "internal error: block table lock poisoned")?;
+        let mut book = self
+            .book
+            .lock()
+            .map_err(|_| "internal error: block table lock poisoned")?;
         let before = book.table.get(net).map_err(|e| e.to_string())?;
         book.table.insert(net, &value).map_err(|e| {
             format!("cannot block {net}: {e} (the blocked table holds at most 65,536 prefixes per family)")
@@ -282,7 +302,10 @@ impl Admin {
         self.event(&blocks::line(net, &value, None, now, &ctx));
         let until = rfc3339(wall_at(value.until_ns));
         Ok(match before.filter(|b| b.active(now)) {
-            Some(_) => format!("{net} was already blocked; now blocked for {} (until {until})", format_duration(d)),
+            Some(_) => format!(
+                "{net} was already blocked; now blocked for {} (until {until})",
+                format_duration(d)
+            ),
             None => format!("blocked {net} for {} (until {until})", format_duration(d)),
         })
     }
@@ -290,7 +313,10 @@ impl Admin {
     fn unblock(&self, target: &str) -> Result<String, String> {
         let net = parse_target(target)?;
         let now = coarse_now_ns();
-        let mut book = self.book.lock().map_err(|_| "internal error: block table lock poisoned")?;
+        let mut book = self
+            .book
+            .lock()
+            .map_err(|_| "internal error: block table lock poisoned")?;
         let live = book
             .table
             .get(net)
@@ -302,20 +328,32 @@ impl Admin {
                 _ => None,
             };
             return Err(match inside {
-                Some(b) => format!("{net} is not blocked itself; it is inside the block {}: unblock that", b.net),
+                Some(b) => format!(
+                    "{net} is not blocked itself; it is inside the block {}: unblock that",
+                    b.net
+                ),
                 None => format!("{net} is not blocked"),
             });
         };
         book.table.remove(net).map_err(|e| e.to_string())?;
         book.known.remove(&net);
         drop(book);
-        self.event(&blocks::line(net, &value, Some("unblocked"), now, &self.ctx()));
+        self.event(&blocks::line(
+            net,
+            &value,
+            Some("unblocked"),
+            now,
+            &self.ctx(),
+        ));
         Ok(format!("unblocked {net}"))
     }
 
     fn list(&self) -> Result<Vec<BlockInfo>, String> {
         let now = coarse_now_ns();
-        let book = self.book.lock().map_err(|_| "internal error: block table lock poisoned")?;
+        let book = self
+            .book
+            .lock()
+            .map_err(|_| "internal error: block table lock poisoned")?;
         let mut all = book.table.list().map_err(|e| e.to_string())?;
         drop(book);
         all.retain(|b| b.value.active(now));
@@ -377,7 +415,8 @@ fn wall_now() -> u64 {
 
 /// Wall-clock ns of a coarse monotonic time.
 fn wall_at(mono_ns: u64) -> u64 {
-    (i128::from(mono_ns) + crate::events::record::boot_offset_ns()).clamp(0, i128::from(u64::MAX)) as u64
+    (i128::from(mono_ns) + crate::events::record::boot_offset_ns()).clamp(0, i128::from(u64::MAX))
+        as u64
 }
 
 /// A block as `blocks` and `explain` show it; `limits` names limit ids.
@@ -423,7 +462,7 @@ pub fn start_sweeper(admin: Arc<Admin>, reader: LimitReader) {
                     }
                     Err(_) => {}
                 }
-                if tick % per_measure == 0 {
+                if tick.is_multiple_of(per_measure) {
                     let now = coarse_now_ns();
                     let window = TRACKED_WINDOW.as_nanos() as u64;
                     let tracked = metrics
@@ -455,20 +494,54 @@ mod tests {
 
     #[test]
     fn targets_durations_and_reasons_are_checked() {
-        assert_eq!(parse_target("192.0.2.7").unwrap().to_string(), "192.0.2.7/32");
-        assert_eq!(parse_target("2001:db8::/48").unwrap().to_string(), "2001:db8::/48");
-        assert!(parse_target("192.0.2.7/24").unwrap_err().contains("did you mean 192.0.2.0/24"));
-        assert!(parse_target("banana").unwrap_err().contains("not an IP address"));
-        assert!(parse_target("0.0.0.0/0").unwrap_err().contains("would block every source"));
+        assert_eq!(
+            parse_target("192.0.2.7").unwrap().to_string(),
+            "192.0.2.7/32"
+        );
+        assert_eq!(
+            parse_target("2001:db8::/48").unwrap().to_string(),
+            "2001:db8::/48"
+        );
+        assert!(
+            parse_target("192.0.2.7/24")
+                .unwrap_err()
+                .contains("did you mean 192.0.2.0/24")
+        );
+        assert!(
+            parse_target("banana")
+                .unwrap_err()
+                .contains("not an IP address")
+        );
+        assert!(
+            parse_target("0.0.0.0/0")
+                .unwrap_err()
+                .contains("would block every source")
+        );
         assert_eq!(parse_block_duration("10m"), Ok(Duration::from_secs(600)));
         assert_eq!(parse_block_duration("30d"), Ok(MAX_ADMIN_BLOCK));
-        assert!(parse_block_duration("0").unwrap_err().contains("at least 1s"));
-        assert!(parse_block_duration("31d").unwrap_err().contains("at most 30d"));
-        assert!(parse_block_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_block_duration("0")
+                .unwrap_err()
+                .contains("at least 1s")
+        );
+        assert!(
+            parse_block_duration("31d")
+                .unwrap_err()
+                .contains("at most 30d")
+        );
+        assert!(
+            parse_block_duration("soon")
+                .unwrap_err()
+                .contains("not a duration")
+        );
         assert!(check_reason("port scan from 192.0.2.7").is_ok());
         assert!(check_reason(" ").is_err());
         assert!(check_reason("a\nb").is_err());
-        assert!(check_reason(&"x".repeat(97)).unwrap_err().contains("at most 96"));
+        assert!(
+            check_reason(&"x".repeat(97))
+                .unwrap_err()
+                .contains("at most 96")
+        );
         assert_eq!(&reason_bytes("scan")[..5], b"scan\0");
     }
 }

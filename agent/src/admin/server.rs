@@ -54,7 +54,8 @@ impl Socket {
         // is never reachable with the process umask's mode.
         let tmp = dir.join(format!(
             ".{}.{}",
-            path.file_name().map_or("admin".into(), |n| n.to_string_lossy()),
+            path.file_name()
+                .map_or("admin".into(), |n| n.to_string_lossy()),
             std::process::id()
         ));
         let _ = std::fs::remove_file(&tmp);
@@ -121,9 +122,9 @@ async fn answer(stream: UnixStream, admin: Arc<Admin>) {
     let request = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
         Err(_) => Err("no request within 5 s".to_string()),
         Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
-        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => {
-            Err(format!("the request is longer than {MAX_REQUEST_BYTES} bytes"))
-        }
+        Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => Err(format!(
+            "the request is longer than {MAX_REQUEST_BYTES} bytes"
+        )),
         Ok(Ok(_)) => serde_json::from_str::<Request>(line.trim()).map_err(|e| e.to_string()),
     };
     let handler = admin.clone();

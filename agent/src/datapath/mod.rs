@@ -20,9 +20,9 @@ use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use tierguard_common::maps::{PROG_INGRESS, names, programs};
 
 pub use attach::{AttachMode, Attachment, ifindex};
+pub use blocks::{Block, BlockTable};
 pub use error::{DatapathError, Result};
 pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config, ns_per_jiffy};
-pub use blocks::{Block, BlockTable};
 pub use flows::{FlowAccounting, FlowSweep, FlowSweeper, coarse_now_ns};
 pub use limit_tables::{LimitCounters, LimitReader, state_bytes};
 pub use stats::{FlowCounters, Stats, StatsKey, StatsReader, verdicts_of};

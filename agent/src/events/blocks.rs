@@ -74,13 +74,23 @@ fn limit_name(ctx: &Context, id: u16) -> String {
 
 /// The reason text of an admin block.
 pub fn reason_text(v: &BlockValue) -> String {
-    let end = v.reason.iter().position(|&b| b == 0).unwrap_or(v.reason.len());
+    let end = v
+        .reason
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(v.reason.len());
     String::from_utf8_lossy(&v.reason[..end]).into_owned()
 }
 
 /// A line for a block in the table: `block_started` (cause `None`) or
 /// `block_ended` (with its cause), stamped `now_mono`.
-pub fn line(net: IpNetwork, v: &BlockValue, cause: Option<&'static str>, now_mono: u64, ctx: &Context) -> BlockLine {
+pub fn line(
+    net: IpNetwork,
+    v: &BlockValue,
+    cause: Option<&'static str>,
+    now_mono: u64,
+    ctx: &Context,
+) -> BlockLine {
     let admin = v.origin == BLOCK_ADMIN;
     let now = wall(now_mono, ctx);
     BlockLine {
@@ -129,7 +139,9 @@ pub fn started_by_limit(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> Bl
         .and_then(|a| IpNetwork::new(a, e.block_len).ok())
         .and_then(|n| IpNetwork::new(n.network(), n.prefix()).ok());
     let v = BlockValue {
-        until_ns: e.time_ns.saturating_add(u64::from(e.block_secs) * 1_000_000_000),
+        until_ns: e
+            .time_ns
+            .saturating_add(u64::from(e.block_secs) * 1_000_000_000),
         created_ns: e.time_ns,
         origin: e.list_id,
         len: e.block_len,
@@ -184,10 +196,16 @@ mod tests {
         let j = serde_json::to_value(&l).unwrap();
         assert_eq!(j["event"], "block_started");
         assert_eq!(j["block"], "198.51.100.0/24");
-        assert_eq!((j["origin"].as_str(), j["limit"].as_str()), (Some("limit"), Some("syn-flood")));
+        assert_eq!(
+            (j["origin"].as_str(), j["limit"].as_str()),
+            (Some("limit"), Some("syn-flood"))
+        );
         assert_eq!(j["duration_seconds"], 60);
         assert_eq!(j["src"], "198.51.100.77");
-        assert_eq!((j["dst_port"].as_u64(), j["tcp_flags"].as_str()), (Some(443), Some("S")));
+        assert_eq!(
+            (j["dst_port"].as_u64(), j["tcp_flags"].as_str()),
+            (Some(443), Some("S"))
+        );
         assert_eq!(j["interface"], "lo");
         assert_eq!(j["started"], "2001-09-09T01:46:45.000000000Z");
         assert_eq!(j["until"], "2001-09-09T01:47:45.000000000Z");
@@ -206,10 +224,18 @@ mod tests {
         };
         v.reason[..4].copy_from_slice(b"scan");
         let net: IpNetwork = "192.0.2.7/32".parse().unwrap();
-        let j = serde_json::to_value(line(net, &v, Some("unblocked"), 200_000_000_000, &ctx())).unwrap();
+        let j = serde_json::to_value(line(net, &v, Some("unblocked"), 200_000_000_000, &ctx()))
+            .unwrap();
         assert_eq!(j["event"], "block_ended");
         assert_eq!(j["cause"], "unblocked");
-        assert_eq!((j["origin"].as_str(), j["reason"].as_str(), j["uid"].as_u64()), (Some("admin"), Some("scan"), Some(0)));
+        assert_eq!(
+            (
+                j["origin"].as_str(),
+                j["reason"].as_str(),
+                j["uid"].as_u64()
+            ),
+            (Some("admin"), Some("scan"), Some(0))
+        );
         assert_eq!(j["duration_seconds"], 600);
         assert!(j.get("limit").is_none() && j.get("src").is_none());
     }

@@ -90,7 +90,13 @@ impl LimitMetrics {
             _ => (Vec::new(), None),
         };
         let tracked = self.tracked.lock().map(|t| t.clone()).unwrap_or_default();
-        let families = families(&limits, &counters, &tracked, self.blocked.load(Ordering::Relaxed), self.state_bytes);
+        let families = families(
+            &limits,
+            &counters,
+            &tracked,
+            self.blocked.load(Ordering::Relaxed),
+            self.state_bytes,
+        );
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
             return (String::new(), Some(e.to_string()));
@@ -106,11 +112,21 @@ fn families(
     blocked: i64,
     state_bytes: u64,
 ) -> Vec<MetricFamily> {
-    let (mut packets, mut blocks, mut failures, mut overflow, mut lost, mut keys) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut packets, mut blocks, mut failures, mut overflow, mut lost, mut keys) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for (l, c) in limits.iter().zip(counters) {
         let name = || label("limit", &l.name);
-        for (result, n) in [("passed", c.passed), ("dropped", c.dropped), ("audited", c.audited)] {
+        for (result, n) in [
+            ("passed", c.passed),
+            ("dropped", c.dropped),
+            ("audited", c.audited),
+        ] {
             packets.push(counter(vec![name(), label("result", result)], n));
         }
         blocks.push(counter(vec![name()], c.blocks));
@@ -136,12 +152,42 @@ fn families(
         ),
     ];
     for (name, help, kind, metrics) in [
-        ("limit_packets_total", "Packets each limit matched, by result: passed (within it), dropped (over it, action drop or block), audited (over it, action audit).", MetricType::COUNTER, packets),
-        ("limit_blocks_total", "Blocks each limit started (one per crossing of its threshold).", MetricType::COUNTER, blocks),
-        ("limit_block_failures_total", "Blocks a limit could not start because the blocked table was full.", MetricType::COUNTER, failures),
-        ("limit_overflow_packets_total", "Packets charged to a per-key limit's overflow bucket: their key found both of its slots held by other keys in use.", MetricType::COUNTER, overflow),
-        ("limit_block_events_lost_total", "Block-started events the full ring buffer refused (the blocks themselves started).", MetricType::COUNTER, lost),
-        ("limit_tracked_keys", "Slots of each per-key limit holding a key seen in the last 60 s, at the last measure (every 10 s).", MetricType::GAUGE, keys),
+        (
+            "limit_packets_total",
+            "Packets each limit matched, by result: passed (within it), dropped (over it, action drop or block), audited (over it, action audit).",
+            MetricType::COUNTER,
+            packets,
+        ),
+        (
+            "limit_blocks_total",
+            "Blocks each limit started (one per crossing of its threshold).",
+            MetricType::COUNTER,
+            blocks,
+        ),
+        (
+            "limit_block_failures_total",
+            "Blocks a limit could not start because the blocked table was full.",
+            MetricType::COUNTER,
+            failures,
+        ),
+        (
+            "limit_overflow_packets_total",
+            "Packets charged to a per-key limit's overflow bucket: their key found both of its slots held by other keys in use.",
+            MetricType::COUNTER,
+            overflow,
+        ),
+        (
+            "limit_block_events_lost_total",
+            "Block-started events the full ring buffer refused (the blocks themselves started).",
+            MetricType::COUNTER,
+            lost,
+        ),
+        (
+            "limit_tracked_keys",
+            "Slots of each per-key limit holding a key seen in the last 60 s, at the last measure (every 10 s).",
+            MetricType::GAUGE,
+            keys,
+        ),
     ] {
         // The text encoder refuses a family without samples.
         if !metrics.is_empty() {
@@ -179,7 +225,10 @@ mod tests {
         }];
         let mut buf = Vec::new();
         TextEncoder::new()
-            .encode(&families(&limits, &counters, &[42], 2, 12_583_424), &mut buf)
+            .encode(
+                &families(&limits, &counters, &[42], 2, 12_583_424),
+                &mut buf,
+            )
             .unwrap();
         let text = String::from_utf8(buf).unwrap();
         for want in [
@@ -197,7 +246,13 @@ mod tests {
         }
         // No limits: only the two gauges.
         let mut buf = Vec::new();
-        TextEncoder::new().encode(&families(&[], &[], &[], 0, 1), &mut buf).unwrap();
-        assert!(!String::from_utf8(buf).unwrap().contains("limit_packets_total"));
+        TextEncoder::new()
+            .encode(&families(&[], &[], &[], 0, 1), &mut buf)
+            .unwrap();
+        assert!(
+            !String::from_utf8(buf)
+                .unwrap()
+                .contains("limit_packets_total")
+        );
     }
 }

@@ -154,7 +154,13 @@ pub fn describe(l: &Limit) -> String {
     if let Some(ports) = &l.ports {
         let p: Vec<String> = ports
             .iter()
-            .map(|&(lo, hi)| if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") })
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
             .collect();
         let _ = write!(what, " ports {}", p.join(","));
     }

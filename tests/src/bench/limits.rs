@@ -20,8 +20,7 @@ use tierguard_common::{
     build::{udp, v4_frame},
     limit::Bucket,
     limiter::{
-        BLOCK_ADMIN, BLOCK_CAPACITY, BlockValue, Buckets, MAX_LIMITS, SLOTS_PER_LIMIT, Slot,
-        v4_key,
+        BLOCK_ADMIN, BLOCK_CAPACITY, BlockValue, Buckets, MAX_LIMITS, SLOTS_PER_LIMIT, Slot, v4_key,
     },
     maps::{BENCH_SOURCES_CAPACITY, names, programs},
     packet::PROTO_UDP,
@@ -80,7 +79,6 @@ fn memlock(pins: &Path, name: &str) -> u64 {
         })
         .unwrap_or(0)
 }
-
 
 fn random_sources(rng: &mut Rng) -> Vec<[u8; 16]> {
     (0..BENCH_SOURCES_CAPACITY)
@@ -220,8 +218,16 @@ pub fn render(s: &mut String, r: &LimitRows) {
     let rows = [
         ("empty program", r.empty, 0.0),
         ("rotation alone", r.rotation, 0.0),
-        ("fixed source, no limit configured", r.no_limit, r.no_limit - r.empty),
-        ("known source within its limit (its own slot)", r.known, r.known - r.empty),
+        (
+            "fixed source, no limit configured",
+            r.no_limit,
+            r.no_limit - r.empty,
+        ),
+        (
+            "known source within its limit (its own slot)",
+            r.known,
+            r.known - r.empty,
+        ),
         (
             "65,536 rotating sources, high per-key rate (each takes an idle slot)",
             r.taking,
@@ -237,7 +243,11 @@ pub fn render(s: &mut String, r: &LimitRows) {
             r.blocks_miss,
             r.blocks_miss - r.rotation,
         ),
-        ("blocked source, blocked table full", r.blocked, r.blocked - r.empty),
+        (
+            "blocked source, blocked table full",
+            r.blocked,
+            r.blocked - r.empty,
+        ),
     ];
     for (case, ns, over) in rows {
         let _ = writeln!(s, "| {case} | {ns:.1} | {over:.1} |");
