@@ -321,9 +321,16 @@ fn read_block(
     src: IpAddr,
     config: &Config,
 ) -> Result<Option<BlockInfo>, String> {
+    let pinned = pin_path.join(tierguard_common::maps::names::BLOCKS_V4);
+    if !pinned.exists() {
+        return Err(format!(
+            "blocks unknown: no agent has pinned its maps under {} on this machine (or they are not visible to this user)",
+            pin_path.display()
+        ));
+    }
     let table = crate::datapath::BlockTable::open(pin_path).map_err(|e| {
         format!(
-            "blocks unknown: cannot read the running agent's blocked table under {} ({e}); run as root where the agent runs",
+            "blocks unknown: cannot read the running agent's blocked table under {} ({e}); run as root",
             pin_path.display()
         )
     })?;

@@ -1139,9 +1139,17 @@ fn agent_runs_with_the_units_privileges_and_serves_every_dashboard_query() {
         "pin_path = \"/sys/fs/bpf/tierguard\"",
         &format!("pin_path = \"{}\"", pins.path().display()),
     );
+    // A private admin socket: another agent may serve the default one.
+    let admin = dir.join("run/admin.sock");
+    let policy = policy.replace(
+        "admin_socket = \"/run/tierguard/admin.sock\"",
+        &format!("admin_socket = \"{}\"", admin.display()),
+    );
     assert!(
-        policy.contains(&lab.node_if) && policy.contains(pins.path().to_str().unwrap()),
-        "the example policy's interfaces and pin_path lines were rewritten"
+        policy.contains(&lab.node_if)
+            && policy.contains(pins.path().to_str().unwrap())
+            && policy.contains(admin.to_str().unwrap()),
+        "the example policy's interfaces, pin_path and admin_socket lines were rewritten"
     );
     let config = dir.join("policy.toml");
     std::fs::write(&config, &policy).unwrap();
