@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, Map, MapData};
 use ipnetwork::IpNetwork;
@@ -35,8 +35,12 @@ pub use server::{Socket, serve};
 
 /// Longest block the admin socket accepts.
 pub const MAX_ADMIN_BLOCK: Duration = Duration::from_secs(30 * 86_400);
-/// How often expired blocks are removed (and their end reported).
+/// How often expired blocks are removed (and their end reported), at most.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Blocks read per second of sweep interval: the sweep reads every entry (two
+/// syscalls each, about 2.4 µs), so with many blocks it runs less often,
+/// keeping it near 2 % of a CPU (docs/design/limits.md).
+pub const SWEEP_BLOCKS_PER_SECOND: usize = 10_000;
 /// How often the limits' slot tables are measured (a read per slot).
 pub const TRACKED_INTERVAL: Duration = Duration::from_secs(10);
 /// A key counts as tracked if it was seen within this window.
@@ -442,27 +446,40 @@ pub fn info(b: &Block, now: u64, limits: &[String]) -> BlockInfo {
 
 /// Sweeps blocks every second and measures the limits' slot tables every
 /// ten, on a thread of its own (both are map syscalls, a read per entry).
+/// Time until the next sweep with `blocks` in force: a second, or one per
+/// `SWEEP_BLOCKS_PER_SECOND` blocks.
+pub fn sweep_interval(blocks: usize) -> Duration {
+    SWEEP_INTERVAL.max(Duration::from_secs(
+        blocks.div_ceil(SWEEP_BLOCKS_PER_SECOND) as u64,
+    ))
+}
+
 pub fn start_sweeper(admin: Arc<Admin>, reader: LimitReader) {
     let metrics = admin.metrics.clone();
     let spawned = std::thread::Builder::new()
         .name("tg-blocks".into())
         .spawn(move || {
             let mut warned = false;
-            let per_measure = (TRACKED_INTERVAL.as_secs() / SWEEP_INTERVAL.as_secs()).max(1);
-            let mut tick = 0u64;
+            let (mut sweep_at, mut measure_at) = (Instant::now(), Instant::now());
             loop {
-                match admin.sweep() {
-                    Ok(n) => {
-                        metrics.set_blocked(n);
-                        warned = false;
-                    }
-                    Err(e) if !warned => {
-                        tracing::warn!(error = %e, "cannot sweep the blocked table");
-                        warned = true;
-                    }
-                    Err(_) => {}
+                if Instant::now() >= sweep_at {
+                    let n = match admin.sweep() {
+                        Ok(n) => {
+                            metrics.set_blocked(n);
+                            warned = false;
+                            n
+                        }
+                        Err(e) => {
+                            if !warned {
+                                tracing::warn!(error = %e, "cannot sweep the blocked table");
+                                warned = true;
+                            }
+                            0
+                        }
+                    };
+                    sweep_at = Instant::now() + sweep_interval(n);
                 }
-                if tick.is_multiple_of(per_measure) {
+                if Instant::now() >= measure_at {
                     let now = coarse_now_ns();
                     let window = TRACKED_WINDOW.as_nanos() as u64;
                     let tracked = metrics
@@ -478,8 +495,8 @@ pub fn start_sweeper(admin: Arc<Admin>, reader: LimitReader) {
                         })
                         .collect();
                     metrics.set_tracked(tracked);
+                    measure_at = Instant::now() + TRACKED_INTERVAL;
                 }
-                tick += 1;
                 std::thread::sleep(SWEEP_INTERVAL);
             }
         });
@@ -543,5 +560,13 @@ mod tests {
                 .contains("at most 96")
         );
         assert_eq!(&reason_bytes("scan")[..5], b"scan\0");
+    }
+
+    #[test]
+    fn the_sweep_slows_down_with_many_blocks() {
+        assert_eq!(sweep_interval(0), Duration::from_secs(1));
+        assert_eq!(sweep_interval(10_000), Duration::from_secs(1));
+        assert_eq!(sweep_interval(10_001), Duration::from_secs(2));
+        assert_eq!(sweep_interval(131_072), Duration::from_secs(14));
     }
 }

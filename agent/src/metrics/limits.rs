@@ -140,7 +140,7 @@ fn families(
     let mut out = vec![
         family(
             "blocked_sources",
-            "Prefixes blocked now (by limits and over the admin socket), at the last sweep (every second).",
+            "Prefixes blocked now (by limits and over the admin socket), at the last sweep.",
             MetricType::GAUGE,
             vec![gauge(Vec::new(), blocked as f64)],
         ),
