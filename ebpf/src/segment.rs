@@ -4,7 +4,7 @@
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
 use tierguard_common::{
     Reason,
-    decide::{Decision, Tables},
+    decide::{Decision, NO_ID, Tables},
     limiter::LimitOutcome,
     maps::{Counter, Direction, ListEntry},
     packet::Packet,
@@ -253,10 +253,18 @@ pub fn after(dir: Direction, meta: &SegMeta, p: &Packet, d: &Decision, len: u32)
         // (in audit mode too), or their replies would be reported as drops.
         Reason::AllowList | Reason::RuleAllow | Reason::RuleAudit | Reason::DefaultAllow => true,
         Reason::RuleDeny | Reason::DefaultDeny => d.verdict.passes(),
+        // Over an audit limit: the later stages passed it (its id is the
+        // limit's, not a rule's).
+        Reason::LimitAudit => true,
         _ => false,
     };
     if opens && opens_flow(p) {
-        open_flow(dir, p, d.id);
+        let rule = if d.reason == Reason::LimitAudit {
+            NO_ID
+        } else {
+            d.id
+        };
+        open_flow(dir, p, rule);
     }
 }
 

@@ -961,3 +961,52 @@ fn the_kernel_skips_the_blocked_tries_only_while_they_are_empty() {
     t.settle_presence(true).unwrap();
     assert_eq!(present(&mut f), 1, "the tries were read again");
 }
+
+#[test]
+fn a_connection_over_an_audit_limit_is_reported_and_its_replies_still_pass() {
+    let mut f = fixture(
+        "limit-audit-flow",
+        r#"
+[segmentation]
+default = "deny"
+
+[[zones]]
+name = "web"
+cidrs = ["10.0.0.0/24"]
+
+[[rules]]
+name = "https"
+from = "world"
+to = "web"
+protocol = "tcp"
+ports = [443]
+action = "allow"
+
+[[limits]]
+name = "watch"
+protocol = "tcp"
+tcp_flags = "syn"
+pps = 1
+burst = 1
+action = "audit"
+"#,
+    );
+    let syn = |sport| v4_frame(A4, NODE4, PROTO_TCP, &tcp(sport, 443, TCP_SYN, 0));
+    f.expect(&syn(40000), Reason::RuleAllow);
+    f.expect(&syn(40001), Reason::LimitAudit);
+    // The node's SYN-ACK to the audited connection leaves as an established reply.
+    let reply = v4_frame(NODE4, A4, PROTO_TCP, &tcp(443, 40001, TCP_SYN | TCP_ACK, 0));
+    let r = f.dp.test_run(programs::EGRESS, &reply, 1).unwrap();
+    assert_eq!(r.action, tierguard::datapath::TC_PASS);
+    let stats = f.dp.stats_reader().unwrap();
+    assert_eq!(
+        stats
+            .counter(0, Direction::Egress, Reason::Established)
+            .unwrap()
+            .packets,
+        1
+    );
+    // An audit limit never lets past what the rules deny.
+    let other = v4_frame(A4, NODE4, PROTO_TCP, &tcp(40002, 22, TCP_SYN, 0));
+    f.expect(&other, Reason::DefaultDeny);
+}

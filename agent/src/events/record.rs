@@ -314,6 +314,29 @@ mod tests {
     }
 
     #[test]
+    fn limit_reasons_name_the_limit_not_a_list() {
+        let ctx = Context {
+            lists: vec!["l0".into(), "l1".into()],
+            limits: vec!["syn-flood".into(), "udp".into()],
+            ..Context::default()
+        };
+        let mut e = Event::EMPTY;
+        e.reason = Reason::LimitAudit as u8;
+        e.verdict = 2;
+        e.list_id = 1;
+        let l = enrich(&e, &ctx, &mut Interfaces::default());
+        assert_eq!((l.verdict, l.event), ("audit", "packet"));
+        assert_eq!((l.limit.as_deref(), l.limit_id), (Some("udp"), Some(1)));
+        assert_eq!((l.list, l.list_id), (None, None));
+        // A block made over the admin socket has no limit.
+        e.reason = Reason::Blocked as u8;
+        e.verdict = 1;
+        e.list_id = NO_ID;
+        let l = enrich(&e, &ctx, &mut Interfaces::default());
+        assert_eq!((l.reason, l.limit, l.list), ("blocked", None, None));
+    }
+
+    #[test]
     fn tcp_records_carry_ports_and_flags_and_v6_addresses_print() {
         let mut e = Event::EMPTY;
         e.family = 6;

@@ -268,7 +268,7 @@ pub fn render(s: &mut String, r: &LimitRows) {
             r.blocks_miss - r.rotation,
         ),
         (
-            "blocked source, blocked table full",
+            "blocked source, blocked tables full",
             r.blocked,
             r.blocked - r.empty,
         ),
