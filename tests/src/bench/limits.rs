@@ -48,6 +48,12 @@ pub struct LimitRows {
     pub full: f64,
     /// Rotating sources not blocked, with the blocked table full.
     pub blocks_miss: f64,
+    /// A global limit (one bucket shared by every CPU), fixed source.
+    pub global: f64,
+    /// Two CPUs at once: a global limit (both write its bucket), and a
+    /// per-source limit with one source per CPU (each its own slot).
+    pub global_two_cpus: f64,
+    pub per_source_two_cpus: f64,
     /// A blocked source, with the blocked table full.
     pub blocked: f64,
     /// Kernel memory (bytes, from the maps' fdinfo).
@@ -152,6 +158,28 @@ fn fill_blocks(pins: &Path, rng: &mut Rng) {
     }
 }
 
+/// The ingress program run on CPU 0 and CPU 1 at the same time, one frame
+/// each, against the same pinned maps (a second agent's programs adopt
+/// them): the mean of the two medians, in ns per packet.
+fn two_cpus(dp: &mut Datapath, pins: &Path, frames: [&[u8]; 2]) -> f64 {
+    let mut other = Datapath::load(pins).unwrap_or_else(|e| panic!("second load: {e}"));
+    let run = |dp: &mut Datapath, cpu: usize, frame: &[u8]| {
+        // SAFETY: a cpu_set_t we own, for this thread only.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        }
+        median_ns(dp, programs::INGRESS, frame, XDP_PASS)
+    };
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| run(dp, 0, frames[0]));
+        let b = s.spawn(|| run(&mut other, 1, frames[1]));
+        (a.join().expect("cpu 0"), b.join().expect("cpu 1"))
+    });
+    (a + b) / 2.0
+}
+
 pub fn measure() -> LimitRows {
     let mut rng = Rng(0x11_3173);
     let known = v4_frame(KNOWN, NODE, PROTO_UDP, &udp(1234, 53, 18));
@@ -173,6 +201,24 @@ pub fn measure() -> LimitRows {
     let known_ns = median_ns(&mut dp, programs::INGRESS, &known, XDP_PASS);
     fill_sources(&mut dp, &sources);
     let taking = median_ns(&mut dp, programs::BENCH_INGRESS, &known, XDP_PASS);
+    drop(dp);
+    drop(pins);
+
+    // A global limit no packet here exceeds: alone, then from two CPUs at once.
+    let (mut dp, pins) = load(
+        "bench-limits-global",
+        "[[limits]]\nname = \"udp\"\nprotocol = \"udp\"\nper = \"global\"\npps = \"1G\"\nburst = \"1G\"\n",
+    );
+    let global = median_ns(&mut dp, programs::INGRESS, &known, XDP_PASS);
+    let global_two_cpus = two_cpus(&mut dp, pins.path(), [&known, &known]);
+    drop(dp);
+    drop(pins);
+    let (mut dp, pins) = load(
+        "bench-limits-two",
+        "[[limits]]\nname = \"udp\"\nprotocol = \"udp\"\npps = \"1G\"\nburst = \"1G\"\n",
+    );
+    let other = v4_frame([192, 0, 2, 2], NODE, PROTO_UDP, &udp(1234, 53, 18));
+    let per_source_two_cpus = two_cpus(&mut dp, pins.path(), [&known, &other]);
     drop(dp);
     drop(pins);
 
@@ -213,6 +259,9 @@ pub fn measure() -> LimitRows {
         no_limit,
         known: known_ns,
         taking,
+        global,
+        global_two_cpus,
+        per_source_two_cpus,
         full,
         blocks_miss,
         blocked,
@@ -261,6 +310,21 @@ pub fn render(s: &mut String, r: &LimitRows) {
             "65,536 rotating sources, every slot held (overflow bucket, dropped)",
             r.full,
             r.full - r.rotation,
+        ),
+        (
+            "global limit, fixed source (one shared bucket)",
+            r.global,
+            r.global - r.empty,
+        ),
+        (
+            "global limit, two CPUs at once (both write its bucket)",
+            r.global_two_cpus,
+            r.global_two_cpus - r.empty,
+        ),
+        (
+            "per-source limit, two CPUs at once, one source each (no shared line)",
+            r.per_source_two_cpus,
+            r.per_source_two_cpus - r.empty,
         ),
         (
             "65,536 rotating sources not blocked, blocked tables full (131,072 prefixes)",
@@ -319,13 +383,19 @@ pub fn render(s: &mut String, r: &LimitRows) {
     let _ = writeln!(
         s,
         "\n- Known source: `tierguard_ingress` on one frame; the key owns its slot (a cache line that stays hot).\n\
+- Two CPUs at once: the ingress program runs on CPU 0 and CPU 1 simultaneously (a second loader's programs \
+  on the same pinned maps). A global limit's one bucket is written by both, so its cache line moves between \
+  them; with a per-source limit each CPU's source has its own slot. The difference is what the shared bucket \
+  costs (docs/design/limits.md: why global limits share one bucket rather than split the rate per CPU).\n\
 - Every slot held: each of the 16,384 slots of the limit belongs to another key that has just spent its burst \
   (busy for burst/rate = 1,000 s), so every rotating source reads its two candidate slots, finds both busy and \
   is charged to the overflow bucket, which it has spent: the worst case of a spoofed flood.\n\
 - The blocked tables are full: 65,535 random IPv4 /32s and the measured /24, and 65,536 random IPv6 /128s. Every packet pays one longest-prefix lookup in the trie of its family (docs/design/limits.md).\n\
 - The agent's sweeper reads every blocked entry at each sweep (to end expired blocks): with both tables full \
   that read took {:.0} ms here; the sweep runs every second up to 10,000 blocks, then once per 10,000 blocks' \
-  worth of seconds.",
+  worth of seconds.\n\n\
+Reproduce: `cargo xtask bench` (every section), or this section alone, printed: \
+`cargo run --release -p tierguard-tests --bin tierguard-bench -- --only limits`.",
         r.sweep.as_secs_f64() * 1000.0
     );
 }
