@@ -19,8 +19,13 @@ use crate::maps::{LIST_V4, LIST_V6, V4_CODES, V4_DIRECT, V6_TABLE, policy_meta};
 /// IPv6: the strides in use, longest first, so the first hit is the longest
 /// match; strides longer than /64 in the hash map, the others in the bucket table.
 ///
+/// IPv4 inline (no loop: a call would cost more than the lookup, see
+/// docs/design/egress.md, "Calls"); IPv6 as a call.
 #[inline(always)]
 pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
+    if p.family == 4 {
+        return lookup_v4(slot, p);
+    }
     let packed = lookup_source_packed(slot, p);
     if packed >> 32 == 0 {
         return None;
@@ -40,7 +45,7 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
 /// register: an `Option` return was compiled into code the verifier refuses.
 #[inline(never)]
 fn lookup_source_packed(slot: u8, p: &Packet) -> u64 {
-    match lookup(slot, p) {
+    match lookup_v6(slot, p) {
         Some(e) => {
             let id = e.list_id.to_ne_bytes();
             (1 << 32) | u64::from(u32::from_ne_bytes([id[0], id[1], e.action, e.orig_len]))
@@ -50,61 +55,62 @@ fn lookup_source_packed(slot: u8, p: &Packet) -> u64 {
 }
 
 #[inline(always)]
-fn lookup(slot: u8, p: &Packet) -> Option<ListEntry> {
-    if p.family == 4 {
-        let src = p.src_v4();
-        let idx = slash24(&src);
-        let block = u32::from(slot) * V4_DIRECT_BLOCKS + idx / V4_DIRECT_PER_BLOCK;
-        let code = match V4_DIRECT.get(block) {
-            Some(b) => b.codes[(idx % V4_DIRECT_PER_BLOCK) as usize],
-            None => 0,
+fn lookup_v4(slot: u8, p: &Packet) -> Option<ListEntry> {
+    let src = p.src_v4();
+    let idx = slash24(&src);
+    let block = u32::from(slot) * V4_DIRECT_BLOCKS + idx / V4_DIRECT_PER_BLOCK;
+    let code = match V4_DIRECT.get(block) {
+        Some(b) => b.codes[(idx % V4_DIRECT_PER_BLOCK) as usize],
+        None => 0,
+    };
+    if code == 0 {
+        return None;
+    }
+    let code = V4_CODES
+        .get(u32::from(slot) * V4_CODES_PER_SLOT + u32::from(code))
+        .copied();
+    resolve_v4(code, || {
+        let key = PrefixKeyV4 {
+            slot,
+            len: 32,
+            _pad: [0; 2],
+            addr: src,
         };
-        if code == 0 {
-            return None;
-        }
-        let code = V4_CODES
-            .get(u32::from(slot) * V4_CODES_PER_SLOT + u32::from(code))
-            .copied();
-        return resolve_v4(code, || {
-            let key = PrefixKeyV4 {
+        // SAFETY: the value is copied out before the map can change it.
+        unsafe { LIST_V4.get(&key) }.copied()
+    })
+}
+
+#[inline(always)]
+fn lookup_v6(slot: u8, p: &Packet) -> Option<ListEntry> {
+    let meta = policy_meta(slot);
+    let mut i = V6_STRIDES;
+    let table_strides = stride_bit(V6_TABLE_MAX_STRIDE) + 1;
+    while i > table_strides {
+        i -= 1;
+        if meta.v6_strides & (1 << i) != 0 {
+            let len = stride_len(i);
+            let key = PrefixKeyV6 {
                 slot,
-                len: 32,
+                len,
                 _pad: [0; 2],
-                addr: src,
+                addr: mask(&p.src, len),
             };
-            // SAFETY: the value is copied out before the map can change it.
-            unsafe { LIST_V4.get(&key) }.copied()
-        });
-    } else {
-        let meta = policy_meta(slot);
-        let mut i = V6_STRIDES;
-        let table_strides = stride_bit(V6_TABLE_MAX_STRIDE) + 1;
-        while i > table_strides {
-            i -= 1;
-            if meta.v6_strides & (1 << i) != 0 {
-                let len = stride_len(i);
-                let key = PrefixKeyV6 {
-                    slot,
-                    len,
-                    _pad: [0; 2],
-                    addr: mask(&p.src, len),
-                };
-                // SAFETY: as above.
-                if let Some(e) = unsafe { LIST_V6.get(&key) } {
-                    return Some(*e);
-                }
+            // SAFETY: as above.
+            if let Some(e) = unsafe { LIST_V6.get(&key) } {
+                return Some(*e);
             }
         }
-        let top = v6_top(&p.src);
-        let base = u32::from(slot) * V6_BUCKETS;
-        while i > 0 {
-            i -= 1;
-            if meta.v6_strides & (1 << i) != 0 {
-                let len = stride_len(i);
-                let found = v6_table_find(v6_mask64(top, len), len, |b| V6_TABLE.get(base + b));
-                if found.is_some() {
-                    return found;
-                }
+    }
+    let top = v6_top(&p.src);
+    let base = u32::from(slot) * V6_BUCKETS;
+    while i > 0 {
+        i -= 1;
+        if meta.v6_strides & (1 << i) != 0 {
+            let len = stride_len(i);
+            let found = v6_table_find(v6_mask64(top, len), len, |b| V6_TABLE.get(base + b));
+            if found.is_some() {
+                return found;
             }
         }
     }

@@ -23,6 +23,7 @@ use tierguard_common::{
     maps::{Direction, PROG_EGRESS, PROG_INGRESS},
     packet::Packet,
     parse::parse,
+    segment::SEG_ENABLED,
 };
 
 use crate::bytes::PacketBytes;
@@ -123,7 +124,10 @@ fn enforce_with(bytes: &PacketBytes, ifindex: u32, dir: Direction, over: Overrid
             Override::Dst(a) => p.dst = a,
         }
         let d = decide_packet(dir, slot, &p, meta, ifindex);
-        segment::after(dir, meta, &p, &d, len);
+        // Checked here, not in the callee: a call costs more than the check.
+        if meta.flags & SEG_ENABLED != 0 {
+            segment::after(dir, meta, &p, &d, len);
+        }
         d
     };
     let packet = (parsed == PARSED && p.family != 0).then_some(&p);
