@@ -319,6 +319,8 @@ pub async fn run(args: RunArgs) -> ExitCode {
             policy_hash: policy.hash.clone(),
             lists: policy.lists.iter().map(|l| l.name.clone()).collect(),
             limits: policy.limits.infos.iter().map(|l| l.name.clone()).collect(),
+            rules: policy.segmentation.rules.iter().map(|r| r.name.clone()).collect(),
+            zones: policy.segmentation.zones.iter().map(|z| z.name.clone()).collect(),
             boot_offset_ns: events::record::boot_offset_ns(),
         })),
         audit: Mutex::new(config.agent.audit_log.as_deref().and_then(|p| match AuditLog::open(p) {
@@ -723,6 +725,18 @@ fn reload(
                 c.policy_hash = policy.hash.clone();
                 c.lists = policy.lists.iter().map(|l| l.name.clone()).collect();
                 c.limits = policy.limits.infos.iter().map(|l| l.name.clone()).collect();
+                c.rules = policy
+                    .segmentation
+                    .rules
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect();
+                c.zones = policy
+                    .segmentation
+                    .zones
+                    .iter()
+                    .map(|z| z.name.clone())
+                    .collect();
             }
             shared.limits.set_limits(&policy.limits.infos);
             shared

@@ -10,7 +10,7 @@ use crate::maps::MAX_REASONS;
 
 /// Version of [`Event`]; bumped on any layout change (2: `kind` and the
 /// block fields).
-pub const EVENT_VERSION: u8 = 2;
+pub const EVENT_VERSION: u8 = 3;
 /// [`Event::kind`]: a sampled record of a dropped or audited packet.
 pub const KIND_PACKET: u8 = 0;
 /// [`Event::kind`]: a limit started a block (one record per block, not
@@ -73,8 +73,12 @@ pub struct Event {
     pub _pad: u16,
     /// For a block start: its duration in seconds.
     pub block_secs: u32,
+    /// Zones of the source and destination (`NO_ZONE` when not looked up).
+    pub src_zone: u16,
+    pub dst_zone: u16,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Event>() == 80);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 
 impl Event {
@@ -102,6 +106,9 @@ impl Event {
         block_len: 0,
         _pad: 0,
         block_secs: 0,
+        src_zone: crate::decide::NO_ZONE,
+        dst_zone: crate::decide::NO_ZONE,
+        _pad2: 0,
     };
 
     /// Decodes a record from ring-buffer bytes (user space): `None` if too

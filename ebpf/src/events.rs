@@ -76,6 +76,8 @@ fn emit(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, len: u32
     e.verdict = d.verdict as u8;
     e.reason = d.reason as u8;
     e.list_id = d.id;
+    e.src_zone = d.src_zone;
+    e.dst_zone = d.dst_zone;
     e.ifindex = ifindex;
     e.time_ns = now;
     e.suppressed = b.pending;

@@ -115,7 +115,7 @@ fn denied_traffic_produces_events_with_every_field_right() {
     );
     let node = expected_node();
     for e in &got {
-        assert_eq!(e["version"], 2);
+        assert_eq!(e["version"], 3);
         assert_eq!(e["node"], node.as_str());
         assert_eq!(e["interface"], lab.node_if.as_str());
         assert_eq!(e["direction"], "ingress");

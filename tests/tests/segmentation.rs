@@ -164,7 +164,12 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
     let estate = Estate::new("tgsa", 241);
     let pins = PinDir::new("seg-rules");
     let dir = tmpdir("rules");
-    let config = estate.config(&dir, pins.path(), RULES);
+    let events_file = dir.join("events.jsonl");
+    let body = format!(
+        "{RULES}\n[events]\nenabled = true\noutput = \"{}\"\n",
+        events_file.display()
+    );
+    let config = estate.config(&dir, pins.path(), &body);
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
     let _mesh = echo_server(15443);
     let _trial = echo_server(8443);
@@ -231,6 +236,42 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
     assert!(
         packets(&after, &edge.node_if, "ingress", "audit", "rule_audit")
             > packets(&before, &edge.node_if, "ingress", "audit", "rule_audit")
+    );
+
+    // Security events name the rule and the zones of what they report.
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&events_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let audited = (0..50)
+        .find_map(|_| {
+            let found = lines()
+                .into_iter()
+                .find(|e| e["reason"] == "rule_audit" && e["dst_port"] == 8443);
+            if found.is_none() {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            found
+        })
+        .expect("an event for the audited connection");
+    assert_eq!(audited["verdict"], "audit");
+    assert_eq!(audited["rule"], "edge-to-core-trial");
+    assert_eq!(audited["src_zone"], "edge");
+    assert_eq!(audited["dst_zone"], "core");
+    let denied = lines()
+        .into_iter()
+        .find(|e| e["reason"] == "default_deny" && e["dst_port"] == 15443)
+        .expect("an event for the edge's refused SYN");
+    assert_eq!(
+        (denied["src_zone"].as_str(), denied["dst_zone"].as_str()),
+        (Some("edge"), Some("core"))
+    );
+    assert!(
+        denied.get("rule").is_none() && denied.get("list").is_none(),
+        "{denied}"
     );
 
     // Egress: the core may open the feed on 7000 (the reply comes back as

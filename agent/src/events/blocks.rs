@@ -172,6 +172,8 @@ mod tests {
             policy_hash: "h".into(),
             lists: Vec::new(),
             limits: vec!["syn-flood".into()],
+            rules: Vec::new(),
+            zones: Vec::new(),
             boot_offset_ns: 1_000_000_000_000_000_000,
         }
     }

@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 use tierguard_common::{
     Reason, Verdict,
-    decide::NO_ID,
+    decide::{NO_ID, NO_ZONE},
     event::Event,
     maps::Direction,
     packet::{FLAG_FRAGMENT, FLAG_L4, PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
@@ -24,6 +24,10 @@ pub struct Context {
     pub lists: Vec<String>,
     /// Limit names by limit id.
     pub limits: Vec<String>,
+    /// Rule names by rule id.
+    pub rules: Vec<String>,
+    /// Zone names by zone id (`world`, `host`, then the configured ones).
+    pub zones: Vec<String>,
     /// Wall-clock time minus the monotonic clock, in ns (to date kernel times).
     pub boot_offset_ns: i128,
 }
@@ -46,6 +50,16 @@ pub struct EventLine {
     pub list: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub list_id: Option<u16>,
+    /// The segmentation rule that decided (rule reasons).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rule_id: Option<u16>,
+    /// Zones of the source and destination, when segmentation looked them up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub src_zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dst_zone: Option<String>,
     /// The limit over which the packet was, or whose block dropped it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub limit: Option<String>,
@@ -204,8 +218,26 @@ pub fn enrich(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> EventLine {
         reason,
         Some(Reason::Limit | Reason::LimitAudit | Reason::Blocked)
     );
+    let by_rule = matches!(
+        reason,
+        Some(Reason::RuleAllow | Reason::RuleAudit | Reason::RuleDeny)
+    );
+    let by_list = matches!(reason, Some(Reason::AllowList | Reason::DenyList));
     let id = (e.list_id != NO_ID).then_some(e.list_id);
-    let (list_id, limit_id) = if by_limit { (None, id) } else { (id, None) };
+    let (list_id, limit_id, rule_id) = match (by_limit, by_rule, by_list) {
+        (true, _, _) => (None, id, None),
+        (_, true, _) => (None, None, id),
+        (_, _, true) => (id, None, None),
+        _ => (None, None, None),
+    };
+    let zone = |z: u16| {
+        (z != NO_ZONE).then(|| {
+            ctx.zones
+                .get(usize::from(z))
+                .cloned()
+                .unwrap_or_else(|| format!("zone{z}"))
+        })
+    };
     EventLine {
         version: e.version,
         event: "packet",
@@ -224,6 +256,15 @@ pub fn enrich(e: &Event, ctx: &Context, ifaces: &mut Interfaces) -> EventLine {
                 .unwrap_or_else(|| format!("list{id}"))
         }),
         list_id,
+        rule: rule_id.map(|id| {
+            ctx.rules
+                .get(usize::from(id))
+                .cloned()
+                .unwrap_or_else(|| format!("rule{id}"))
+        }),
+        rule_id,
+        src_zone: zone(e.src_zone),
+        dst_zone: zone(e.dst_zone),
         limit: limit_id.map(|id| {
             ctx.limits
                 .get(usize::from(id))
@@ -271,6 +312,35 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_decision_names_the_rule_and_the_zones_not_a_list() {
+        let mut e = Event::EMPTY;
+        e.reason = Reason::RuleDeny as u8;
+        e.verdict = 1;
+        e.list_id = 1;
+        e.src_zone = 2;
+        e.dst_zone = 1;
+        let ctx = Context {
+            lists: vec!["l0".into(), "l1".into()],
+            rules: vec!["r0".into(), "ssh-only-from-bastion".into()],
+            zones: vec!["world".into(), "host".into(), "edge".into()],
+            ..Context::default()
+        };
+        let l = enrich(&e, &ctx, &mut Interfaces::default());
+        assert_eq!(l.rule.as_deref(), Some("ssh-only-from-bastion"));
+        assert_eq!(l.rule_id, Some(1));
+        assert_eq!((l.list, l.list_id), (None, None));
+        assert_eq!(l.src_zone.as_deref(), Some("edge"));
+        assert_eq!(l.dst_zone.as_deref(), Some("host"));
+        // A list decision: no rule, and no zones (not looked up).
+        let mut e = Event::EMPTY;
+        e.reason = Reason::DenyList as u8;
+        e.list_id = 0;
+        let l = enrich(&e, &ctx, &mut Interfaces::default());
+        assert_eq!((l.list.as_deref(), l.rule), (Some("l0"), None));
+        assert_eq!((l.src_zone, l.dst_zone), (None, None));
+    }
+
+    #[test]
     fn enriches_a_denied_icmp_record() {
         let mut e = Event::EMPTY;
         e.reason = Reason::DenyList as u8;
@@ -292,6 +362,8 @@ mod tests {
             policy_hash: "abc".into(),
             lists: vec!["a".into(), "blocked".into()],
             limits: Vec::new(),
+            rules: Vec::new(),
+            zones: Vec::new(),
             boot_offset_ns: 1_000,
         };
         let l = enrich(&e, &ctx, &mut Interfaces::default());
@@ -317,6 +389,8 @@ mod tests {
     fn limit_reasons_name_the_limit_not_a_list() {
         let ctx = Context {
             lists: vec!["l0".into(), "l1".into()],
+            rules: Vec::new(),
+            zones: Vec::new(),
             limits: vec!["syn-flood".into(), "udp".into()],
             ..Context::default()
         };
