@@ -204,6 +204,11 @@ pub struct RunArgs {
     /// Seconds between checks of the config file for changes (0: only SIGHUP).
     #[arg(long, value_name = "SECONDS", default_value_t = 2)]
     pub watch_interval: u64,
+    /// Kernel debug logging (aya-log): every drop and audit the kernel
+    /// decides is logged by the agent (target `kernel`). Costs a log record
+    /// per such packet: for troubleshooting, not for floods. Off by default.
+    #[arg(long)]
+    pub kernel_debug: bool,
 }
 
 #[derive(Debug, Args)]

@@ -127,6 +127,32 @@ impl metrics::Endpoint for Shared {
     }
 }
 
+/// Reads the kernel's aya-log records as they come (`--kernel-debug`).
+fn start_kernel_log(datapath: &mut Datapath) {
+    let Some(logger) = datapath.take_kernel_logger() else {
+        tracing::warn!("kernel debug logging unavailable: the object has no aya-log buffer");
+        return;
+    };
+    let mut fd =
+        match tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE) {
+            Ok(fd) => fd,
+            Err(e) => {
+                tracing::warn!(error = %e, "kernel debug logging unavailable");
+                return;
+            }
+        };
+    tracing::info!("kernel debug logging on: drops and audits are logged with target \"kernel\"");
+    tokio::spawn(async move {
+        loop {
+            let Ok(mut ready) = fd.readable_mut().await else {
+                return;
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    });
+}
+
 /// How often idle flows are freed and the flow table measured.
 const FLOW_SWEEP_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -273,7 +299,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    let mut datapath = match Datapath::load(&config.agent.pin_path) {
+    let mut datapath = match Datapath::load_opts(&config.agent.pin_path, 1, args.kernel_debug) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
@@ -281,6 +307,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if args.kernel_debug {
+        start_kernel_log(&mut datapath);
+    }
     let adopted = datapath.adopted();
     // Policy first, then attach: the program never runs on an empty policy.
     let generation = match datapath.apply(&policy) {

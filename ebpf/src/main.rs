@@ -5,6 +5,7 @@
 
 mod bench;
 mod bytes;
+mod debug;
 mod events;
 mod limits;
 mod lists;
@@ -13,6 +14,7 @@ mod segment;
 mod stats;
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{TC_ACT_OK, TC_ACT_SHOT, xdp_action},
     macros::{classifier, xdp},
     programs::{TcContext, XdpContext},
@@ -56,7 +58,7 @@ pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn tierguard_ingress(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match enforce(&PacketBytes::xdp(&ctx), ifindex, Direction::Ingress) {
+    match enforce(&ctx, &PacketBytes::xdp(&ctx), ifindex, Direction::Ingress) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
     }
@@ -83,7 +85,7 @@ pub fn tierguard_egress_dispatch(ctx: TcContext) -> i32 {
 pub fn tierguard_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let bytes = PacketBytes::tc(&ctx);
-    match enforce(&bytes, ifindex, Direction::Egress) {
+    match enforce(&ctx, &bytes, ifindex, Direction::Egress) {
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Pass | Verdict::Audit => TC_ACT_UNSPEC,
     }
@@ -99,13 +101,19 @@ enum Override {
 
 /// The enforcement path, shared by both directions.
 #[inline(always)]
-fn enforce(bytes: &PacketBytes, ifindex: u32, dir: Direction) -> Verdict {
-    enforce_with(bytes, ifindex, dir, Override::None)
+fn enforce<C: EbpfContext>(ctx: &C, bytes: &PacketBytes, ifindex: u32, dir: Direction) -> Verdict {
+    enforce_with(ctx, bytes, ifindex, dir, Override::None)
 }
 
 /// The enforcement path with the benchmark's address override.
 #[inline(always)]
-fn enforce_with(bytes: &PacketBytes, ifindex: u32, dir: Direction, over: Override) -> Verdict {
+fn enforce_with<C: EbpfContext>(
+    ctx: &C,
+    bytes: &PacketBytes,
+    ifindex: u32,
+    dir: Direction,
+    over: Override,
+) -> Verdict {
     let len = bytes.frame_len();
     let slot = maps::active_slot();
     let meta = segment::meta(slot);
@@ -132,6 +140,7 @@ fn enforce_with(bytes: &PacketBytes, ifindex: u32, dir: Direction, over: Overrid
     };
     let packet = (parsed == PARSED && p.family != 0).then_some(&p);
     stats::count(ifindex, dir, &decision, len);
+    debug::decision(ctx, dir, &decision, packet);
     if decision.verdict != Verdict::Pass {
         events::on_drop(ifindex, dir, &decision, packet, len);
     }
@@ -185,6 +194,7 @@ pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
     let src = bench::next_source();
     match enforce_with(
+        &ctx,
         &PacketBytes::xdp(&ctx),
         ifindex,
         Direction::Ingress,
@@ -220,6 +230,7 @@ pub fn tierguard_bench_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let dst = bench::next_source();
     match enforce_with(
+        &ctx,
         &PacketBytes::tc(&ctx),
         ifindex,
         Direction::Egress,

@@ -912,3 +912,40 @@ fn audit_log_chains_every_policy_change_and_verify_finds_tampering() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn kernel_debug_logging_is_off_by_default_and_names_drops_when_on() {
+    let lab = Lab::new("tgeb", 229);
+    lab.add_peer_source(DENIED_V4);
+    for debug in [false, true] {
+        let pins = PinDir::new(if debug { "e2eb-on" } else { "e2eb-off" });
+        let dir = tmpdir(if debug { "kdebug-on" } else { "kdebug-off" });
+        let config = write_config(&dir, &lab.node_if, pins.path(), "");
+        let mut args = vec!["--config", config.to_str().unwrap()];
+        if debug {
+            args.push("--kernel-debug");
+        }
+        let agent = Agent::start(&args, free_addr());
+        assert!(!lab.ping(Some(DENIED_V4), &lab.node_v4(), 2));
+        let kernel_lines = |log: &str| {
+            log.lines()
+                .filter(|l| l.contains("kernel") && l.contains("reason=deny_list"))
+                .count()
+        };
+        if debug {
+            // The records reach the agent through a ring buffer it polls.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while kernel_lines(&agent.log()) < 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let log = agent.log();
+            assert!(kernel_lines(&log) >= 2, "{log}");
+            assert!(log.contains(&format!("{DENIED_V4}:0 -> ")), "{log}");
+        } else {
+            std::thread::sleep(Duration::from_millis(500));
+            assert_eq!(kernel_lines(&agent.log()), 0, "{}", agent.log());
+        }
+        drop(agent);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

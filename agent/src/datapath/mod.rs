@@ -61,6 +61,12 @@ impl Datapath {
     /// As `load`, with the benchmark's source table sized to `bench_sources`
     /// (the agent uses 1: the table is unused outside the benchmark).
     pub fn load_with(pin_dir: &Path, bench_sources: u32) -> Result<Datapath> {
+        Datapath::load_opts(pin_dir, bench_sources, false)
+    }
+
+    /// As `load_with`; `kernel_debug` turns the kernel's aya-log records on
+    /// (debug level: drops and audits; `take_kernel_logger` reads them).
+    pub fn load_opts(pin_dir: &Path, bench_sources: u32, kernel_debug: bool) -> Result<Datapath> {
         let missing = caps::missing();
         if !missing.is_empty() {
             return Err(DatapathError::MissingCapabilities(missing.join(", ")));
@@ -68,9 +74,17 @@ impl Datapath {
         ensure_pin_dir(pin_dir)?;
         let adopted = pin_dir.join(names::ACTIVE_SLOT).exists();
         bump_memlock_rlimit();
+        // aya-log's level defaults to "everything" in the object: set it at
+        // every load, off unless asked.
+        let log_level: u8 = if kernel_debug {
+            aya_log_common_debug_level()
+        } else {
+            0
+        };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(names::BENCH_SOURCES, bench_sources.max(1))
+            .override_global(KERNEL_LOG_LEVEL, &log_level, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
                 if is_permission_error(&e) {
@@ -157,6 +171,83 @@ impl Datapath {
     }
 }
 
+/// The global aya-log's kernel side reads its level from.
+const KERNEL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
+
+/// aya-log's numeric level for `debug` (error 1, warn 2, info 3, debug 4, trace 5).
+const fn aya_log_common_debug_level() -> u8 {
+    4
+}
+
+impl Datapath {
+    /// Starts reading the kernel's aya-log records (after `load_opts` with
+    /// `kernel_debug`): each becomes a `tracing` event with target `kernel`.
+    pub fn take_kernel_logger(&mut self) -> Option<aya_log::EbpfLogger<&'static dyn log::Log>> {
+        aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, &KernelLog as &dyn log::Log).ok()
+    }
+}
+
+/// Forwards aya-log records (the `log` crate's facade) to `tracing`.
+struct KernelLog;
+
+impl log::Log for KernelLog {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        // Info: `--kernel-debug` is the opt-in; no filter change needed.
+        tracing::info!(target: "kernel", "{}", kernel_record(&record.args().to_string()));
+    }
+
+    fn flush(&self) {}
+}
+
+/// The kernel's record (numbers only, to keep it cheap to verify) in words:
+/// `dir=0 verdict=1 reason=3 id=0 fam=4 proto=1 src=cb00:7107:: sport=0
+/// dst=... dport=0` becomes `ingress drop deny_list id=0 proto=1
+/// 203.0.113.7:0 -> ...:0`. Unknown shapes are passed through.
+pub fn kernel_record(text: &str) -> String {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    use tierguard_common::{Reason, Verdict};
+    let field = |k: &str| {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='))
+    };
+    let num = |k: &str| field(k).and_then(|v| v.parse::<u8>().ok());
+    let (Some(dir), Some(verdict), Some(reason), Some(fam)) =
+        (num("dir"), num("verdict"), num("reason"), num("fam"))
+    else {
+        return text.to_string();
+    };
+    let dir = if dir == 0 { "ingress" } else { "egress" };
+    let verdict = Verdict::ALL
+        .get(usize::from(verdict))
+        .map_or("unknown", |v| v.name());
+    let reason = Reason::from_u8(reason).map_or("unknown", Reason::name);
+    let addr = |k: &str| -> Option<IpAddr> {
+        let v6: Ipv6Addr = field(k)?.parse().ok()?;
+        Some(if fam == 4 {
+            let o = v6.octets();
+            IpAddr::V4(Ipv4Addr::new(o[0], o[1], o[2], o[3]))
+        } else {
+            IpAddr::V6(v6)
+        })
+    };
+    let id = field("id").unwrap_or("-");
+    match (fam, addr("src"), addr("dst")) {
+        (4 | 6, Some(s), Some(d)) => format!(
+            "{dir} {verdict} reason={reason} id={id} proto={} {}:{} -> {}:{}",
+            field("proto").unwrap_or("-"),
+            s,
+            field("sport").unwrap_or("-"),
+            d,
+            field("dport").unwrap_or("-")
+        ),
+        _ => format!("{dir} {verdict} reason={reason} (not parsed)"),
+    }
+}
+
 /// An XDP program of the object, by name.
 pub(crate) fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Xdp> {
     ebpf.program_mut(name)
@@ -223,4 +314,32 @@ fn bump_memlock_rlimit() {
     };
     // SAFETY: plain syscall on a struct we own; failure only matters on old kernels.
     let _ = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlim) };
+}
+
+#[cfg(test)]
+mod kernel_record_tests {
+    use super::kernel_record;
+
+    #[test]
+    fn kernel_records_are_put_in_words() {
+        assert_eq!(
+            kernel_record(
+                "dir=0 verdict=1 reason=3 id=0 fam=4 proto=1 src=cb00:7107:: sport=0 dst=ae5:1:: dport=0"
+            ),
+            "ingress drop reason=deny_list id=0 proto=1 203.0.113.7:0 -> 10.229.0.1:0"
+        );
+        assert_eq!(
+            kernel_record(
+                "dir=1 verdict=2 reason=14 id=3 fam=6 proto=6 src=fd00::1 sport=1 dst=fd00::2 dport=443"
+            ),
+            "egress audit reason=rule_audit id=3 proto=6 fd00::1:1 -> fd00::2:443"
+        );
+        assert_eq!(
+            kernel_record(
+                "dir=0 verdict=1 reason=4 id=65535 fam=0 proto=0 src=:: sport=0 dst=:: dport=0"
+            ),
+            "ingress drop reason=truncated (not parsed)"
+        );
+        assert_eq!(kernel_record("something else"), "something else");
+    }
 }
