@@ -133,14 +133,15 @@ fn start_kernel_log(datapath: &mut Datapath) {
         tracing::warn!("kernel debug logging unavailable: the object has no aya-log buffer");
         return;
     };
-    let mut fd =
-        match tokio::io::unix::AsyncFd::with_interest(logger, tokio::io::Interest::READABLE) {
-            Ok(fd) => fd,
-            Err(e) => {
-                tracing::warn!(error = %e, "kernel debug logging unavailable");
-                return;
-            }
-        };
+    // SAFETY: the logger owns its ring buffer's map fd and keeps it open,
+    // unchanged, for as long as the AsyncFd holds it.
+    let mut fd = match unsafe { tokio::io::unix::AsyncFd::register(logger) } {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "kernel debug logging unavailable");
+            return;
+        }
+    };
     tracing::info!("kernel debug logging on: drops and audits are logged with target \"kernel\"");
     tokio::spawn(async move {
         loop {
