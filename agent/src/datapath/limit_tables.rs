@@ -96,13 +96,6 @@ pub(super) fn write(ebpf: &mut Ebpf, limits: &CompiledLimits, slot: u8, live: u8
     Ok(())
 }
 
-/// FNV-1a of a limit name (0 for no limit).
-fn name_hash(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
-}
-
 /// Keeps each limit id's state and counters about one limit: where the
 /// name at an id changed (limits added, removed or reordered, now or since
 /// an earlier agent), its counters restart from zero and, if the maps may
@@ -112,23 +105,9 @@ pub(super) fn reset_renamed(
     limits: &CompiledLimits,
     stateful: bool,
 ) -> Result<()> {
-    let mut changed = Vec::new();
-    {
-        let mut hashes: Array<_, u64> = array(ebpf, names::LIMIT_NAMES)?;
-        for id in 0..MAX_LIMITS {
-            let want = limits
-                .infos
-                .get(id as usize)
-                .map_or(0, |l| name_hash(&l.name));
-            let have = hashes.get(&id, 0).map_err(map_err(names::LIMIT_NAMES))?;
-            if have != want {
-                hashes
-                    .set(id, want, 0)
-                    .map_err(map_err(names::LIMIT_NAMES))?;
-                changed.push(id);
-            }
-        }
-    }
+    let changed = super::tables::renamed_ids(ebpf, names::LIMIT_NAMES, MAX_LIMITS, |id| {
+        limits.infos.get(id as usize).map(|l| l.name.as_str())
+    })?;
     if changed.is_empty() {
         return Ok(());
     }
@@ -257,6 +236,5 @@ mod tests {
         // 16 limits x 16,384 slots x 48 bytes = 12 MiB, plus 512 bytes of
         // shared buckets and 1 KiB of counters per CPU.
         assert_eq!(state_bytes(2), 12 * 1024 * 1024 + 512 + 2 * 1024);
-        assert_ne!(name_hash("a"), name_hash("b"));
     }
 }

@@ -242,29 +242,13 @@ fn reset_renamed_rule_counters(
     policy: &CompiledPolicy,
     scan: usize,
 ) -> Result<()> {
-    let fnv = |s: &str| {
-        s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        })
-    };
-    let mut changed = Vec::new();
-    {
-        let mut names_map: Array<_, u64> = array(ebpf, names::RULE_NAMES)?;
-        for id in 0..scan.min(MAX_RULES as usize) as u32 {
-            let want = policy
-                .segmentation
-                .rules
-                .get(id as usize)
-                .map_or(0, |r| fnv(&r.name));
-            let have = names_map.get(&id, 0).map_err(map_err(names::RULE_NAMES))?;
-            if have != want {
-                names_map
-                    .set(id, want, 0)
-                    .map_err(map_err(names::RULE_NAMES))?;
-                changed.push(id);
-            }
-        }
-    }
+    let rules = &policy.segmentation.rules;
+    let changed = renamed_ids(
+        ebpf,
+        names::RULE_NAMES,
+        scan.min(MAX_RULES as usize) as u32,
+        |id| rules.get(id as usize).map(|r| r.name.as_str()),
+    )?;
     let name = names::RULE_HITS;
     let map = ebpf
         .map_mut(name)
@@ -274,6 +258,34 @@ fn reset_renamed_rule_counters(
         hits.set(id, zero_per_cpu()?, 0).map_err(map_err(name))?;
     }
     Ok(())
+}
+
+/// FNV-1a of a name, as kept beside per-id counters (0: no name).
+fn name_hash(name: &str) -> u64 {
+    name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The ids among `0..count` whose name (by `name_of`) differs from the hash
+/// kept in the array `map`, which is updated to the new names. Counters of
+/// these ids count for something else now and must restart from zero.
+pub(super) fn renamed_ids<'a>(
+    ebpf: &mut Ebpf,
+    map: &'static str,
+    count: u32,
+    name_of: impl Fn(u32) -> Option<&'a str>,
+) -> Result<Vec<u32>> {
+    let mut hashes: Array<_, u64> = array(ebpf, map)?;
+    let mut changed = Vec::new();
+    for id in 0..count {
+        let want = name_of(id).map_or(0, name_hash);
+        if hashes.get(&id, 0).map_err(map_err(map))? != want {
+            hashes.set(id, want, 0).map_err(map_err(map))?;
+            changed.push(id);
+        }
+    }
+    Ok(changed)
 }
 
 /// A zero counter for every possible CPU.
@@ -355,4 +367,15 @@ fn delete(ebpf: &mut Ebpf, w: &Written) {
         }
     }
     segment_tables::delete(ebpf, &w.segmentation);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::name_hash;
+
+    #[test]
+    fn name_hashes_differ_by_name_and_none_is_zero() {
+        assert_ne!(name_hash("a"), name_hash("b"));
+        assert_ne!(name_hash(""), 0, "0 is kept for \"no name\"");
+    }
 }
