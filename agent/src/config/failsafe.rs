@@ -9,7 +9,7 @@ use tierguard_common::segment::MAX_FAILSAFE;
 use toml::Spanned;
 
 use super::values::{IntOrStr, Ranges, parse_ranges};
-use super::{ConfigError, MAX_NAME_LEN, Origin, Source, line_col, parse_prefix, valid_name};
+use super::{ConfigError, Origin, Source, invalid_name, line_col, parse_prefix, valid_name};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -203,10 +203,7 @@ pub(super) fn validate_failsafe(
             ));
         }
         if !valid_name(&name) {
-            errors.push(src.error_span(
-                &r.name.span(),
-                format!("failsafe entry name '{name}' must be 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"),
-            ));
+            errors.push(src.error_span(&r.name.span(), invalid_name("failsafe entry", &name)));
         }
         if BUILTIN_FAILSAFE.contains(&name.as_str()) || f.allow.iter().any(|a| a.name == name) {
             errors.push(src.error_span(

@@ -393,6 +393,18 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// The message for an invalid name of a `kind` ("list", "zone"...).
+fn invalid_name(kind: &str, name: &str) -> String {
+    format!(
+        "{kind} name '{name}' must be 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"
+    )
+}
+
+/// The message for a name defined twice.
+fn duplicate_name(kind: &str, name: &str, first_line: usize) -> String {
+    format!("duplicate {kind} name '{name}' (first defined at line {first_line})")
+}
+
 fn valid_interface_name(name: &str) -> bool {
     !(name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', ' ', '\0']))
 }
@@ -845,18 +857,12 @@ fn validate_lists(
             column,
         };
         if !valid_name(&name) {
-            errors.push(src.error_span(
-                &r.name.span(),
-                format!("list name '{name}' must be 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"),
-            ));
+            errors.push(src.error_span(&r.name.span(), invalid_name("list", &name)));
         }
         if let Some(first) = lists.iter().find(|l| l.name == name) {
             errors.push(src.error_span(
                 &r.name.span(),
-                format!(
-                    "duplicate list name '{name}' (first defined at line {})",
-                    first.origin.line
-                ),
+                duplicate_name("list", &name, first.origin.line),
             ));
         }
         let mut prefixes = Vec::new();

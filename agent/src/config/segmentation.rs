@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::values::{IntOrStr, Ranges, ZoneNames, parse_duration, parse_ranges};
 use super::{
-    ConfigError, MAX_NAME_LEN, Origin, Source, line_col, parse_list_entries, parse_prefix,
-    valid_name,
+    ConfigError, Origin, Source, duplicate_name, invalid_name, line_col, parse_list_entries,
+    parse_prefix, valid_name,
 };
 
 // ---- the file as written ----
@@ -355,18 +355,12 @@ pub(super) fn validate_zones(
                 ),
             ));
         } else if !valid_name(&name) {
-            errors.push(src.error_span(
-                &r.name.span(),
-                format!("zone name '{name}' must be 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"),
-            ));
+            errors.push(src.error_span(&r.name.span(), invalid_name("zone", &name)));
         }
         if let Some(first) = zones.iter().find(|z| z.name == name) {
             errors.push(src.error_span(
                 &r.name.span(),
-                format!(
-                    "duplicate zone name '{name}' (first defined at line {})",
-                    first.origin.line
-                ),
+                duplicate_name("zone", &name, first.origin.line),
             ));
         }
         let id = zones.len();
@@ -460,18 +454,12 @@ pub(super) fn validate_rules(
         let name = r.name.get_ref().clone();
         let origin = origin_of(src, r.name.span().start);
         if !valid_name(&name) {
-            errors.push(src.error_span(
-                &r.name.span(),
-                format!("rule name '{name}' must be 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"),
-            ));
+            errors.push(src.error_span(&r.name.span(), invalid_name("rule", &name)));
         }
         if let Some(first) = rules.iter().find(|x| x.name == name) {
             errors.push(src.error_span(
                 &r.name.span(),
-                format!(
-                    "duplicate rule name '{name}' (first defined at line {})",
-                    first.origin.line
-                ),
+                duplicate_name("rule", &name, first.origin.line),
             ));
         }
         let from = zone_refs(src, zones, &name, "from", &r.from, errors);
