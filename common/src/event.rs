@@ -363,8 +363,10 @@ mod tests {
         assert_eq!(offset_of!(Event, len), 68);
         assert_eq!(offset_of!(Event, kind), 72);
         assert_eq!(offset_of!(Event, block_secs), 76);
+        assert_eq!(offset_of!(Event, src_zone), 80);
+        assert_eq!(offset_of!(Event, dst_zone), 82);
         // The sum of field sizes is the size: no implicit padding.
-        let fields = 10 + 2 + 4 + 8 + 8 + 16 + 16 + 2 + 2 + 4 + 1 + 1 + 2 + 4;
+        let fields = 10 + 2 + 4 + 8 + 8 + 16 + 16 + 2 + 2 + 4 + 1 + 1 + 2 + 4 + 2 + 2 + 4;
         assert_eq!(fields, core::mem::size_of::<Event>());
     }
 
