@@ -121,6 +121,13 @@ async fn answer(stream: UnixStream, admin: Arc<Admin>) {
     let mut line = String::new();
     let request = match tokio::time::timeout(READ_TIMEOUT, reader.read_line(&mut line)).await {
         Err(_) => Err("no request within 5 s".to_string()),
+        // Connected and left without a byte: a liveness probe (a starting
+        // agent checks whether this socket is in use), not an admin action,
+        // so nothing to audit or answer.
+        Ok(Ok(0)) => {
+            tracing::debug!(pid = peer.pid, "admin socket: a connection closed without a request");
+            return;
+        }
         Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
         Ok(Ok(_)) if line.len() > MAX_REQUEST_BYTES => Err(format!(
             "the request is longer than {MAX_REQUEST_BYTES} bytes"
