@@ -125,7 +125,10 @@ async fn answer(stream: UnixStream, admin: Arc<Admin>) {
         // agent checks whether this socket is in use), not an admin action,
         // so nothing to audit or answer.
         Ok(Ok(0)) => {
-            tracing::debug!(pid = peer.pid, "admin socket: a connection closed without a request");
+            tracing::debug!(
+                pid = peer.pid,
+                "admin socket: a connection closed without a request"
+            );
             return;
         }
         Ok(Err(e)) => Err(format!("cannot read the request: {e}")),
