@@ -152,8 +152,7 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
             s,
             "    {} zone prefixes ({} node addresses in zone host), {} zone pairs, {} port tables, {} port blocks, {} exact ports",
             seg.zone_v4.len() + seg.zone_v6.len(),
-            seg.zone_v4.iter().filter(|z| z.1 == ZONE_HOST).count()
-                + seg.zone_v6.iter().filter(|z| z.1 == ZONE_HOST).count(),
+            seg.host_prefixes().len(),
             seg.pairs.len(),
             seg.port_tables.len(),
             seg.port_blocks.len(),

@@ -458,7 +458,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         &config,
         &mut datapath,
         &shared,
-        policy.hash,
+        Live::of(&policy),
         signals,
         baseline,
     )
@@ -603,12 +603,29 @@ fn abandon(datapath: Datapath, adopted: bool) {
     }
 }
 
+/// What the live generation enforces, to tell a reload that changes nothing:
+/// the policy hash, and the node's own addresses in zone `host`, which the
+/// hash leaves out on purpose (one policy has one hash on every node).
+struct Live {
+    hash: String,
+    host: Vec<ipnetwork::IpNetwork>,
+}
+
+impl Live {
+    fn of(policy: &CompiledPolicy) -> Live {
+        Live {
+            hash: policy.hash.clone(),
+            host: policy.segmentation.host_prefixes(),
+        }
+    }
+}
+
 async fn event_loop(
     args: &RunArgs,
     config: &Config,
     datapath: &mut Datapath,
     shared: &Shared,
-    mut live_hash: String,
+    mut live: Live,
     signals: Signals,
     baseline: Baseline,
 ) -> ExitCode {
@@ -656,17 +673,13 @@ async fn event_loop(
                     t
                 } else if hosts != last_hosts {
                     last_hosts = hosts;
-                    // Same policy text, new addresses: the hash is the same
-                    // on purpose (one policy, one hash on every node), so
-                    // the unchanged-policy shortcut must not apply.
-                    live_hash.clear();
                     "node addresses changed"
                 } else {
                     continue;
                 }
             }
         };
-        if let Some(files) = reload(args, config, datapath, shared, &mut live_hash, trigger) {
+        if let Some(files) = reload(args, config, datapath, shared, &mut live, trigger) {
             list_files = files;
             last_lists = file_stamps(&list_files);
         }
@@ -691,7 +704,7 @@ fn reload(
     started_with: &Config,
     datapath: &mut Datapath,
     shared: &Shared,
-    live_hash: &mut String,
+    live: &mut Live,
     trigger: &str,
 ) -> Option<Vec<PathBuf>> {
     let t = Instant::now();
@@ -704,7 +717,7 @@ fn reload(
             shared.audit(
                 trigger,
                 "refused",
-                serde_json::json!({ "live_hash": live_hash, "errors": errors }),
+                serde_json::json!({ "live_hash": live.hash, "errors": errors }),
                 None,
             );
             return None;
@@ -735,12 +748,12 @@ fn reload(
     if let Err(e) = datapath.set_events(&config.events) {
         tracing::error!(trigger, error = %error_chain(&e), "cannot write the new event settings; the old ones stay");
     }
-    if policy.hash == *live_hash {
+    if policy.hash == live.hash && policy.segmentation.host_prefixes() == live.host {
         tracing::info!(trigger, hash = policy.hash, "policy unchanged");
         shared.audit(
             trigger,
             "unchanged",
-            serde_json::json!({ "live_hash": live_hash }),
+            serde_json::json!({ "live_hash": live.hash }),
             None,
         );
         return Some(files);
@@ -774,13 +787,13 @@ fn reload(
                 .set_policy(generation, &policy.hash, &config.origin, &policy.lists);
             shared.metrics.load_seconds.set(t.elapsed().as_secs_f64());
             shared.metrics.reloads.with_label_values(&["success"]).inc();
-            tracing::info!(trigger, generation, old_hash = %live_hash, new_hash = policy.hash, "policy applied");
+            tracing::info!(trigger, generation, old_hash = %live.hash, new_hash = policy.hash, "policy applied");
             shared.audit(
                 trigger,
                 "applied",
                 serde_json::json!({
                     "source": config.origin,
-                    "old_hash": live_hash,
+                    "old_hash": live.hash,
                     "new_hash": policy.hash,
                     "generation": generation,
                 }),
@@ -789,7 +802,7 @@ fn reload(
             if let Ok(mut c) = shared.live_config.lock() {
                 *c = Some(config);
             }
-            *live_hash = policy.hash;
+            *live = Live::of(&policy);
             Some(files)
         }
         Err(e) => {
@@ -798,7 +811,7 @@ fn reload(
             shared.audit(
                 trigger,
                 "refused",
-                serde_json::json!({ "live_hash": live_hash, "errors": [error_chain(&e)] }),
+                serde_json::json!({ "live_hash": live.hash, "errors": [error_chain(&e)] }),
                 None,
             );
             None

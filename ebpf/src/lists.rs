@@ -26,7 +26,7 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
     if p.family == 4 {
         return lookup_v4(slot, p);
     }
-    let packed = lookup_source_packed(slot, p);
+    let packed = lookup_v6_packed(slot, p);
     if packed >> 32 == 0 {
         return None;
     }
@@ -44,7 +44,7 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
 /// a plain u64 (bit 32: found; low bits: the entry) so it travels in a
 /// register: an `Option` return was compiled into code the verifier refuses.
 #[inline(never)]
-fn lookup_source_packed(slot: u8, p: &Packet) -> u64 {
+fn lookup_v6_packed(slot: u8, p: &Packet) -> u64 {
     match lookup_v6(slot, p) {
         Some(e) => {
             let id = e.list_id.to_ne_bytes();

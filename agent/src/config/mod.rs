@@ -393,6 +393,38 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// Reads a prefix file a `kind` ("list", "zone") names, relative to `base`:
+/// its prefixes with where each is written. An unreadable file is an error
+/// at its name in the config, each bad line an error at that line of the file.
+fn read_prefix_file(
+    src: &Source,
+    f: &Spanned<String>,
+    base: &Path,
+    kind: &str,
+    errors: &mut Vec<ConfigError>,
+) -> (PathBuf, Vec<prefixes::ListLine>) {
+    let path = base.join(f.get_ref());
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let (lines, line_errors) = parse_list_entries(&text);
+            errors.extend(line_errors.into_iter().map(|e| ConfigError {
+                file: path.display().to_string(),
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            }));
+            (path, lines)
+        }
+        Err(e) => {
+            errors.push(src.error_span(
+                &f.span(),
+                format!("cannot read {kind} file '{}': {e}", path.display()),
+            ));
+            (path, Vec::new())
+        }
+    }
+}
+
 /// The message for an invalid name of a `kind` ("list", "zone"...).
 fn invalid_name(kind: &str, name: &str) -> String {
     format!(
@@ -874,25 +906,8 @@ fn validate_lists(
         }
         let mut files = Vec::new();
         for f in &r.files {
-            let path = base.join(f.get_ref());
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    let (nets, line_errors) = parse_list_text(&text);
-                    prefixes.extend(nets);
-                    for e in line_errors {
-                        errors.push(ConfigError {
-                            file: path.display().to_string(),
-                            line: e.line,
-                            column: e.column,
-                            message: e.message,
-                        });
-                    }
-                }
-                Err(e) => errors.push(src.error_span(
-                    &f.span(),
-                    format!("cannot read list file '{}': {e}", path.display()),
-                )),
-            }
+            let (path, lines) = read_prefix_file(src, f, base, "list", errors);
+            prefixes.extend(lines.into_iter().map(|l| l.net));
             files.push(path);
         }
         if r.cidrs.is_empty() && r.files.is_empty() {

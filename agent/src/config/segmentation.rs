@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::values::{IntOrStr, Ranges, ZoneNames, parse_duration, parse_ranges};
 use super::{
-    ConfigError, Origin, Source, duplicate_name, invalid_name, line_col, parse_list_entries,
-    parse_prefix, valid_name,
+    ConfigError, Origin, Source, duplicate_name, invalid_name, line_col, parse_prefix,
+    read_prefix_file, valid_name,
 };
 
 // ---- the file as written ----
@@ -393,32 +393,15 @@ pub(super) fn validate_zones(
         }
         let mut files = Vec::new();
         for f in &r.files {
-            let path = base.join(f.get_ref());
-            match std::fs::read_to_string(&path) {
-                Ok(text) => {
-                    let (nets, line_errors) = parse_list_entries(&text);
-                    let file = path.display().to_string();
-                    for e in line_errors {
-                        errors.push(ConfigError {
-                            file: file.clone(),
-                            line: e.line,
-                            column: e.column,
-                            message: e.message,
-                        });
-                    }
-                    for e in nets {
-                        let at = Origin {
-                            file: file.clone(),
-                            line: e.line,
-                            column: e.column,
-                        };
-                        add(e.net, at, errors);
-                    }
-                }
-                Err(e) => errors.push(src.error_span(
-                    &f.span(),
-                    format!("cannot read zone file '{}': {e}", path.display()),
-                )),
+            let (path, lines) = read_prefix_file(src, f, base, "zone", errors);
+            let file = path.display().to_string();
+            for l in lines {
+                let at = Origin {
+                    file: file.clone(),
+                    line: l.line,
+                    column: l.column,
+                };
+                add(l.net, at, errors);
             }
             files.push(path);
         }

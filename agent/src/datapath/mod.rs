@@ -76,11 +76,7 @@ impl Datapath {
         bump_memlock_rlimit();
         // aya-log's level defaults to "everything" in the object: set it at
         // every load, off unless asked.
-        let log_level: u8 = if kernel_debug {
-            aya_log_common_debug_level()
-        } else {
-            0
-        };
+        let log_level: u8 = if kernel_debug { KERNEL_DEBUG_LEVEL } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(names::BENCH_SOURCES, bench_sources.max(1))
@@ -175,9 +171,7 @@ impl Datapath {
 const KERNEL_LOG_LEVEL: &str = "AYA_LOG_LEVEL";
 
 /// aya-log's numeric level for `debug` (error 1, warn 2, info 3, debug 4, trace 5).
-const fn aya_log_common_debug_level() -> u8 {
-    4
-}
+const KERNEL_DEBUG_LEVEL: u8 = 4;
 
 impl Datapath {
     /// Starts reading the kernel's aya-log records (after `load_opts` with

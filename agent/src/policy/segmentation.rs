@@ -413,6 +413,21 @@ impl CompiledSegmentation {
     }
 
     /// Entry `hi` of a port table (0 past the end, as an empty map slot).
+    /// The node's own addresses that landed in zone `host`.
+    pub fn host_prefixes(&self) -> Vec<IpNetwork> {
+        let v4 = self
+            .zone_v4
+            .iter()
+            .filter(|z| z.1 == ZONE_HOST)
+            .map(|z| z.0.into());
+        let v6 = self
+            .zone_v6
+            .iter()
+            .filter(|z| z.1 == ZONE_HOST)
+            .map(|z| z.0.into());
+        v4.chain(v6).collect()
+    }
+
     /// A sparse pair's port entry, as `TG_PORT_EXACT` answers (0 if none).
     pub fn exact_entry(&self, key: &PortKey) -> PortEntry {
         let key = PortKey { slot: 0, ..*key };

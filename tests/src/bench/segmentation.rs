@@ -27,6 +27,9 @@ use super::{fill_sources, median_ns, to16};
 const NODE: [u8; 4] = [10, 0, 0, 1];
 const SERVICE_PORT: u16 = 443;
 const CLIENT_PORT: u16 = 40000;
+/// The two packets measured in each direction.
+const NEW_CONNECTION: &str = "new connection (SYN, rule allows, flow written)";
+const ESTABLISHED: &str = "established (reply of a live flow)";
 
 pub struct SegRow {
     pub zones: usize,
@@ -134,8 +137,7 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
     let remotes: Vec<[u8; 16]> = (0..k).map(|_| tier_address(zones, &mut rng)).collect();
     fill_sources(&mut dp, &remotes);
     let node = to16(Ipv4Addr::from(NODE).into());
-    let mut node4 = [0u8; 4];
-    node4.copy_from_slice(&node[..4]);
+    let node4 = NODE;
     let any = [192, 0, 2, 1];
     let mut rows = Vec::new();
     let mut row = |dp: &mut Datapath, dir: &'static str, packet: &'static str, frame: &[u8]| {
@@ -169,12 +171,7 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         PROTO_TCP,
         &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0),
     );
-    row(
-        &mut dp,
-        "ingress",
-        "new connection (SYN, rule allows, flow written)",
-        &syn,
-    );
+    row(&mut dp, "ingress", NEW_CONNECTION, &syn);
     // Ingress replies: core connected to each tier's 443 earlier.
     flows(
         &mut dp,
@@ -188,12 +185,7 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         PROTO_TCP,
         &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0),
     );
-    row(
-        &mut dp,
-        "ingress",
-        "established (reply of a live flow)",
-        &ack,
-    );
+    row(&mut dp, "ingress", ESTABLISHED, &ack);
     // Egress: core connects to each tier's 443 (the destination rotates).
     let syn = v4_frame(
         node4,
@@ -201,12 +193,7 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         PROTO_TCP,
         &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0),
     );
-    row(
-        &mut dp,
-        "egress",
-        "new connection (SYN, rule allows, flow written)",
-        &syn,
-    );
+    row(&mut dp, "egress", NEW_CONNECTION, &syn);
     // Egress replies: the tiers connected to core:443.
     flows(
         &mut dp,
@@ -220,12 +207,7 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         PROTO_TCP,
         &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0),
     );
-    row(
-        &mut dp,
-        "egress",
-        "established (reply of a live flow)",
-        &ack,
-    );
+    row(&mut dp, "egress", ESTABLISHED, &ack);
     drop(dp);
     drop(pins);
     rows
