@@ -331,6 +331,11 @@ fn tiers_reach_only_what_the_rules_allow_in_both_directions() {
         3.0,
         "the three answers pass as replies of the node's query"
     );
+    assert!(
+        counter(&after, "tierguard_flow_replies_total")
+            >= counter(&before, "tierguard_flow_replies_total") + 3.0,
+        "and are counted as flow replies"
+    );
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let mut buf = [0u8; 64];
     assert!(sock.recv_from(&mut buf).is_ok(), "and reach the socket");
