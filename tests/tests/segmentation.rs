@@ -424,7 +424,7 @@ fn replies_stop_passing_once_their_flow_has_expired() {
     let estate = Estate::new("tgsd", 235);
     let pins = PinDir::new("seg-expiry");
     let dir = tmpdir("expiry");
-    let body = format!("{RULES}\n[flows]\nudp_timeout = \"1s\"\n");
+    let body = format!("{RULES}\n[flows]\nudp_timeout = \"2s\"\n");
     let config = estate.config(&dir, pins.path(), &body);
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
     let edge = &estate.edge;
@@ -433,17 +433,18 @@ fn replies_stop_passing_once_their_flow_has_expired() {
     let established = |m: &str| packets(m, &edge.node_if, "ingress", "pass", "established");
     let denied = |m: &str| packets(m, &edge.node_if, "ingress", "drop", "default_deny");
 
-    // A fresh query: its answer passes.
+    // A fresh query: its answer passes (the scrape comes first so that the
+    // answer follows the query as closely as a loaded machine allows).
+    let before = agent.scrape();
     sock.send_to(b"query", format!("{}:5353", edge.peer_v4()))
         .unwrap();
-    let before = agent.scrape();
     edge.hping("--udp", 5353, port, 1, &edge.node_v4());
     let after = agent.scrape();
     assert_eq!(established(&after) - established(&before), 1.0);
 
     // Idle for longer than udp_timeout: the same "answer" is now a packet
     // from the edge to a port no rule opens.
-    std::thread::sleep(Duration::from_millis(2500));
+    std::thread::sleep(Duration::from_millis(4000));
     let before = agent.scrape();
     edge.hping("--udp", 5353, port, 1, &edge.node_v4());
     let after = agent.scrape();

@@ -21,8 +21,13 @@ pub struct FlowSweep {
     pub entries: u64,
     /// Expired entries this sweep freed.
     pub expired: u64,
-    /// Flows the kernel has created since the maps were pinned.
+    /// Flows the kernel had created since the maps were pinned, read
+    /// before the walk.
     pub created: u64,
+    /// The same counter read after the walk. Flows created during the walk
+    /// may or may not be among `entries`; the accounting uses whichever read
+    /// cannot report an eviction that did not happen.
+    pub created_after: u64,
 }
 
 pub struct FlowSweeper {
@@ -71,12 +76,7 @@ impl FlowSweeper {
         let meta = self.meta.get(&slot, 0).map_err(err(names::SEG_META))?;
         let now = coarse_now_ns();
         let mut out = FlowSweep {
-            created: self
-                .stats
-                .get(&FLOW_STAT_CREATED, 0)
-                .map_err(err(names::FLOW_STATS))?
-                .iter()
-                .fold(0u64, |a, b| a.saturating_add(*b)),
+            created: self.created()?,
             ..FlowSweep::default()
         };
         let mut stale = Vec::new();
@@ -101,7 +101,21 @@ impl FlowSweeper {
                 out.expired += 1;
             }
         }
+        out.created_after = self.created()?;
         Ok(out)
+    }
+
+    /// Flows the kernel has created, summed over CPUs.
+    fn created(&self) -> Result<u64> {
+        Ok(self
+            .stats
+            .get(&FLOW_STAT_CREATED, 0)
+            .map_err(|source| DatapathError::Map {
+                map: names::FLOW_STATS,
+                source,
+            })?
+            .iter()
+            .fold(0u64, |a, b| a.saturating_add(*b)))
     }
 }
 
@@ -116,12 +130,17 @@ pub struct FlowAccounting {
 impl FlowAccounting {
     /// Takes one sweep's result; returns (newly expired, newly evicted).
     /// Evictions since the agent started = flows created since then, minus
-    /// those it freed, minus the growth of the table.
+    /// those it freed, minus the growth of the table. Flows the kernel
+    /// creates while a walk runs may be counted live or not, so the first
+    /// sweep takes the counter read after its walk and later sweeps the one
+    /// read before theirs: a racing flow can hide an eviction for one sweep,
+    /// never invent one (the counter cannot go back).
     pub fn record(&mut self, s: FlowSweep) -> (u64, u64) {
         let start = *self.start.get_or_insert(FlowSweep {
             entries: s.entries + s.expired,
             expired: 0,
-            created: s.created,
+            created: s.created_after.max(s.created),
+            created_after: 0,
         });
         self.expired += s.expired;
         let evicted = (s.created - start.created.min(s.created) + start.entries)
@@ -144,6 +163,7 @@ mod tests {
             entries,
             expired,
             created,
+            created_after: created,
         };
         assert_eq!(a.record(s(10, 0, 100)), (0, 0));
         // 20 more created, 5 expired and freed, 20 live: 5 were evicted.
@@ -152,5 +172,27 @@ mod tests {
         assert_eq!(a.record(s(20, 0, 120)), (0, 0));
         // A racing sweep that sees more live entries than created: no negative.
         assert_eq!(a.record(s(30, 0, 121)), (0, 0));
+    }
+
+    #[test]
+    fn a_flow_created_during_the_first_walk_is_not_an_eviction() {
+        let mut a = FlowAccounting::default();
+        // The first walk saw the new flow live, the counter read before it
+        // did not count it yet.
+        let first = FlowSweep {
+            entries: 1,
+            expired: 0,
+            created: 0,
+            created_after: 1,
+        };
+        assert_eq!(a.record(first), (0, 0));
+        // It expires and is freed: nothing was evicted.
+        let later = FlowSweep {
+            entries: 0,
+            expired: 1,
+            created: 1,
+            created_after: 1,
+        };
+        assert_eq!(a.record(later), (1, 0));
     }
 }
