@@ -530,6 +530,8 @@ fn start_events(
         enabled = ev.enabled,
         rate_per_reason = ev.rate_per_reason,
         burst = ev.burst,
+        rate_per_source = ev.rate_per_source,
+        burst_per_source = ev.burst_per_source,
         global_rate = ev.global_rate,
         output = %match &ev.output {
             crate::config::EventOutput::Stdout => "stdout".to_string(),

@@ -2,9 +2,17 @@
 //! configuration the agent writes for the kernel, and the sampling arithmetic
 //! (token buckets) both run. docs/events.md describes every field.
 //!
-//! Sampling is per CPU: each CPU keeps its own bucket per reason and its own
-//! global bucket, and the agent writes rates and bursts already divided by the
-//! number of CPUs, so the node-wide figures are at most the configured ones.
+//! Sampling is per CPU: each CPU keeps its own bucket per reason, per source
+//! slot and its own global bucket, and the agent writes rates and bursts
+//! already divided by the number of CPUs, so the node-wide figures are at most
+//! the configured ones.
+//!
+//! An event goes out only if three buckets hold a token: its reason's, its
+//! source's (for that reason) and the global one. Source buckets live in a
+//! fixed array of [`SOURCE_SLOTS`] per CPU indexed by a seeded hash of
+//! (source, reason): bounded memory whatever a spoofed flood does, no
+//! insertion, and two sources that share a slot share its budget, which can
+//! only make sampling stricter.
 
 use crate::maps::MAX_REASONS;
 
@@ -26,6 +34,9 @@ pub const MAX_RATE: u64 = 1_000_000;
 pub const GLOBAL_BUCKET: u32 = MAX_REASONS;
 /// Entries of the sampler array: one per reason, then the global one.
 pub const SAMPLER_SIZE: u32 = MAX_REASONS + 1;
+/// Per-CPU source buckets (a power of two): 4,096 × 40 bytes = 160 KiB per CPU.
+pub const SOURCE_SLOTS: u32 = 4096;
+const SOURCE_SLOT_BITS: u32 = SOURCE_SLOTS.trailing_zeros();
 /// The kernel asks for a consumer wake-up on every this many events it
 /// emits (per CPU); others are submitted without one and picked up by the
 /// agent's periodic drain. Batching keeps a flood from costing a wake-up per event.
@@ -148,8 +159,17 @@ pub struct EventConfig {
     /// it: the sampler's clock is then `jiffies × ns_per_jiffy`, a plain
     /// memory read. 0: the sampler reads the coarse monotonic clock instead.
     pub ns_per_jiffy: u64,
+    /// Per source and reason, events per second per CPU.
+    pub source_rate: u64,
+    /// Per source and reason, bucket size per CPU.
+    pub source_burst: u64,
+    /// The same fill time for a source bucket.
+    pub source_fill_ns: u64,
+    /// Mixed into the source hash, chosen at random by the agent, so that
+    /// nobody can pick addresses that share a victim's slot.
+    pub source_seed: u64,
 }
-const _: () = assert!(core::mem::size_of::<EventConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<EventConfig>() == 96);
 
 const fn clamp(v: u64) -> u64 {
     if v == 0 {
@@ -187,27 +207,80 @@ impl EventConfig {
             fill_ns: fill_ns(rate, burst),
             global_fill_ns: fill_ns(global_rate, global_burst),
             ns_per_jiffy: 0,
+            source_rate: MAX_RATE,
+            source_burst: MAX_RATE,
+            source_fill_ns: fill_ns(MAX_RATE, MAX_RATE),
+            source_seed: 0,
         }
+    }
+
+    /// The same with a per-source limit (each clamped to 1..=MAX_RATE;
+    /// [`EventConfig::new`] leaves sources unlimited).
+    pub const fn with_source(mut self, rate: u64, burst: u64, seed: u64) -> EventConfig {
+        self.source_rate = clamp(rate);
+        self.source_burst = clamp(burst);
+        self.source_fill_ns = fill_ns(self.source_rate, self.source_burst);
+        self.source_seed = seed;
+        self
     }
 
     /// The per-CPU configuration for node-wide figures spread over `cpus` CPUs.
     /// Each share is rounded down but never below 1 (so with fewer events per
     /// second than CPUs the node-wide rate can reach one per CPU per second).
-    pub fn per_cpu(
-        rate: u64,
-        burst: u64,
-        global_rate: u64,
-        global_burst: u64,
-        cpus: u64,
-    ) -> EventConfig {
+    pub fn per_cpu(figures: NodeRates, cpus: u64, seed: u64) -> EventConfig {
         let share = |v: u64| (v / cpus.max(1)).max(1);
         EventConfig::new(
-            share(rate),
-            share(burst),
-            share(global_rate),
-            share(global_burst),
+            share(figures.rate),
+            share(figures.burst),
+            share(figures.global_rate),
+            share(figures.global_burst),
+        )
+        .with_source(
+            share(figures.source_rate),
+            share(figures.source_burst),
+            seed,
         )
     }
+}
+
+/// Node-wide sampling figures, as configured (events per second and bucket sizes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeRates {
+    pub rate: u64,
+    pub burst: u64,
+    pub source_rate: u64,
+    pub source_burst: u64,
+    pub global_rate: u64,
+    pub global_burst: u64,
+}
+
+/// The source bucket of (`src`, `reason`): the address's two 64-bit halves
+/// folded in with a seeded xor-shift-multiply mix (murmur3's finaliser
+/// steps), top bits kept. No loop, no division: cheap and verifier-friendly.
+#[inline(always)]
+pub fn source_slot(src: &[u8; 16], reason: u8, seed: u64) -> u32 {
+    #[inline(always)]
+    fn mix(mut x: u64) -> u64 {
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+        x ^= x >> 29;
+        x.wrapping_mul(0xC4CE_B9FE_1A85_EC53)
+    }
+    let half = |i: usize| {
+        u64::from_ne_bytes([
+            src[i],
+            src[i + 1],
+            src[i + 2],
+            src[i + 3],
+            src[i + 4],
+            src[i + 5],
+            src[i + 6],
+            src[i + 7],
+        ])
+    };
+    let h = mix(seed ^ (reason as u64) << 56 ^ half(0));
+    let h = mix(h ^ half(8));
+    (h >> (64 - SOURCE_SLOT_BITS)) as u32
 }
 
 /// Per-CPU sampling state of one reason (or of the global bucket).
@@ -269,13 +342,22 @@ impl Bucket {
     }
 }
 
-/// The sampling decision for one event: refills both buckets and, if both
-/// hold a token, takes one from each and returns true. Otherwise counts the
-/// event as suppressed in `per_reason` and returns false. On true the caller
-/// emits the event carrying `per_reason.pending` and then calls [`emitted`].
+/// The sampling decision for one event: refills the reason's, the source's
+/// and the global bucket and, if all three hold a token, takes one from each
+/// and returns true. Otherwise counts the event as suppressed in
+/// `per_reason` and returns false. On true the caller emits the event
+/// carrying `per_reason.pending` and then calls [`emitted`].
 #[inline(always)]
-pub fn sample(per_reason: &mut Bucket, global: &mut Bucket, cfg: &EventConfig, now: u64) -> bool {
-    sample_reason(per_reason, cfg, now) && sample_global(per_reason, global, cfg, now)
+pub fn sample(
+    per_reason: &mut Bucket,
+    source: &mut Bucket,
+    global: &mut Bucket,
+    cfg: &EventConfig,
+    now: u64,
+) -> bool {
+    sample_reason(per_reason, cfg, now)
+        && sample_source(per_reason, source, cfg, now)
+        && sample_global(per_reason, source, global, cfg, now)
 }
 
 /// First half of [`sample`]: the per-reason bucket alone. On false the event
@@ -293,11 +375,31 @@ pub fn sample_reason(per_reason: &mut Bucket, cfg: &EventConfig, now: u64) -> bo
     }
 }
 
-/// Second half of [`sample`], after [`sample_reason`] said yes: takes a token
-/// from both buckets if the global one has one, else counts the event as suppressed.
+/// Second step of [`sample`], after [`sample_reason`] said yes: the source's
+/// bucket (for this reason); on false the event is counted as suppressed.
+#[inline(always)]
+pub fn sample_source(
+    per_reason: &mut Bucket,
+    source: &mut Bucket,
+    cfg: &EventConfig,
+    now: u64,
+) -> bool {
+    source.refill(now, cfg.source_rate, cfg.source_burst, cfg.source_fill_ns);
+    if source.has_token() {
+        true
+    } else {
+        source.suppressed += 1;
+        suppress(per_reason);
+        false
+    }
+}
+
+/// Last step of [`sample`]: takes a token from all three buckets if the
+/// global one has one, else counts the event as suppressed.
 #[inline(always)]
 pub fn sample_global(
     per_reason: &mut Bucket,
+    source: &mut Bucket,
     global: &mut Bucket,
     cfg: &EventConfig,
     now: u64,
@@ -305,6 +407,7 @@ pub fn sample_global(
     global.refill(now, cfg.global_rate, cfg.global_burst, cfg.global_fill_ns);
     if global.has_token() {
         per_reason.take();
+        source.take();
         global.take();
         true
     } else {
@@ -397,7 +500,7 @@ mod tests {
         let mut g = Bucket::default();
         let mut allowed = 0;
         for i in 0..n {
-            if sample(&mut b, &mut g, cfg, start + i * gap) {
+            if sample(&mut b, &mut Bucket::default(), &mut g, cfg, start + i * gap) {
                 allowed += 1;
                 emitted(&mut b);
             }
@@ -440,19 +543,50 @@ mod tests {
         let mut g = Bucket::default();
         let t0 = 1_000;
         for _ in 0..5 {
-            assert!(sample(&mut b, &mut g, &c, t0));
+            assert!(sample(&mut b, &mut Bucket::default(), &mut g, &c, t0));
         }
-        assert!(!sample(&mut b, &mut g, &c, t0), "burst spent");
+        assert!(
+            !sample(&mut b, &mut Bucket::default(), &mut g, &c, t0),
+            "burst spent"
+        );
         // 10/s: one token every 100 ms, exactly.
-        assert!(!sample(&mut b, &mut g, &c, t0 + 99_999_999));
-        assert!(sample(&mut b, &mut g, &c, t0 + 100_000_000));
-        assert!(!sample(&mut b, &mut g, &c, t0 + 100_000_000));
+        assert!(!sample(
+            &mut b,
+            &mut Bucket::default(),
+            &mut g,
+            &c,
+            t0 + 99_999_999
+        ));
+        assert!(sample(
+            &mut b,
+            &mut Bucket::default(),
+            &mut g,
+            &c,
+            t0 + 100_000_000
+        ));
+        assert!(!sample(
+            &mut b,
+            &mut Bucket::default(),
+            &mut g,
+            &c,
+            t0 + 100_000_000
+        ));
         // 350 ms later: three more, not four.
         let t = t0 + 450_000_000;
-        assert_eq!((0..5).filter(|_| sample(&mut b, &mut g, &c, t)).count(), 3);
+        assert_eq!(
+            (0..5)
+                .filter(|_| sample(&mut b, &mut Bucket::default(), &mut g, &c, t))
+                .count(),
+            3
+        );
         // Long idle: full bucket, never more.
         let t = t + 60 * NS_PER_SEC;
-        assert_eq!((0..10).filter(|_| sample(&mut b, &mut g, &c, t)).count(), 5);
+        assert_eq!(
+            (0..10)
+                .filter(|_| sample(&mut b, &mut Bucket::default(), &mut g, &c, t))
+                .count(),
+            5
+        );
         assert_eq!(
             b.pending,
             2 + 1 + 2 + 5,
@@ -465,19 +599,25 @@ mod tests {
         let c = EventConfig::new(MAX_RATE, MAX_RATE, MAX_RATE, MAX_RATE);
         let mut b = Bucket::default();
         let mut g = Bucket::default();
-        assert!(sample(&mut b, &mut g, &c, 1));
+        assert!(sample(&mut b, &mut Bucket::default(), &mut g, &c, 1));
         let days = 30 * 86_400 * NS_PER_SEC;
-        assert!(sample(&mut b, &mut g, &c, days));
+        assert!(sample(&mut b, &mut Bucket::default(), &mut g, &c, days));
         assert_eq!(b.level, (MAX_RATE - 1) * NS_PER_SEC);
         let far = u64::MAX - 1;
-        assert!(sample(&mut b, &mut g, &c, far));
+        assert!(sample(&mut b, &mut Bucket::default(), &mut g, &c, far));
         assert_eq!(b.level, (MAX_RATE - 1) * NS_PER_SEC);
         // A clock going backwards adds nothing, does not panic, and refills
         // from there on.
         let level = b.level;
-        assert!(sample(&mut b, &mut g, &c, 5));
+        assert!(sample(&mut b, &mut Bucket::default(), &mut g, &c, 5));
         assert_eq!((b.last_ns, b.level), (5, level - NS_PER_SEC));
-        assert!(sample(&mut b, &mut g, &c, 5 + 1_000));
+        assert!(sample(
+            &mut b,
+            &mut Bucket::default(),
+            &mut g,
+            &c,
+            5 + 1_000
+        ));
         assert_eq!(b.level, level - NS_PER_SEC + 1_000 * MAX_RATE - NS_PER_SEC);
     }
 
@@ -489,8 +629,8 @@ mod tests {
         let mut g = Bucket::default();
         let mut allowed = 0;
         for _ in 0..10 {
-            allowed += sample(&mut a, &mut g, &c, 10) as u32;
-            allowed += sample(&mut b, &mut g, &c, 10) as u32;
+            allowed += sample(&mut a, &mut Bucket::default(), &mut g, &c, 10) as u32;
+            allowed += sample(&mut b, &mut Bucket::default(), &mut g, &c, 10) as u32;
         }
         assert_eq!(allowed, 3);
         assert_eq!(a.suppressed + b.suppressed, 17);
@@ -503,29 +643,116 @@ mod tests {
         let c = cfg(1, 1);
         let mut b = Bucket::default();
         let mut g = Bucket::default();
-        assert!(sample(&mut b, &mut g, &c, 1));
+        assert!(sample(&mut b, &mut Bucket::default(), &mut g, &c, 1));
         emitted(&mut b);
         for _ in 0..4 {
-            assert!(!sample(&mut b, &mut g, &c, 2));
+            assert!(!sample(&mut b, &mut Bucket::default(), &mut g, &c, 2));
         }
         assert_eq!(b.pending, 4);
-        assert!(sample(&mut b, &mut g, &c, 2 + NS_PER_SEC));
+        assert!(sample(
+            &mut b,
+            &mut Bucket::default(),
+            &mut g,
+            &c,
+            2 + NS_PER_SEC
+        ));
         lost(&mut b);
         assert_eq!((b.pending, b.lost, b.suppressed), (5, 1, 4));
-        assert!(sample(&mut b, &mut g, &c, 3 + 2 * NS_PER_SEC));
+        assert!(sample(
+            &mut b,
+            &mut Bucket::default(),
+            &mut g,
+            &c,
+            3 + 2 * NS_PER_SEC
+        ));
         emitted(&mut b);
         assert_eq!(b.pending, 0);
     }
 
     #[test]
     fn per_cpu_shares_never_exceed_the_total() {
-        let c = EventConfig::per_cpu(100, 200, 1000, 1000, 3);
+        let node = NodeRates {
+            rate: 100,
+            burst: 200,
+            source_rate: 10,
+            source_burst: 20,
+            global_rate: 1000,
+            global_burst: 1000,
+        };
+        let c = EventConfig::per_cpu(node, 3, 7);
         assert_eq!((c.rate, c.burst, c.global_rate), (33, 66, 333));
+        assert_eq!((c.source_rate, c.source_burst, c.source_seed), (3, 6, 7));
         assert!(c.rate * 3 <= 100 && c.burst * 3 <= 200);
-        assert_eq!(EventConfig::per_cpu(1, 1, 1, 1, 8).rate, 1);
+        let one = NodeRates {
+            rate: 1,
+            burst: 1,
+            source_rate: 1,
+            source_burst: 1,
+            global_rate: 1,
+            global_burst: 1,
+        };
+        assert_eq!(EventConfig::per_cpu(one, 8, 0).rate, 1);
+        assert_eq!(EventConfig::per_cpu(one, 8, 0).source_rate, 1);
         assert_eq!(c.fill_ns, (66 * NS_PER_SEC).div_ceil(33));
+        assert_eq!(c.source_fill_ns, (6 * NS_PER_SEC).div_ceil(3));
         assert_eq!(fill_ns(3, 1), 333_333_334);
         let clamped = EventConfig::new(0, u64::MAX, 0, 0);
         assert_eq!((clamped.rate, clamped.burst), (1, MAX_RATE));
+        assert_eq!(
+            clamped.source_rate, MAX_RATE,
+            "sources unlimited unless asked"
+        );
+    }
+
+    #[test]
+    fn each_source_has_its_own_budget_within_a_reason() {
+        // Reason and global buckets wide open; 2 events per source.
+        let c = EventConfig::new(1000, 1000, 1000, 1000).with_source(1, 2, 42);
+        let (mut reason, mut global) = (Bucket::default(), Bucket::default());
+        let mut slots = [Bucket::default(); SOURCE_SLOTS as usize];
+        let a = [10, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let b = [10, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+        let (sa, sb) = (source_slot(&a, 3, 42), source_slot(&b, 3, 42));
+        assert_ne!(sa, sb, "these two do not collide under this seed");
+        let mut send = |slot: u32, t: u64, reason: &mut Bucket| {
+            let ok = sample(reason, &mut slots[slot as usize], &mut global, &c, t);
+            if ok {
+                emitted(reason);
+            }
+            ok
+        };
+        let r = &mut reason;
+        assert_eq!((0..10).filter(|_| send(sa, 1, r)).count(), 2, "a's burst");
+        assert_eq!(
+            (0..10).filter(|_| send(sb, 1, r)).count(),
+            2,
+            "b is not starved by a"
+        );
+        // One second later each source has one more.
+        assert!(send(sa, 1 + NS_PER_SEC, r));
+        assert!(!send(sa, 1 + NS_PER_SEC, r));
+        assert!(send(sb, 1 + NS_PER_SEC, r));
+        assert_eq!(reason.suppressed, 17, "every event not emitted is counted");
+        assert_eq!(slots[sa as usize].suppressed, 9);
+    }
+
+    #[test]
+    fn source_slots_spread_and_depend_on_reason_and_seed() {
+        let mut used = [0u32; SOURCE_SLOTS as usize];
+        for i in 0..SOURCE_SLOTS * 4 {
+            let mut a = [0u8; 16];
+            a[..4].copy_from_slice(&(0x0a00_0000 + i).to_be_bytes());
+            let s = source_slot(&a, 1, 99);
+            assert!(s < SOURCE_SLOTS);
+            used[s as usize] += 1;
+        }
+        // 4 addresses per slot on average: no slot near-empty or crowded.
+        let max = used.iter().max().unwrap();
+        assert!(*max <= 16, "crowded slot: {max}");
+        assert!(used.iter().filter(|&&n| n == 0).count() < SOURCE_SLOTS as usize / 20);
+        let v6 = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let differs = |f: &dyn Fn(u64) -> u32| (0..64).any(|k| f(k) != f(k + 1));
+        assert!(differs(&|k| source_slot(&v6, 1, k)), "seed matters");
+        assert!(differs(&|k| source_slot(&v6, k as u8, 5)), "reason matters");
     }
 }

@@ -22,6 +22,7 @@ pub mod names {
     pub const EVENT_CONFIG: &str = "TG_EVENT_CONFIG";
     /// Per-CPU `event::Bucket`s: one per reason, then the global one.
     pub const EVENT_SAMPLER: &str = "TG_EVENT_SAMPLER";
+    pub const EVENT_SOURCES: &str = "TG_EVENT_SOURCES";
     pub const V6_TABLE: &str = "TG_V6_TABLE";
     // Segmentation (layout in `crate::segment`).
     pub const SEG_META: &str = "TG_SEG_META";

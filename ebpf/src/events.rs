@@ -9,7 +9,7 @@ use tierguard_common::{
     packet::Packet,
 };
 
-use crate::maps::{EVENT_CONFIG, EVENT_SAMPLER, EVENTS};
+use crate::maps::{EVENT_CONFIG, EVENT_SAMPLER, EVENT_SOURCES, EVENTS};
 
 /// Submit without waking the consumer (it drains on a timer).
 const BPF_RB_NO_WAKEUP: u64 = 1;
@@ -43,11 +43,25 @@ pub fn on_drop(ifindex: u32, dir: Direction, d: &Decision, p: Option<&Packet>, l
     if !event::sample_reason(b, cfg, coarse) {
         return;
     }
+    // The reason has a token: now the source's budget, then the global one.
+    let src = match p {
+        Some(p) => &p.src,
+        None => &[0u8; 16],
+    };
+    let slot = event::source_slot(src, d.reason as u8, cfg.source_seed);
+    let Some(s) = EVENT_SOURCES.get_ptr_mut(slot) else {
+        return;
+    };
+    // SAFETY: per-CPU entry, as above.
+    let s = unsafe { &mut *s };
+    if !event::sample_source(b, s, cfg, coarse) {
+        return;
+    }
     let Some(g) = EVENT_SAMPLER.get_ptr_mut(GLOBAL_BUCKET) else {
         return;
     };
     // SAFETY: as above; GLOBAL_BUCKET is past every reason's entry.
-    if !event::sample_global(b, unsafe { &mut *g }, cfg, coarse) {
+    if !event::sample_global(b, s, unsafe { &mut *g }, cfg, coarse) {
         return;
     }
     emit(ifindex, dir, d, p, len);

@@ -190,3 +190,86 @@ fn drops_write_records_with_the_packet_fields_and_sampling_accounts_for_every_dr
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].suppressed, held, "N more like this");
 }
+
+#[test]
+fn one_noisy_source_does_not_use_up_its_reasons_events() {
+    pin_to_cpu0();
+    let pins = PinDir::new("evk-src");
+    let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
+    let policy = CompiledPolicy::compile(&config, &[]).unwrap();
+    let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
+    dp.apply(&policy).unwrap();
+    let mut ring = dp.event_ring().unwrap();
+    let sampler = dp.sampler_reader().unwrap();
+    // The reason and global budgets are wide; each source gets a burst of 2
+    // per CPU and one more per second.
+    let cfg = EventsConfig {
+        enabled: true,
+        rate_per_reason: 1000 * cpus(),
+        burst: 1000 * cpus(),
+        rate_per_source: cpus(),
+        burst_per_source: 2 * cpus(),
+        global_rate: 1000 * cpus(),
+        ..EventsConfig::default()
+    };
+    let k = dp.set_events(&cfg).unwrap();
+    assert_eq!((k.source_rate, k.source_burst), (1, 2));
+    let syn_from = |last: u8| {
+        v4_frame(
+            [198, 51, 100, last],
+            [10, 0, 0, 1],
+            PROTO_TCP,
+            &tcp(40000, 22, TCP_SYN, 0),
+        )
+    };
+    let (noisy, quiet) = (syn_from(7), syn_from(8));
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &noisy, 500).unwrap().action,
+        XDP_DROP
+    );
+    let from_noisy = records(&mut ring);
+    assert!(
+        (2..=3).contains(&from_noisy.len()),
+        "{} events from one source at 1/s with a burst of 2",
+        from_noisy.len()
+    );
+    assert!(from_noisy.iter().all(|e| e.src[..4] == [198, 51, 100, 7]));
+    // The same reason, another source: it still has its own budget (unless
+    // the random seed put both in one slot: 1 in 4,096, then they share it).
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &quiet, 500).unwrap().action,
+        XDP_DROP
+    );
+    let from_quiet = records(&mut ring);
+    assert!(
+        from_quiet.len() <= 3,
+        "{} events from the second source",
+        from_quiet.len()
+    );
+    let shared_slot = tierguard_common::event::source_slot(
+        &[198, 51, 100, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        Reason::DenyList as u8,
+        k.source_seed,
+    ) == tierguard_common::event::source_slot(
+        &[198, 51, 100, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+        Reason::DenyList as u8,
+        k.source_seed,
+    );
+    if !shared_slot {
+        assert!(from_quiet.len() >= 2, "the second source is not starved");
+    }
+    assert!(from_quiet.iter().all(|e| e.src[..4] == [198, 51, 100, 8]));
+    let suppressed = sampler
+        .read()
+        .unwrap()
+        .suppressed
+        .iter()
+        .find(|(r, _)| *r == Reason::DenyList)
+        .unwrap()
+        .1;
+    assert_eq!(
+        (from_noisy.len() + from_quiet.len()) as u64 + suppressed,
+        1000,
+        "every drop emitted or suppressed"
+    );
+}

@@ -74,6 +74,8 @@ struct RawEvents {
     enabled: Option<bool>,
     rate_per_reason: Option<Spanned<i64>>,
     burst: Option<Spanned<i64>>,
+    rate_per_source: Option<Spanned<i64>>,
+    burst_per_source: Option<Spanned<i64>>,
     global_rate: Option<Spanned<i64>>,
     output: Option<Spanned<String>>,
     file_max_bytes: Option<Spanned<i64>>,
@@ -194,6 +196,11 @@ pub struct EventsConfig {
     pub rate_per_reason: u64,
     /// Events a reason may emit at once after a quiet period.
     pub burst: u64,
+    /// Events per second per source address and reason (node-wide), so one
+    /// noisy source cannot use up a reason's budget.
+    pub rate_per_source: u64,
+    /// Events one source may emit at once for a reason after a quiet period.
+    pub burst_per_source: u64,
     /// Events per second over all reasons (node-wide); its burst is one second's worth.
     pub global_rate: u64,
     pub output: EventOutput,
@@ -269,6 +276,8 @@ impl Default for EventsConfig {
             enabled: false,
             rate_per_reason: 100,
             burst: 200,
+            rate_per_source: 10,
+            burst_per_source: 20,
             global_rate: 1000,
             output: EventOutput::Stdout,
             file_max_bytes: 100 * 1024 * 1024,
@@ -540,6 +549,20 @@ fn validate_events(
         d.rate_per_reason,
     );
     let burst = num(&raw.burst, "burst", 1, max_rate, d.burst);
+    let rate_per_source = num(
+        &raw.rate_per_source,
+        "rate_per_source",
+        1,
+        max_rate,
+        d.rate_per_source,
+    );
+    let burst_per_source = num(
+        &raw.burst_per_source,
+        "burst_per_source",
+        1,
+        max_rate,
+        d.burst_per_source,
+    );
     let global_rate = num(&raw.global_rate, "global_rate", 1, max_rate, d.global_rate);
     let file_max_bytes = num(
         &raw.file_max_bytes,
@@ -618,6 +641,8 @@ fn validate_events(
         enabled: raw.enabled.unwrap_or(d.enabled),
         rate_per_reason,
         burst,
+        rate_per_source,
+        burst_per_source,
         global_rate,
         output,
         file_max_bytes,

@@ -211,6 +211,18 @@ fn events_default_off_and_parse() {
     assert_eq!((c.events.file_max_bytes, c.events.file_keep), (65536, 3));
     let c = load("[events]\noutput = \"stdout\"\n").unwrap();
     assert_eq!(c.events.output, EventOutput::Stdout);
+    let c = load("[events]\nrate_per_source = 3\nburst_per_source = 4\n").unwrap();
+    assert_eq!(
+        (c.events.rate_per_source, c.events.burst_per_source),
+        (3, 4)
+    );
+    assert_eq!(
+        (
+            EventsConfig::default().rate_per_source,
+            EventsConfig::default().burst_per_source
+        ),
+        (10, 20)
+    );
 }
 
 #[test]
@@ -225,6 +237,16 @@ fn events_bad_values_are_refused_with_their_place() {
     let e = only_error("[events]\nburst = 99999999999\n");
     assert_eq!(e.line, 2);
     assert!(e.message.contains("burst"), "{}", e.message);
+    let e = only_error("[events]\nrate_per_source = 0\n");
+    assert_eq!((e.line, e.column), (2, 19));
+    assert!(
+        e.message
+            .contains("rate_per_source = 0 is out of range: expected 1 to 1000000"),
+        "{}",
+        e.message
+    );
+    let e = only_error("[events]\nburst_per_source = 1000001\n");
+    assert!(e.message.contains("burst_per_source"), "{}", e.message);
     let e = only_error("[events]\nglobal_rate = -1\n");
     assert!(e.message.contains("global_rate"), "{}", e.message);
     let e = only_error("[events]\nfile_keep = 0\n");

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use tierguard_common::{
-    event::{Bucket, EventConfig},
+    event::{Bucket, EventConfig, NodeRates},
     maps::names,
     reason::Reason,
 };
@@ -20,13 +20,32 @@ pub fn kernel_config(cfg: &EventsConfig, cpus: u64) -> EventConfig {
     if !cfg.enabled {
         return EventConfig::default();
     }
-    EventConfig::per_cpu(
-        cfg.rate_per_reason,
-        cfg.burst,
-        cfg.global_rate,
-        cfg.global_rate,
-        cpus,
-    )
+    let figures = NodeRates {
+        rate: cfg.rate_per_reason,
+        burst: cfg.burst,
+        source_rate: cfg.rate_per_source,
+        source_burst: cfg.burst_per_source,
+        global_rate: cfg.global_rate,
+        global_burst: cfg.global_rate,
+    };
+    EventConfig::per_cpu(figures, cpus, source_seed())
+}
+
+/// A random seed for the source-slot hash, drawn once per agent process (a
+/// restart redraws it, which only reshuffles which sources share a slot).
+fn source_seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // SAFETY: getrandom writes at most b.len() bytes into the buffer we own.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        if n == b.len() as isize {
+            u64::from_ne_bytes(b)
+        } else {
+            // No entropy (not expected after boot): the clock still varies by node.
+            crate::datapath::coarse_now_ns().rotate_left(17) ^ u64::from(std::process::id())
+        }
+    })
 }
 
 /// Nanoseconds per kernel jiffy, or 0 if it cannot be told. Measured once per
