@@ -95,7 +95,7 @@ fn denied_traffic_produces_events_with_every_field_right() {
         &lab.node_if,
         pins.path(),
         &format!(
-            "enabled = true\nrate_per_reason = 1000\nburst = 1000\nglobal_rate = 10000\noutput = \"{}\"\n",
+            "enabled = true\nrate_per_reason = 1000\nburst = 1000\nrate_per_source = 1000\nburst_per_source = 1000\nglobal_rate = 10000\noutput = \"{}\"\n",
             out.display()
         ),
     );
@@ -385,7 +385,7 @@ fn the_event_file_rotates_and_keeps_the_configured_number_of_files() {
         &lab.node_if,
         pins.path(),
         &format!(
-            "enabled = true\nrate_per_reason = 100000\nburst = 100000\nglobal_rate = 100000\noutput = \"{}\"\nfile_max_bytes = 4096\nfile_keep = 2\n",
+            "enabled = true\nrate_per_reason = 100000\nburst = 100000\nrate_per_source = 100000\nburst_per_source = 100000\nglobal_rate = 100000\noutput = \"{}\"\nfile_max_bytes = 4096\nfile_keep = 2\n",
             out.display()
         ),
     );
@@ -525,4 +525,103 @@ fn promtool_accepts(metrics: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A small tmpfs mounted for one test, unmounted however the test ends.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tgv6disk"])
+            .arg(&at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount a tmpfs at {}", at.display());
+        SmallDisk(at)
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_never_stops_enforcement_and_the_file_recovers_when_space_returns() {
+    let lab = Lab::new("tgv6", 226);
+    let pins = PinDir::new("ev6");
+    let dir = tmpdir("fulldisk");
+    // 16 KiB holds a few dozen event lines; the file may grow to 1 MiB, so
+    // the disk fills long before rotation would start.
+    let disk = SmallDisk::mount(dir.join("disk"), "16k");
+    let out = disk.0.join("events.jsonl");
+    let config = write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        &format!(
+            "enabled = true\nrate_per_reason = 100000\nburst = 100000\nrate_per_source = 100000\n\
+             burst_per_source = 100000\nglobal_rate = 100000\noutput = \"{}\"\nfile_max_bytes = 1048576\n",
+            out.display()
+        ),
+    );
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    let sent = 200u64;
+    let _ = lab.udp_flood(FLOOD_V4, sent, 2000).wait();
+    let failed = |m: &str| metric(m, "tierguard_events_dropped_total{stage=\"write_error\"}");
+    agent.wait_for("the events that found no room counted", |m| {
+        let written = lines(&out).len() as u64;
+        written + failed(m) + metric(m, "tierguard_events_dropped_total{stage=\"channel_full\"}")
+            == sent
+    });
+    let m = agent.scrape();
+    assert_eq!(drops(&m, &lab.node_if), sent, "enforcement goes on");
+    assert_eq!(
+        metric(&m, "tierguard_events_emitted_total{reason=\"deny_list\"}"),
+        sent
+    );
+    let kept = lines(&out);
+    assert!(failed(&m) > 0, "the disk filled: {} lines kept", kept.len());
+    assert!(!kept.is_empty(), "what fitted was written");
+    // `lines` parses every line: a line cut by the full disk would fail here.
+    assert!(
+        std::fs::read_to_string(&out).unwrap().ends_with('\n'),
+        "no half-written record is left at the end of the file"
+    );
+    assert_eq!(
+        agent.log().matches("cannot write events").count(),
+        1,
+        "said once, not per line:\n{}",
+        agent.log()
+    );
+    assert!(lab.ping(None, &lab.node_v4(), 1), "allowed traffic flows");
+
+    // Space comes back: the next event is written after the last whole line.
+    disk.grow("1m");
+    let _ = lab.udp_flood(FLOOD_V4, 1, 1000).wait();
+    let got = wait_lines(&out, "the event after recovery", |l| l.len() > kept.len());
+    assert_eq!(got.len(), kept.len() + 1);
+    assert_eq!(got[kept.len()]["src"], FLOOD_V4);
+    assert!(
+        agent.log().contains("event sink writes again"),
+        "{}",
+        agent.log()
+    );
+    assert!(agent.stop().success());
+    drop(disk);
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -234,7 +234,7 @@ fn webhook_delivers_batches_sheds_while_down_and_resumes() {
         format!(
             "[agent]\ninterfaces = [\"{}\"]\npin_path = \"{}\"\n\n\
              [[lists]]\nname = \"blocked\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n\n\
-             [events]\nenabled = true\nrate_per_reason = 1000\nburst = 1000\nglobal_rate = 10000\n\
+             [events]\nenabled = true\nrate_per_reason = 1000\nburst = 1000\nrate_per_source = 1000\nburst_per_source = 1000\nglobal_rate = 10000\n\
              output = \"{}\"\n\
              webhook_url = \"http://127.0.0.1:{port}/ingest\"\nwebhook_token_file = \"{}\"\n\
              webhook_batch_max = 3\nwebhook_flush_ms = 500\nwebhook_queue = 2\nwebhook_max_attempts = 2\n",

@@ -108,9 +108,14 @@ impl RotatingFile {
         let mut buf = Vec::with_capacity(line.len() + 1);
         buf.extend_from_slice(line.as_bytes());
         buf.push(b'\n');
-        let r = self.file.as_mut().expect("open").write_all(&buf);
+        let file = self.file.as_mut().expect("open");
+        let r = file.write_all(&buf);
         if r.is_err() {
-            // Reopen on the next line: the file may have been removed or the disk freed.
+            // A full disk may have taken part of the line: cut it off, so that
+            // the file holds whole lines only and a reader never meets half a
+            // record. Then reopen on the next line: the file may have been
+            // removed or the disk freed.
+            let _ = file.set_len(self.size);
             self.file = None;
         } else {
             self.size += n;
