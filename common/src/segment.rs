@@ -204,8 +204,31 @@ pub struct SegMeta {
     pub tcp_closing_timeout_ns: u64,
     pub udp_timeout_ns: u64,
     pub other_timeout_ns: u64,
+    /// The flow clock: if non-zero, flows are stamped with
+    /// `jiffies × ns_per_jiffy − jiffy_offset_ns` (a memory read, no helper
+    /// call), which the agent set up to read as CLOCK_MONOTONIC_COARSE; if
+    /// zero, with `bpf_ktime_get_coarse_ns`. Written by the agent when it
+    /// applies a policy, not part of the policy.
+    pub ns_per_jiffy: u64,
+    pub jiffy_offset_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<SegMeta>() == 40);
+const _: () = assert!(core::mem::size_of::<SegMeta>() == 56);
+
+impl SegMeta {
+    /// The flow clock's reading for `jiffies` (see [`SegMeta::ns_per_jiffy`]);
+    /// `None` when the coarse clock is to be read instead.
+    #[inline(always)]
+    pub fn jiffy_time(&self, jiffies: u64) -> Option<u64> {
+        if self.ns_per_jiffy == 0 {
+            return None;
+        }
+        Some(
+            jiffies
+                .wrapping_mul(self.ns_per_jiffy)
+                .wrapping_sub(self.jiffy_offset_ns),
+        )
+    }
+}
 
 /// Zones and rules are evaluated (otherwise the lists' verdict is final).
 pub const SEG_ENABLED: u32 = 1;

@@ -25,7 +25,6 @@ use tierguard_common::{
     maps::{Direction, PROG_EGRESS, PROG_INGRESS},
     packet::Packet,
     parse::parse,
-    segment::SEG_ENABLED,
 };
 
 use crate::bytes::PacketBytes;
@@ -133,7 +132,7 @@ fn enforce_with<C: EbpfContext>(
         }
         let d = decide_packet(dir, slot, &p, meta, ifindex);
         // Checked here, not in the callee: a call costs more than the check.
-        if meta.flags & SEG_ENABLED != 0 {
+        if segment::after_has_work(meta, &d) {
             segment::after(dir, meta, &p, &d, len);
         }
         d

@@ -1,7 +1,10 @@
 //! The kernel's side of the decision: `Tables` over the BPF maps, and the
 //! bookkeeping after a decision (flows, rule and zone-pair counters).
 
-use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, maps::lpm_trie::Key};
+use aya_ebpf::{
+    helpers::{bpf_jiffies64, bpf_ktime_get_coarse_ns},
+    maps::lpm_trie::Key,
+};
 use tierguard_common::{
     Reason,
     decide::{Decision, NO_ID, Tables},
@@ -33,6 +36,8 @@ static NO_META: SegMeta = SegMeta {
     tcp_closing_timeout_ns: 0,
     udp_timeout_ns: 0,
     other_timeout_ns: 0,
+    ns_per_jiffy: 0,
+    jiffy_offset_ns: 0,
 };
 
 #[inline(always)]
@@ -40,6 +45,17 @@ pub fn meta(slot: u8) -> &'static SegMeta {
     match SEG_META.get(slot as u32) {
         Some(m) => m,
         None => &NO_META,
+    }
+}
+
+/// The flow clock: jiffies scaled to monotonic time when the agent could
+/// tell their length (the verifier inlines `bpf_jiffies64` into a memory
+/// read), else the coarse-clock helper. See `SegMeta::ns_per_jiffy`.
+#[inline(always)]
+fn flow_now(meta: &SegMeta) -> u64 {
+    match meta.jiffy_time(unsafe { bpf_jiffies64() }) {
+        Some(t) => t,
+        None => unsafe { bpf_ktime_get_coarse_ns() },
     }
 }
 
@@ -178,7 +194,7 @@ impl Tables for KernelTables {
         let Some(v) = FLOWS.get_ptr_mut(key) else {
             return false;
         };
-        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        let now = flow_now(self.meta);
         // SAFETY: a map value; racing writers only store timestamps and flags.
         let v = unsafe { &mut *v };
         if !flow_alive(self.meta, key, v, now) {
@@ -218,6 +234,23 @@ fn add(c: *mut Counter, len: u32) {
         (*c).packets += 1;
         (*c).bytes += len as u64;
     }
+}
+
+/// Reasons [`after`] has work for (rule counters, zone-pair drops, opening a
+/// flow): the caller checks this mask first, as a call that does nothing
+/// (an established packet's, a list drop's) costs more than the test.
+const AFTER_REASONS: u32 = (1 << Reason::RuleAllow as u32)
+    | (1 << Reason::RuleAudit as u32)
+    | (1 << Reason::RuleDeny as u32)
+    | (1 << Reason::DefaultAllow as u32)
+    | (1 << Reason::DefaultDeny as u32)
+    | (1 << Reason::AllowList as u32)
+    | (1 << Reason::LimitAudit as u32);
+
+/// Whether [`after`] has anything to do for this decision.
+#[inline(always)]
+pub fn after_has_work(meta: &SegMeta, d: &Decision) -> bool {
+    meta.flags & SEG_ENABLED != 0 && (AFTER_REASONS >> (d.reason as u32 & 31)) & 1 != 0
 }
 
 /// After the decision: open a flow for an allowed first packet, count the
@@ -264,7 +297,7 @@ pub fn after(dir: Direction, meta: &SegMeta, p: &Packet, d: &Decision, len: u32)
         } else {
             d.id
         };
-        open_flow(dir, p, rule);
+        open_flow(dir, meta, p, rule);
     }
 }
 
@@ -272,9 +305,9 @@ const BPF_NOEXIST: u64 = 1;
 const EEXIST: i32 = 17;
 
 #[inline(always)]
-fn open_flow(dir: Direction, p: &Packet, rule: u16) {
+fn open_flow(dir: Direction, meta: &SegMeta, p: &Packet, rule: u16) {
     let key = flow_key(p);
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = flow_now(meta);
     let v = FlowValue {
         last_seen_ns: now,
         rule,

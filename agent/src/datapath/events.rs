@@ -10,7 +10,7 @@ use tierguard_common::{
     reason::Reason,
 };
 
-use super::{Datapath, DatapathError, Result};
+use super::{Datapath, DatapathError, Result, clock::ns_per_jiffy};
 use crate::config::EventsConfig;
 
 /// The kernel configuration for `cfg` on a machine with `cpus` possible CPUs:
@@ -43,58 +43,9 @@ fn source_seed() -> u64 {
             u64::from_ne_bytes(b)
         } else {
             // No entropy (not expected after boot): the clock still varies by node.
-            crate::datapath::coarse_now_ns().rotate_left(17) ^ u64::from(std::process::id())
+            super::clock::coarse_now_ns().rotate_left(17) ^ u64::from(std::process::id())
         }
     })
-}
-
-/// Nanoseconds per kernel jiffy, or 0 if it cannot be told. Measured once per
-/// process from /proc/timer_list (jiffies and the monotonic clock, 100 ms
-/// apart) and snapped to the usual CONFIG_HZ values.
-pub fn ns_per_jiffy() -> u64 {
-    static CACHE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    *CACHE.get_or_init(|| {
-        let a = read_timer_list();
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let b = read_timer_list();
-        match (a, b) {
-            (Some(a), Some(b)) => hz_from_samples(a, b).map_or(0, |hz| 1_000_000_000 / hz),
-            _ => 0,
-        }
-    })
-}
-
-/// (monotonic ns, jiffies) from /proc/timer_list.
-fn read_timer_list() -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string("/proc/timer_list").ok()?;
-    parse_timer_list(&text)
-}
-
-fn parse_timer_list(text: &str) -> Option<(u64, u64)> {
-    let now = text.lines().find_map(|l| {
-        l.strip_prefix("now at ")?
-            .strip_suffix(" nsecs")?
-            .trim()
-            .parse()
-            .ok()
-    })?;
-    let jiffies = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("jiffies: ")?.trim().parse().ok())?;
-    Some((now, jiffies))
-}
-
-/// CONFIG_HZ from two (ns, jiffies) samples, if it is one of the usual values.
-fn hz_from_samples(a: (u64, u64), b: (u64, u64)) -> Option<u64> {
-    let dns = b.0.checked_sub(a.0)?;
-    let dj = b.1.checked_sub(a.1)?;
-    if dns < 50_000_000 {
-        return None;
-    }
-    let hz = dj as f64 * 1e9 / dns as f64;
-    [100u64, 250, 300, 1000]
-        .into_iter()
-        .find(|&h| (hz - h as f64).abs() <= h as f64 * 0.1)
 }
 
 /// Possible CPUs: the number of values in a per-CPU map.
@@ -182,29 +133,6 @@ impl SamplerReader {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hz_is_read_from_timer_list_samples() {
-        let text = "Timer List Version: v0.10\nnow at 4719748217687 nsecs\n\ncpu: 0\n jiffies: 4296072170\n";
-        assert_eq!(
-            parse_timer_list(text),
-            Some((4_719_748_217_687, 4_296_072_170))
-        );
-        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1025)), Some(250));
-        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1026)), Some(250));
-        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1100)), Some(1000));
-        assert_eq!(hz_from_samples((0, 1000), (100_000_000, 1010)), Some(100));
-        assert_eq!(
-            hz_from_samples((0, 1000), (100_000_000, 1050)),
-            None,
-            "500 Hz is not a usual value"
-        );
-        assert_eq!(
-            hz_from_samples((0, 1000), (10_000_000, 1003)),
-            None,
-            "too short to tell"
-        );
-    }
 
     #[test]
     fn disabled_config_writes_zero_and_enabled_divides_by_cpus() {

@@ -12,7 +12,7 @@ use tierguard_common::{
     segment::{FLOW_CAPACITY, FLOW_STAT_CREATED, FlowKey, FlowValue, SegMeta, flow_alive},
 };
 
-use super::{DatapathError, Result};
+use super::{DatapathError, Result, clock::coarse_now_ns};
 
 /// What one sweep found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -41,17 +41,6 @@ fn open(pin_dir: &Path, name: &'static str) -> Result<Map> {
     let err = |source| DatapathError::Map { map: name, source };
     let data = MapData::from_pin(pin_dir.join(name)).map_err(err)?;
     Map::from_map_data(data).map_err(err)
-}
-
-/// CLOCK_MONOTONIC_COARSE in nanoseconds: the clock `bpf_ktime_get_coarse_ns` reads.
-pub fn coarse_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl FlowSweeper {

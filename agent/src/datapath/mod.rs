@@ -4,6 +4,8 @@
 mod attach;
 mod blocks;
 mod caps;
+mod clock;
+mod compat;
 mod egress;
 mod error;
 mod events;
@@ -21,9 +23,11 @@ use tierguard_common::maps::{PROG_INGRESS, names, programs};
 
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use blocks::{Block, BlockTable};
+pub use clock::{JiffyClock, coarse_now_ns, jiffy_clock, ns_per_jiffy};
+pub use compat::{Layout, Recreated};
 pub use error::{DatapathError, Result};
-pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config, ns_per_jiffy};
-pub use flows::{FlowAccounting, FlowSweep, FlowSweeper, coarse_now_ns};
+pub use events::{SamplerCounts, SamplerReader, cpus, kernel_config};
+pub use flows::{FlowAccounting, FlowSweep, FlowSweeper};
 pub use limit_tables::{LimitCounters, LimitReader, state_bytes};
 pub use stats::{FlowCounters, Stats, StatsKey, StatsReader, verdicts_of};
 pub use test_run::{RunResult, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS};
@@ -44,6 +48,8 @@ pub struct Datapath {
     live: Option<tables::Written>,
     /// True when the maps were already pinned by an earlier agent.
     adopted: bool,
+    /// Pinned maps of another layout that this load created afresh.
+    recreated: Vec<Recreated>,
     /// (ifindex, slot) pairs of `TG_IFACE_SLOTS`, read once (65,536 entries)
     /// and kept in step with every write.
     slot_table: Option<Vec<(u32, u32)>>,
@@ -72,6 +78,20 @@ impl Datapath {
             return Err(DatapathError::MissingCapabilities(missing.join(", ")));
         }
         ensure_pin_dir(pin_dir)?;
+        let overrides = [(names::BENCH_SOURCES, bench_sources.max(1))];
+        let recreated = compat::set_aside_incompatible(
+            pin_dir,
+            &compat::object_layouts(EBPF_OBJECT, &overrides),
+        );
+        for r in &recreated {
+            tracing::warn!(
+                map = %r.map,
+                was = %r.was,
+                now = %r.now,
+                "a pinned map has another layout than this agent's programs need (an upgrade): \
+                 it is created afresh and its state starts empty"
+            );
+        }
         let adopted = pin_dir.join(names::ACTIVE_SLOT).exists();
         bump_memlock_rlimit();
         // aya-log's level defaults to "everything" in the object: set it at
@@ -79,7 +99,7 @@ impl Datapath {
         let log_level: u8 = if kernel_debug { KERNEL_DEBUG_LEVEL } else { 0 };
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
-            .map_max_entries(names::BENCH_SOURCES, bench_sources.max(1))
+            .map_max_entries(overrides[0].0, overrides[0].1)
             .override_global(KERNEL_LOG_LEVEL, &log_level, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {
@@ -106,6 +126,7 @@ impl Datapath {
             attachments: Vec::new(),
             live: None,
             adopted,
+            recreated,
             slot_table: None,
             rule_ids_in_use: 0,
         };
@@ -151,6 +172,12 @@ impl Datapath {
     /// Whether an earlier agent's pinned maps were adopted.
     pub fn adopted(&self) -> bool {
         self.adopted
+    }
+
+    /// Pinned maps an earlier version left with another layout, which this
+    /// load created afresh (their state started empty).
+    pub fn recreated(&self) -> &[Recreated] {
+        &self.recreated
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

@@ -187,8 +187,14 @@ pub(super) fn write(
             w.pairs.push(key);
         }
     }
+    // The policy's settings plus this boot's flow clock (not part of the policy).
+    let mut meta = seg.meta;
+    if let Some(c) = super::jiffy_clock() {
+        meta.ns_per_jiffy = c.ns_per_jiffy;
+        meta.jiffy_offset_ns = c.offset_ns;
+    }
     array::<SegMeta>(ebpf, names::SEG_META)?
-        .set(u32::from(slot), seg.meta, 0)
+        .set(u32::from(slot), meta, 0)
         .map_err(map_err(names::SEG_META))
 }
 

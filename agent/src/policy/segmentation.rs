@@ -561,6 +561,9 @@ fn meta(config: &Config) -> SegMeta {
         tcp_closing_timeout_ns: ns(config.flows.tcp_closing_timeout),
         udp_timeout_ns: ns(config.flows.udp_timeout),
         other_timeout_ns: ns(config.flows.other_timeout),
+        // Set by the datapath when it writes the policy.
+        ns_per_jiffy: 0,
+        jiffy_offset_ns: 0,
     }
 }
 

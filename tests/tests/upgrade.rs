@@ -1,0 +1,126 @@
+//! Pinned maps across agent versions: a restart over this version's own pins
+//! keeps every map (and its state); a pinned map an earlier version left
+//! with another layout is created afresh, and the programs enforce with it.
+
+use std::path::Path;
+use std::process::Command;
+
+use tierguard::{
+    config::Config,
+    datapath::{Datapath, XDP_DROP, XDP_PASS},
+    policy::CompiledPolicy,
+};
+use tierguard_common::{
+    build::{tcp, v4_frame},
+    maps::{names, programs},
+    packet::{PROTO_TCP, TCP_SYN},
+};
+use tierguard_tests::pins::PinDir;
+
+/// Zones with a default deny between them and one rule: edge may reach core on 443.
+const POLICY: &str = "[segmentation]\ndefault = \"deny\"\n\n\
+    [[zones]]\nname = \"edge\"\ncidrs = [\"10.10.0.0/16\"]\n\n\
+    [[zones]]\nname = \"core\"\ncidrs = [\"10.30.0.0/16\"]\n\n\
+    [[rules]]\nname = \"edge-to-core-https\"\nfrom = [\"edge\"]\nto = [\"core\"]\nprotocol = \"tcp\"\nports = [443]\naction = \"allow\"\n";
+
+fn loaded(pins: &Path) -> Datapath {
+    let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
+    let policy = CompiledPolicy::compile(&config, &[]).unwrap();
+    let mut dp = Datapath::load(pins).unwrap_or_else(|e| panic!("load: {e}"));
+    dp.apply(&policy).unwrap_or_else(|e| panic!("apply: {e}"));
+    dp
+}
+
+fn syn_to(port: u16) -> Vec<u8> {
+    v4_frame(
+        [10, 10, 0, 5],
+        [10, 30, 0, 9],
+        PROTO_TCP,
+        &tcp(40000, port, TCP_SYN, 0),
+    )
+}
+
+fn check_enforcement(dp: &mut Datapath) {
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &syn_to(443), 1)
+            .unwrap()
+            .action,
+        XDP_PASS,
+        "the rule allows edge to core on 443"
+    );
+    assert_eq!(
+        dp.test_run(programs::INGRESS, &syn_to(22), 1)
+            .unwrap()
+            .action,
+        XDP_DROP,
+        "the default denies the rest"
+    );
+}
+
+fn flows(pins: &Path) -> usize {
+    let map = aya::maps::MapData::from_pin(pins.join(names::FLOWS)).unwrap();
+    let map = aya::maps::Map::from_map_data(map).unwrap();
+    let table: aya::maps::HashMap<
+        _,
+        tierguard_common::segment::FlowKey,
+        tierguard_common::segment::FlowValue,
+    > = aya::maps::HashMap::try_from(map).unwrap();
+    table.keys().count()
+}
+
+#[test]
+fn a_restart_over_its_own_pins_keeps_every_map() {
+    let pins = PinDir::new("upgrade-same");
+    let mut first = loaded(pins.path());
+    assert!(first.recreated().is_empty(), "a fresh pin directory");
+    check_enforcement(&mut first);
+    assert_eq!(flows(pins.path()), 1, "the allowed SYN opened a flow");
+    drop(first);
+    let mut second = loaded(pins.path());
+    assert!(second.adopted());
+    assert_eq!(
+        second.recreated(),
+        &[],
+        "every pinned map has this version's layout"
+    );
+    assert_eq!(flows(pins.path()), 1, "the flow table carried over");
+    check_enforcement(&mut second);
+}
+
+#[test]
+fn a_pinned_map_of_an_older_layout_is_created_afresh() {
+    let pins = PinDir::new("upgrade-layout");
+    let mut first = loaded(pins.path());
+    check_enforcement(&mut first);
+    drop(first);
+    // What an earlier version would have left: the settings map with a
+    // smaller value (no flow-clock fields).
+    let meta = pins.path().join(names::SEG_META);
+    std::fs::remove_file(&meta).unwrap();
+    let older = std::mem::size_of::<tierguard_common::segment::SegMeta>() - 16;
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&meta)
+        .args(["type", "array", "key", "4", "value"])
+        .arg(older.to_string())
+        .args(["entries", "2", "name", names::SEG_META])
+        .status()
+        .expect("bpftool is installed by `cargo xtask setup`");
+    assert!(status.success(), "bpftool map create");
+
+    let mut second = loaded(pins.path());
+    let r = second.recreated();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].map, names::SEG_META);
+    assert_eq!(r[0].was.value_size as usize, older);
+    assert_eq!(
+        r[0].now.value_size as usize,
+        std::mem::size_of::<tierguard_common::segment::SegMeta>()
+    );
+    assert_eq!(
+        flows(pins.path()),
+        1,
+        "maps of the same layout keep their state"
+    );
+    check_enforcement(&mut second);
+}
