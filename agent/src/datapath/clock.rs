@@ -49,11 +49,11 @@ pub struct JiffyClock {
 }
 
 impl JiffyClock {
-    /// From one (monotonic ns, jiffies) sample. The jiffies in the sample may
-    /// be up to a tick behind its time; one tick is taken off the offset so
-    /// the kernel's reading is never later than the monotonic clock by more
-    /// than a tick, and a stamp read back by the sweeper never looks older
-    /// than it is.
+    /// From one (monotonic ns, jiffies) sample. Jiffies lag the time they
+    /// count by up to a tick, in the sample and at every later reading; one
+    /// tick is taken off the offset so that the kernel's reading is never
+    /// earlier than the monotonic clock (at most two ticks later), and a
+    /// stamp read back by the sweeper never looks older than it is.
     pub fn from_sample(ns_per_jiffy: u64, (now, jiffies): (u64, u64)) -> JiffyClock {
         JiffyClock {
             ns_per_jiffy,
@@ -137,10 +137,10 @@ mod tests {
         // 250 Hz, jiffies near their boot value, 10 s after boot.
         let jiffies = (1u64 << 32) - 300 * 250 + 2500;
         let c = JiffyClock::from_sample(4_000_000, (10_000_000_000, jiffies));
-        // At the sample: a tick early, never late.
-        assert_eq!(c.at(jiffies), 10_000_000_000 - 4_000_000);
+        // At the sample: a tick late, never early.
+        assert_eq!(c.at(jiffies), 10_000_000_000 + 4_000_000);
         // A minute later, by jiffies.
-        assert_eq!(c.at(jiffies + 60 * 250), 70_000_000_000 - 4_000_000);
+        assert_eq!(c.at(jiffies + 60 * 250), 70_000_000_000 + 4_000_000);
     }
 
     #[test]
