@@ -360,10 +360,10 @@ pub fn sample(
         && sample_global(per_reason, source, global, cfg, now)
 }
 
-/// First half of [`sample`]: the per-reason bucket alone. On false the event
-/// is counted as suppressed and the global bucket need not be read at all
+/// First step of [`sample`]: the per-reason bucket alone. On false the event
+/// is counted as suppressed and the other buckets need not be read at all
 /// (the kernel's cheap path). Refilling later gives the same level as
-/// refilling now, so skipping the global bucket changes nothing.
+/// refilling now, so skipping them changes nothing.
 #[inline(always)]
 pub fn sample_reason(per_reason: &mut Bucket, cfg: &EventConfig, now: u64) -> bool {
     per_reason.refill(now, cfg.rate, cfg.burst, cfg.fill_ns);

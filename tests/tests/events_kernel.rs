@@ -5,9 +5,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use aya::maps::{MapData, RingBuf};
 use tierguard::{
     config::{Config, EventsConfig},
-    datapath::{Datapath, XDP_DROP, XDP_PASS, cpus, kernel_config, ns_per_jiffy},
+    datapath::{Datapath, SamplerReader, XDP_DROP, XDP_PASS, cpus, kernel_config, ns_per_jiffy},
     policy::CompiledPolicy,
 };
 use tierguard_common::{
@@ -36,7 +37,20 @@ fn pin_to_cpu0() {
     }
 }
 
-fn records(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
+/// The programs with `POLICY` applied, on CPU 0, with the event ring and
+/// the sampler's counters.
+fn loaded(pins: &PinDir) -> (Datapath, RingBuf<MapData>, SamplerReader) {
+    pin_to_cpu0();
+    let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
+    let policy = CompiledPolicy::compile(&config, &[]).unwrap();
+    let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
+    dp.apply(&policy).unwrap();
+    let ring = dp.event_ring().unwrap();
+    let sampler = dp.sampler_reader().unwrap();
+    (dp, ring, sampler)
+}
+
+fn records(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
         out.push(Event::from_bytes(&item).expect("a version 1 record"));
@@ -46,14 +60,8 @@ fn records(ring: &mut aya::maps::RingBuf<aya::maps::MapData>) -> Vec<Event> {
 
 #[test]
 fn drops_write_records_with_the_packet_fields_and_sampling_accounts_for_every_drop() {
-    pin_to_cpu0();
     let pins = PinDir::new("evk");
-    let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
-    let policy = CompiledPolicy::compile(&config, &[]).unwrap();
-    let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
-    dp.apply(&policy).unwrap();
-    let mut ring = dp.event_ring().unwrap();
-    let sampler = dp.sampler_reader().unwrap();
+    let (mut dp, mut ring, sampler) = loaded(&pins);
 
     let syn = v4_frame(
         [198, 51, 100, 7],
@@ -193,14 +201,8 @@ fn drops_write_records_with_the_packet_fields_and_sampling_accounts_for_every_dr
 
 #[test]
 fn one_noisy_source_does_not_use_up_its_reasons_events() {
-    pin_to_cpu0();
     let pins = PinDir::new("evk-src");
-    let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
-    let policy = CompiledPolicy::compile(&config, &[]).unwrap();
-    let mut dp = Datapath::load(pins.path()).unwrap_or_else(|e| panic!("load: {e}"));
-    dp.apply(&policy).unwrap();
-    let mut ring = dp.event_ring().unwrap();
-    let sampler = dp.sampler_reader().unwrap();
+    let (mut dp, mut ring, sampler) = loaded(&pins);
     // The reason and global budgets are wide; each source gets a burst of 2
     // per CPU and one more per second.
     let cfg = EventsConfig {
