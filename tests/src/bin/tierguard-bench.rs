@@ -25,6 +25,8 @@ use tierguard_common::{
 };
 use tierguard_tests::{Rng, pins::PinDir};
 
+#[path = "../bench/events.rs"]
+mod events;
 #[path = "../bench/limits.rs"]
 mod limits;
 #[path = "../bench/segmentation.rs"]
@@ -70,12 +72,12 @@ fn main() {
             "--only" => {
                 only = Some(
                     args.next()
-                        .expect("--only needs lists, segmentation or limits"),
+                        .expect("--only needs lists, segmentation, limits or events"),
                 )
             }
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: tierguard-bench [--write FILE] [--only lists|segmentation|limits]"
+                    "unknown argument {other}; usage: tierguard-bench [--write FILE] [--only lists|segmentation|limits|events]"
                 );
                 std::process::exit(2);
             }
@@ -125,6 +127,19 @@ fn main() {
             rows.empty, rows.no_limit, rows.known, rows.taking, rows.full, rows.rotation
         );
         limits::render(&mut report, &rows);
+    }
+    if run("events") {
+        eprintln!("security events into a file (the agent binary, a flood in a lab)...");
+        let rows = events::measure();
+        let m = &rows.median;
+        eprintln!(
+            "  median: offered {:.0} drops/s, written {:.0} events/s, lost {:.0}/s, suppressed {:.0}/s",
+            m.offered,
+            m.written,
+            m.lost_total(),
+            m.suppressed
+        );
+        events::render(&mut report, &rows);
     }
     print!("{report}");
     if let Some(path) = write {
@@ -474,7 +489,7 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
   (multiples of 8 bits), strides up to /64 probe a bucketised table (64-byte buckets, usually one\n  \
   cache line), longer strides one hash probe. See docs/design/map-layout.md.\n\
 - In production the dispatcher adds one tail call in front of the ingress program.\n\n\
-Reproduce: `cargo xtask bench` as root (it runs `cargo run --release -p tierguard-tests --bin tierguard-bench -- --write docs/benchmarks.md`).\n\
+Reproduce: `cargo xtask bench` as root (it builds the agent binary, then runs `cargo run --release -p tierguard-tests --bin tierguard-bench -- --write docs/benchmarks.md`).\n\
 Numbers vary with the machine and its load; compare rows from the same run.\n"
     );
     s

@@ -1,0 +1,631 @@
+//! Event throughput: how many security events per second the real agent
+//! writes into its event file while a flood of denied packets arrives.
+//!
+//! The agent binary runs as a user runs it (`tierguard run --config FILE`),
+//! attached to a veth whose peer sits in a throwaway network namespace. A
+//! sender thread inside that namespace floods UDP from a denied source over
+//! an AF_PACKET socket (sendmmsg, batches of 64, no qdisc), which offers
+//! more than `hping3 --flood` (one sendto per packet) can, so that the
+//! agent rather than the generator is what runs out. Sampling is wide open (the
+//! largest rates and burst the config accepts), so every drop the sampler
+//! lets through should become a line; what does not is counted by the agent
+//! per stage, and the file is read back and every line parsed.
+//!
+//! Each round starts a fresh agent with a fresh pin directory and event
+//! file (so counters start at zero and the file never rotates), floods for
+//! a warm-up second, then measures `WINDOW` from the agent's own metrics
+//! and the file's length at both ends of the window.
+
+use std::fmt::Write as _;
+use std::fs::File;
+use std::io::{BufRead as _, BufReader};
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tierguard_common::{
+    build::{udp, v4_frame},
+    event::MAX_RATE,
+    packet::PROTO_UDP,
+};
+use tierguard_tests::{
+    agent::{Agent, free_addr},
+    http::{deny_list_drops, sample},
+    lab::Lab,
+    pins::PinDir,
+};
+
+/// Lab name and 10.x net: `tgbe` and 10.233 are used by nothing else
+/// (`grep -rn "Lab::new\|Estate::new" tests/`).
+const LAB: &str = "tgbe";
+const NET: u8 = 233;
+/// The flood's source, inside the denied prefix.
+const FLOOD_SRC: [u8; 4] = [203, 0, 113, 99];
+const ROUNDS: usize = 5;
+const WARMUP: Duration = Duration::from_secs(1);
+const WINDOW: Duration = Duration::from_secs(5);
+/// Frames per sendmmsg call (distinct source ports, so lines differ).
+const BATCH: usize = 64;
+/// The stages `tierguard_events_dropped_total` counts for a file sink.
+pub const STAGES: [&str; 3] = ["ring_full", "channel_full", "write_error"];
+
+/// One round's rates over the measured window, per second.
+#[derive(Clone, Debug)]
+pub struct Round {
+    /// Packets the XDP program dropped (the deny list), i.e. the offered load.
+    pub offered: f64,
+    /// Frames the sender handed to the kernel (the veth drops what its ring
+    /// cannot take before XDP sees it).
+    pub sent: f64,
+    /// Lines that reached the event file.
+    pub written: f64,
+    /// Lost after sampling allowed them, by stage (as `STAGES`).
+    pub lost: [f64; 3],
+    /// Not emitted because the sampler said no.
+    pub suppressed: f64,
+    /// Lines in the file for the whole round, each parsed and checked.
+    pub lines: u64,
+}
+
+impl Round {
+    pub fn lost_total(&self) -> f64 {
+        self.lost.iter().sum()
+    }
+}
+
+pub struct EventRows {
+    pub rounds: Vec<Round>,
+    /// The round with the median written rate.
+    pub median: Round,
+    /// Possible CPUs: the agent divides the sampler's rates among them.
+    pub possible_cpus: usize,
+}
+
+pub fn measure() -> EventRows {
+    let _interrupt = InterruptGuard::install();
+    let lab = Lab::new(LAB, NET);
+    let mut rounds = Vec::new();
+    for i in 0..ROUNDS {
+        let r = round(&lab, i);
+        eprintln!(
+            "  round {}: offered {:.0}/s (sent {:.0}/s), written {:.0}/s, lost {:.0}/s (ring_full {:.0}, channel_full {:.0}, write_error {:.0}), suppressed {:.0}/s; {} lines checked",
+            i + 1,
+            r.offered,
+            r.sent,
+            r.written,
+            r.lost_total(),
+            r.lost[0],
+            r.lost[1],
+            r.lost[2],
+            r.suppressed,
+            r.lines
+        );
+        rounds.push(r);
+    }
+    drop(lab);
+    let mut sorted = rounds.clone();
+    sorted.sort_by(|a, b| a.written.total_cmp(&b.written));
+    EventRows {
+        median: sorted[sorted.len() / 2].clone(),
+        rounds,
+        possible_cpus: possible_cpus(),
+    }
+}
+
+/// The counters a round reads from /metrics.
+#[derive(Clone, Copy, Debug, Default)]
+struct Counters {
+    drops: f64,
+    emitted: f64,
+    suppressed: f64,
+    lost: [f64; 3],
+}
+
+fn counters(agent: &Agent, iface: &str) -> Counters {
+    let m = agent.scrape();
+    let get = |series: &str| {
+        sample(&m, series).unwrap_or_else(|| panic!("{series} missing from /metrics:\n{m}"))
+    };
+    Counters {
+        drops: deny_list_drops(&m, iface),
+        emitted: get("tierguard_events_emitted_total{reason=\"deny_list\"}"),
+        suppressed: get("tierguard_events_suppressed_total{reason=\"deny_list\"}"),
+        lost: STAGES.map(|s| get(&format!("tierguard_events_dropped_total{{stage=\"{s}\"}}"))),
+    }
+}
+
+fn round(lab: &Lab, i: usize) -> Round {
+    let dir = TempDir::new(&format!(
+        "tierguard-bench-events-{}-{i}",
+        std::process::id()
+    ));
+    let pins = PinDir::new(&format!("bench-events-{i}"));
+    let out = dir.0.join("events.jsonl");
+    let config = dir.0.join("policy.toml");
+    // The largest rates and burst the config accepts, and a file that never
+    // rotates within a round (2^40 bytes is the largest accepted size).
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ninterfaces = [\"{iface}\"]\npin_path = \"{pins}\"\nadmin_socket = \"{admin}\"\n\n\
+             [[lists]]\nname = \"flood\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n\n\
+             [events]\nenabled = true\nrate_per_reason = {MAX_RATE}\nburst = {MAX_RATE}\nglobal_rate = {MAX_RATE}\n\
+             output = \"{out}\"\nfile_max_bytes = {max}\n",
+            iface = lab.node_if,
+            pins = pins.path().display(),
+            admin = dir.0.join("admin.sock").display(),
+            out = out.display(),
+            max = 1u64 << 40,
+        ),
+    )
+    .expect("write the bench policy");
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+
+    let flood = Flood::start(&lab.ns, &lab.peer_if(), &lab.node_v4());
+    sleep_checked(WARMUP);
+    let (c0, len0, sent0, t0) = snapshot(&agent, &lab.node_if, &out, &flood);
+    sleep_checked(WINDOW);
+    let (c1, len1, sent1, t1) = snapshot(&agent, &lab.node_if, &out, &flood);
+    flood.stop();
+    let secs = (t1 - t0).as_secs_f64();
+
+    // Let the pipeline drain, then check that every drop is accounted for:
+    // emitted + suppressed + ring_full = dropped (docs/events.md).
+    let end = drained(&agent, &lab.node_if, &out);
+    assert!(agent.stop().success(), "the agent stops cleanly");
+    let (lines, in_window) = check_file(&out, len0, len1);
+    let [ring_full, channel_full, write_error] = end.lost;
+    assert_eq!(
+        lines as f64,
+        end.emitted - channel_full - write_error,
+        "every emitted event not shed by the agent is a line in the file ({end:?})"
+    );
+    assert_eq!(
+        end.emitted + end.suppressed + ring_full,
+        end.drops,
+        "every drop is an event, suppressed, or lost to a full ring ({end:?})"
+    );
+    drop(pins);
+    drop(dir);
+    let rate = |a: f64, b: f64| (b - a) / secs;
+    Round {
+        offered: rate(c0.drops, c1.drops),
+        sent: rate(sent0 as f64, sent1 as f64),
+        written: in_window as f64 / secs,
+        lost: [0, 1, 2].map(|s| rate(c0.lost[s], c1.lost[s])),
+        suppressed: rate(c0.suppressed, c1.suppressed),
+        lines,
+    }
+}
+
+/// Counters, the event file's length and the frames sent, at one instant.
+fn snapshot(
+    agent: &Agent,
+    iface: &str,
+    out: &Path,
+    flood: &Flood,
+) -> (Counters, u64, u64, Instant) {
+    let c = counters(agent, iface);
+    let len = std::fs::metadata(out).map_or(0, |m| m.len());
+    (c, len, flood.sent.load(Ordering::Relaxed), Instant::now())
+}
+
+/// Waits until the agent has read every record and the writer has written
+/// every line: the accounting identity holds and the file stops growing.
+fn drained(agent: &Agent, iface: &str, out: &Path) -> Counters {
+    // Not a performance bound: it only keeps a broken agent from hanging
+    // the bench forever.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_len = u64::MAX;
+    loop {
+        sleep_checked(Duration::from_millis(300));
+        let c = counters(agent, iface);
+        let len = std::fs::metadata(out).map_or(0, |m| m.len());
+        if c.emitted + c.suppressed + c.lost[0] == c.drops && len == last_len {
+            return c;
+        }
+        last_len = len;
+        assert!(
+            Instant::now() < deadline,
+            "the event pipeline did not drain ({c:?}):\n{}",
+            agent.log()
+        );
+    }
+}
+
+/// Reads the whole event file: every line must be a JSON deny event of the
+/// flood. Returns the number of lines and how many of them ended within
+/// bytes `from..=to` (the measured window).
+fn check_file(path: &Path, from: u64, to: u64) -> (u64, u64) {
+    let file = File::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let src = std::net::Ipv4Addr::from(FLOOD_SRC).to_string();
+    let (mut offset, mut lines, mut in_window) = (0u64, 0u64, 0u64);
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .expect("read the event file") as u64;
+        if n == 0 {
+            break;
+        }
+        check_interrupt();
+        offset += n;
+        assert_eq!(
+            buf.last(),
+            Some(&b'\n'),
+            "a partial last line at byte {offset}"
+        );
+        let e: Value = serde_json::from_slice(&buf).unwrap_or_else(|err| {
+            panic!(
+                "line {} is not JSON ({err}): {}",
+                lines + 1,
+                String::from_utf8_lossy(&buf)
+            )
+        });
+        let ok = e["event"] == "packet"
+            && e["verdict"] == "drop"
+            && matches!(e["reason"].as_str(), Some("deny_list" | "default_deny"))
+            && e["src"] == src.as_str()
+            && e["protocol"] == "udp";
+        assert!(
+            ok,
+            "line {} is not a deny event of the flood: {e}",
+            lines + 1
+        );
+        lines += 1;
+        if offset > from && offset <= to {
+            in_window += 1;
+        }
+    }
+    (lines, in_window)
+}
+
+/// A UDP flood from the denied source, sent from inside the lab's namespace
+/// by one thread; stops (and joins) on `stop` or drop.
+struct Flood {
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flood {
+    fn start(ns: &str, ifname: &str, dst: &str) -> Flood {
+        let dst: std::net::Ipv4Addr = dst.parse().expect("node address");
+        let frames: Vec<Vec<u8>> = (0..BATCH)
+            .map(|i| {
+                v4_frame(
+                    FLOOD_SRC,
+                    dst.octets(),
+                    PROTO_UDP,
+                    &udp(40_000 + i as u16, 9, 0),
+                )
+            })
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicU64::new(0));
+        let (ns, ifname) = (ns.to_string(), ifname.to_string());
+        let (s, n) = (stop.clone(), sent.clone());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("tg-bench-flood".into())
+            .spawn(move || {
+                let sock = packet_socket_in(&ns, &ifname);
+                ready_tx.send(()).expect("bench waits for the sender");
+                send_loop(&sock, &frames, &s, &n);
+            })
+            .expect("spawn the flood thread");
+        // A socket that cannot be made panics the thread; say so here.
+        if ready_rx.recv().is_err() {
+            let _ = thread.join();
+            panic!("the flood sender could not open its socket (see the message above)");
+        }
+        Flood {
+            stop,
+            sent,
+            thread: Some(thread),
+        }
+    }
+
+    fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Flood {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// An AF_PACKET socket on `ifname` in network namespace `ns`. The calling
+/// thread moves into the namespace (setns affects only the calling thread),
+/// which is why the sender has a thread of its own.
+fn packet_socket_in(ns: &str, ifname: &str) -> OwnedFd {
+    let nsfile = File::open(format!("/run/netns/{ns}"))
+        .unwrap_or_else(|e| panic!("open /run/netns/{ns}: {e}"));
+    // SAFETY: setns with a valid namespace fd; only this thread moves.
+    let rc = unsafe { libc::setns(nsfile.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {ns}: {}", std::io::Error::last_os_error());
+    // Protocol 0: a send-only socket, so nothing is queued to it for reading.
+    // SAFETY: plain socket call; the fd is owned below.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, 0) };
+    assert!(
+        fd >= 0,
+        "AF_PACKET socket: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fd is a new socket nobody else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Straight to the driver: the qdisc would only add cost to a flood.
+    let one: libc::c_int = 1;
+    // SAFETY: option value is a c_int of the given size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "PACKET_QDISC_BYPASS: {}",
+        std::io::Error::last_os_error()
+    );
+    let name = std::ffi::CString::new(ifname).expect("interface name");
+    // SAFETY: a NUL-terminated name.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    assert!(ifindex != 0, "no interface {ifname} in {ns}");
+    // SAFETY: sockaddr_ll is plain data; zero is a valid start.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    addr.sll_ifindex = ifindex as i32;
+    // SAFETY: addr is a sockaddr_ll of the given size.
+    let rc = unsafe {
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "bind to {ifname}: {}",
+        std::io::Error::last_os_error()
+    );
+    sock
+}
+
+/// Sends `frames` over and over, a batch per sendmmsg, until `stop`.
+fn send_loop(sock: &OwnedFd, frames: &[Vec<u8>], stop: &AtomicBool, sent: &AtomicU64) {
+    let mut iov: Vec<libc::iovec> = frames
+        .iter()
+        .map(|f| libc::iovec {
+            iov_base: f.as_ptr() as *mut libc::c_void,
+            iov_len: f.len(),
+        })
+        .collect();
+    // SAFETY: mmsghdr is plain data; zero is a valid start.
+    let mut msgs: Vec<libc::mmsghdr> = (0..frames.len())
+        .map(|_| unsafe { std::mem::zeroed() })
+        .collect();
+    for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    while !stop.load(Ordering::Relaxed) {
+        // SAFETY: msgs point at iovecs and frames that outlive the call.
+        let n = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                msgs.len() as libc::c_uint,
+                0,
+            )
+        };
+        if n > 0 {
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+        } else {
+            // The device queue is full (ENOBUFS) or similar: try again.
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// A directory removed with everything in it on drop (the event files of a
+/// round run to gigabytes).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(name);
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Set by SIGINT while the events section runs.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sigint(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// While it lives, Ctrl-C sets a flag instead of killing the bench, so the
+/// next check panics and the lab, agent and files are removed on the way out.
+struct InterruptGuard;
+
+impl InterruptGuard {
+    fn install() -> InterruptGuard {
+        INTERRUPTED.store(false, Ordering::Relaxed);
+        // SAFETY: the handler only stores to an atomic.
+        unsafe {
+            libc::signal(
+                libc::SIGINT,
+                on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t,
+            )
+        };
+        InterruptGuard
+    }
+}
+
+impl Drop for InterruptGuard {
+    fn drop(&mut self) {
+        // SAFETY: restoring the default disposition.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    }
+}
+
+/// Panics (and so cleans up) if Ctrl-C came.
+fn check_interrupt() {
+    assert!(
+        !INTERRUPTED.load(Ordering::Relaxed),
+        "interrupted; removing the lab"
+    );
+}
+
+/// Sleeps, checking for Ctrl-C every 100 ms.
+fn sleep_checked(d: Duration) {
+    let end = Instant::now() + d;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        check_interrupt();
+        std::thread::sleep(left.min(Duration::from_millis(100)));
+    }
+}
+
+fn possible_cpus() -> usize {
+    // "0-1" or "0-3,8-11": count each range.
+    std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .ok()
+        .map(|s| {
+            s.trim()
+                .split(',')
+                .filter_map(|r| {
+                    let (a, b) = r.split_once('-').unwrap_or((r, r));
+                    Some(b.parse::<usize>().ok()? - a.parse::<usize>().ok()? + 1)
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+pub fn render(s: &mut String, r: &EventRows) {
+    let m = &r.median;
+    let _ = writeln!(s, "\n## Security events into a file\n");
+    let _ = writeln!(
+        s,
+        "The agent binary (`tierguard run --config FILE`) on a veth, a deny list, `[events]` on with \
+         the sampler wide open (`rate_per_reason`, `burst` and `global_rate` at their maximum, \
+         {MAX_RATE}; the kernel divides them among the {} possible CPUs) and `output` a file. A \
+         thread in the peer namespace floods UDP from a denied source ({} s per round after a \
+         1 s warm-up; {ROUNDS} rounds, a fresh agent each). Rates are per second over the window, \
+         from the agent's /metrics and the event file's length at both ends of it.\n",
+        r.possible_cpus,
+        WINDOW.as_secs()
+    );
+    let _ = writeln!(
+        s,
+        "| round | offered drops/s | events written/s | lost/s | ring_full/s | channel_full/s | write_error/s | suppressed/s | lines checked |"
+    );
+    let _ = writeln!(
+        s,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let row = |s: &mut String, name: &str, x: &Round| {
+        let _ = writeln!(
+            s,
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            x.offered,
+            x.written,
+            x.lost_total(),
+            x.lost[0],
+            x.lost[1],
+            x.lost[2],
+            x.suppressed,
+            x.lines
+        );
+    };
+    for (i, x) in r.rounds.iter().enumerate() {
+        row(s, &(i + 1).to_string(), x);
+    }
+    row(s, "**median** (by written)", m);
+    let _ = writeln!(s);
+    let _ = writeln!(s, "{}\n", verdict(r));
+    let _ = writeln!(
+        s,
+        "- offered drops/s: packets the XDP program dropped (`tierguard_packets_total{{reason=\"deny_list\",verdict=\"drop\"}}`); \
+         the veth drops what its ring cannot take before XDP sees it, so this is the load the datapath saw, \
+         not what the sender handed to the kernel ({:.0}/s in the median round).\n\
+         - events written/s: lines that reached the file within the window (its length at both ends); after each round \
+         every line of the file is parsed as JSON and checked to be a `deny_list` drop of the flood's source, \
+         and the file's line count must equal `tierguard_events_emitted_total` minus what the agent shed.\n\
+         - lost/s: `tierguard_events_dropped_total{{stage}}` for `ring_full` (the kernel found the 1 MiB ring full: \
+         the agent's reader is behind), `channel_full` (the writer thread is behind) and `write_error`.\n\
+         - suppressed/s: `tierguard_events_suppressed_total`: the sampler said no (each CPU gets 1/{} of the \
+         maximum rates).\n\
+         - One sender thread, one CPU's worth of softirq: on a 2-CPU machine the flood, the XDP program and the \
+         agent share the two CPUs, so the figure is what the agent does while the flood competes with it for CPU.\n\n\
+         Reproduce: `cargo xtask bench` (every section; it builds the agent binary first), or this section alone, \
+         printed: `cargo build --release -p tierguard && cargo run --release -p tierguard-tests --bin tierguard-bench -- --only events`.",
+        m.sent,
+        r.possible_cpus.max(1)
+    );
+}
+
+/// What limited the median round, in words.
+fn verdict(r: &EventRows) -> String {
+    let m = &r.median;
+    if m.lost_total() == 0.0 && m.suppressed == 0.0 {
+        format!(
+            "Bottleneck: the traffic generator. Nothing was lost or suppressed: the agent wrote every \
+             drop as an event, so it sustains at least **{:.0} events/s** into a file.",
+            m.written
+        )
+    } else if m.lost_total() == 0.0 {
+        format!(
+            "Bottleneck: the sampler's cap, not the agent. Nothing was lost after sampling, but \
+             {:.0}/s were suppressed: the agent wrote all **{:.0} events/s** the sampler let through, \
+             so it sustains at least that.",
+            m.suppressed, m.written
+        )
+    } else {
+        let worst = STAGES
+            .iter()
+            .zip(m.lost)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map_or("", |(s, _)| *s);
+        let lossy = r.rounds.iter().filter(|x| x.lost_total() > 0.0).count();
+        format!(
+            "Bottleneck: the agent. In the median round {:.0} events/s were lost after sampling \
+             (mostly `{worst}`; loss in {lossy} of {} rounds): the agent sustains **{:.0} events/s** \
+             into a file on this machine under this flood.",
+            m.lost_total(),
+            r.rounds.len(),
+            m.written
+        )
+    }
+}
