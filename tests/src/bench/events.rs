@@ -11,6 +11,10 @@
 //! lets through should become a line; what does not is counted by the agent
 //! per stage, and the file is read back and every line parsed.
 //!
+//! The flood (and the XDP program, which runs in the veth's softirq on the
+//! sender's CPU) is pinned to one CPU and the agent to the others, so the
+//! flood takes nothing from the agent and rounds compare.
+//!
 //! Each round starts a fresh agent with a fresh pin directory and event
 //! file (so counters start at zero and the file never rotates), floods for
 //! a warm-up second, then measures `WINDOW` from the agent's own metrics
@@ -29,7 +33,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tierguard_common::{
     build::{udp, v4_frame},
-    event::MAX_RATE,
+    event::{Event, MAX_RATE},
     packet::PROTO_UDP,
 };
 use tierguard_tests::{
@@ -50,6 +54,10 @@ const WARMUP: Duration = Duration::from_secs(1);
 const WINDOW: Duration = Duration::from_secs(5);
 /// Frames per sendmmsg call (distinct source ports, so lines differ).
 const BATCH: usize = 64;
+/// Lines that can sit between the kernel's counters and the file: the 1 MiB
+/// ring (records plus their 8-byte ring header) and the writer's channel.
+const BACKLOG: usize =
+    (1 << 20) / (std::mem::size_of::<Event>() + 8) + tierguard::events::sink::CHANNEL_LINES;
 /// The stages `tierguard_events_dropped_total` counts for a file sink.
 pub const STAGES: [&str; 3] = ["ring_full", "channel_full", "write_error"];
 
@@ -75,6 +83,16 @@ impl Round {
     pub fn lost_total(&self) -> f64 {
         self.lost.iter().sum()
     }
+
+    /// Lost as a share of what the sampler let through.
+    pub fn lost_share(&self) -> f64 {
+        let allowed = self.offered - self.suppressed;
+        if allowed > 0.0 {
+            self.lost_total() / allowed
+        } else {
+            0.0
+        }
+    }
 }
 
 pub struct EventRows {
@@ -83,14 +101,38 @@ pub struct EventRows {
     pub median: Round,
     /// Possible CPUs: the agent divides the sampler's rates among them.
     pub possible_cpus: usize,
+    /// The flood's CPU and the agent's CPUs, if there were enough to split.
+    pub split: Option<Split>,
+}
+
+/// The flood (sender and, through the veth's NAPI, the XDP program) on one
+/// CPU, the agent on every other one: the flood then takes nothing from the
+/// agent's CPUs, so rounds compare, and the figure is the agent's.
+#[derive(Clone, Debug)]
+pub struct Split {
+    pub flood: usize,
+    pub agent: Vec<usize>,
+}
+
+impl Split {
+    fn new() -> Option<Split> {
+        let mut cpus = allowed_cpus();
+        let flood = cpus.pop()?;
+        (!cpus.is_empty()).then_some(Split { flood, agent: cpus })
+    }
 }
 
 pub fn measure() -> EventRows {
     let _interrupt = InterruptGuard::install();
     let lab = Lab::new(LAB, NET);
+    let split = Split::new();
+    match &split {
+        Some(sp) => eprintln!("  flood on CPU {}, agent on CPUs {:?}", sp.flood, sp.agent),
+        None => eprintln!("  one CPU only: the flood and the agent share it"),
+    }
     let mut rounds = Vec::new();
     for i in 0..ROUNDS {
-        let r = round(&lab, i);
+        let r = round(&lab, i, split.as_ref());
         eprintln!(
             "  round {}: offered {:.0}/s (sent {:.0}/s), written {:.0}/s, lost {:.0}/s (ring_full {:.0}, channel_full {:.0}, write_error {:.0}), suppressed {:.0}/s; {} lines checked",
             i + 1,
@@ -113,6 +155,7 @@ pub fn measure() -> EventRows {
         median: sorted[sorted.len() / 2].clone(),
         rounds,
         possible_cpus: possible_cpus(),
+        split,
     }
 }
 
@@ -138,7 +181,7 @@ fn counters(agent: &Agent, iface: &str) -> Counters {
     }
 }
 
-fn round(lab: &Lab, i: usize) -> Round {
+fn round(lab: &Lab, i: usize, split: Option<&Split>) -> Round {
     let dir = TempDir::new(&format!(
         "tierguard-bench-events-{}-{i}",
         std::process::id()
@@ -164,8 +207,16 @@ fn round(lab: &Lab, i: usize) -> Round {
     )
     .expect("write the bench policy");
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    if let Some(sp) = split {
+        pin_process(agent.pid(), &sp.agent);
+    }
 
-    let flood = Flood::start(&lab.ns, &lab.peer_if(), &lab.node_v4());
+    let flood = Flood::start(
+        &lab.ns,
+        &lab.peer_if(),
+        &lab.node_v4(),
+        split.map(|sp| sp.flood),
+    );
     sleep_checked(WARMUP);
     let (c0, len0, sent0, t0) = snapshot(&agent, &lab.node_if, &out, &flood);
     sleep_checked(WINDOW);
@@ -295,7 +346,7 @@ struct Flood {
 }
 
 impl Flood {
-    fn start(ns: &str, ifname: &str, dst: &str) -> Flood {
+    fn start(ns: &str, ifname: &str, dst: &str, cpu: Option<usize>) -> Flood {
         let dst: std::net::Ipv4Addr = dst.parse().expect("node address");
         let frames: Vec<Vec<u8>> = (0..BATCH)
             .map(|i| {
@@ -315,6 +366,9 @@ impl Flood {
         let thread = std::thread::Builder::new()
             .name("tg-bench-flood".into())
             .spawn(move || {
+                if let Some(cpu) = cpu {
+                    pin(0, &[cpu]);
+                }
                 let sock = packet_socket_in(&ns, &ifname);
                 ready_tx.send(()).expect("bench waits for the sender");
                 send_loop(&sock, &frames, &s, &n);
@@ -517,6 +571,58 @@ fn sleep_checked(d: Duration) {
     }
 }
 
+/// The CPUs this process may run on.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; the call fills it for this process.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: set is a cpu_set_t of the given size.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&set), &mut set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: cpu is below CPU_SETSIZE.
+        .filter(|&cpu| unsafe { libc::CPU_ISSET(cpu, &set) })
+        .collect()
+}
+
+/// Restricts thread `tid` (0: the calling thread) to `cpus`.
+fn pin(tid: libc::pid_t, cpus: &[usize]) {
+    // SAFETY: cpu_set_t is plain data; zero is a valid start.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: cpu is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    // SAFETY: set is a valid cpu_set_t of the given size.
+    let rc = unsafe { libc::sched_setaffinity(tid, std::mem::size_of_val(&set), &set) };
+    assert_eq!(
+        rc,
+        0,
+        "sched_setaffinity({tid}): {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Restricts every thread of process `pid` to `cpus`; threads it starts
+/// later inherit the mask of the thread that starts them.
+fn pin_process(pid: i32, cpus: &[usize]) {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap_or_else(|e| panic!("list the agent's threads: {e}"));
+    for t in tasks {
+        let tid = t.expect("task entry").file_name();
+        pin(
+            tid.to_str()
+                .and_then(|t| t.parse().ok())
+                .expect("thread id"),
+            cpus,
+        );
+    }
+}
+
 fn possible_cpus() -> usize {
     // "0-1" or "0-3,8-11": count each range.
     std::fs::read_to_string("/sys/devices/system/cpu/possible")
@@ -535,33 +641,48 @@ fn possible_cpus() -> usize {
 
 pub fn render(s: &mut String, r: &EventRows) {
     let m = &r.median;
+    let cpus = r.possible_cpus.max(1);
     let _ = writeln!(s, "\n## Security events into a file\n");
     let _ = writeln!(
         s,
         "The agent binary (`tierguard run --config FILE`) on a veth, a deny list, `[events]` on with \
          the sampler wide open (`rate_per_reason`, `burst` and `global_rate` at their maximum, \
-         {MAX_RATE}; the kernel divides them among the {} possible CPUs) and `output` a file. A \
-         thread in the peer namespace floods UDP from a denied source ({} s per round after a \
-         1 s warm-up; {ROUNDS} rounds, a fresh agent each). Rates are per second over the window, \
-         from the agent's /metrics and the event file's length at both ends of it.\n",
-        r.possible_cpus,
-        WINDOW.as_secs()
+         {MAX_RATE}) and `output` a file. A thread in the peer namespace floods UDP from a denied \
+         source over an AF_PACKET socket ({} s per round after a 1 s warm-up; {ROUNDS} rounds, a \
+         fresh agent each). {} Rates are per second over the window, from the agent's /metrics and \
+         the event file's length at both ends of it.\n",
+        WINDOW.as_secs(),
+        match &r.split {
+            Some(sp) => format!(
+                "The flood (the sender, and the XDP program, which runs in the veth's softirq on \
+                 the sender's CPU) is pinned to CPU {}, the agent to CPU{} {}.",
+                sp.flood,
+                if sp.agent.len() > 1 { "s" } else { "" },
+                sp.agent
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => "With one CPU the flood and the agent share it.".to_string(),
+        }
     );
     let _ = writeln!(
         s,
-        "| round | offered drops/s | events written/s | lost/s | ring_full/s | channel_full/s | write_error/s | suppressed/s | lines checked |"
+        "| round | offered drops/s | events written/s | lost/s | lost share | ring_full/s | channel_full/s | write_error/s | suppressed/s | lines checked |"
     );
     let _ = writeln!(
         s,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let row = |s: &mut String, name: &str, x: &Round| {
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
+            "| {name} | {:.0} | {:.0} | {:.0} | {:.3} % | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
             x.offered,
             x.written,
             x.lost_total(),
+            x.lost_share() * 100.0,
             x.lost[0],
             x.lost[1],
             x.lost[2],
@@ -577,39 +698,46 @@ pub fn render(s: &mut String, r: &EventRows) {
     let _ = writeln!(s, "{}\n", verdict(r));
     let _ = writeln!(
         s,
-        "- offered drops/s: packets the XDP program dropped (`tierguard_packets_total{{reason=\"deny_list\",verdict=\"drop\"}}`); \
-         the veth drops what its ring cannot take before XDP sees it, so this is the load the datapath saw, \
-         not what the sender handed to the kernel ({:.0}/s in the median round).\n\
-         - events written/s: lines that reached the file within the window (its length at both ends); after each round \
-         every line of the file is parsed as JSON and checked to be a `deny_list` drop of the flood's source, \
-         and the file's line count must equal `tierguard_events_emitted_total` minus what the agent shed.\n\
-         - lost/s: `tierguard_events_dropped_total{{stage}}` for `ring_full` (the kernel found the 1 MiB ring full: \
-         the agent's reader is behind), `channel_full` (the writer thread is behind) and `write_error`.\n\
-         - suppressed/s: `tierguard_events_suppressed_total`: the sampler said no (each CPU gets 1/{} of the \
-         maximum rates).\n\
-         - One sender thread, one CPU's worth of softirq: on a 2-CPU machine the flood, the XDP program and the \
-         agent share the two CPUs, so the figure is what the agent does while the flood competes with it for CPU.\n\n\
+        "- offered drops/s: packets the XDP program dropped (`tierguard_packets_total{{reason=\"deny_list\",verdict=\"drop\"}}`), \
+         the load the datapath saw (the sender handed {:.0}/s to the kernel in the median round).\n\
+         - events written/s: lines that reached the file within the window (its length at both ends). The file trails the \
+         kernel's counters by what is queued in between (the ring holds about 11,000 records, the writer's channel 8,192 \
+         lines), and that backlog can differ at the two ends, so a rate can be off by up to about {:.0}/s either way \
+         and can read a little above the offered rate. After each round every line of the file is parsed as JSON and checked to be a `deny_list` drop of the \
+         flood's source, its line count must equal `tierguard_events_emitted_total` minus what the agent shed, and \
+         emitted + suppressed + `ring_full` must equal the drops.\n\
+         - lost/s: `tierguard_events_dropped_total{{stage}}` for `ring_full` (the kernel found the 1 MiB ring full: the \
+         agent's reader was behind), `channel_full` (the 8,192-line channel was full: the writer thread was behind) \
+         and `write_error`; the share is of the events the sampler let through.\n\
+         - suppressed/s: `tierguard_events_suppressed_total`, the sampler said no. Its buckets are per CPU, each with \
+         1/{cpus} of the rates, and the flood arrives on one CPU, so this setup emits at most {:.0} events/s \
+         however fast the flood.\n\n\
          Reproduce: `cargo xtask bench` (every section; it builds the agent binary first), or this section alone, \
          printed: `cargo build --release -p tierguard && cargo run --release -p tierguard-tests --bin tierguard-bench -- --only events`.",
         m.sent,
-        r.possible_cpus.max(1)
+        BACKLOG as f64 / WINDOW.as_secs_f64(),
+        MAX_RATE as f64 / cpus as f64,
     );
 }
 
-/// What limited the median round, in words.
+/// What limited the median round, in words, and what the rounds without
+/// loss showed.
 fn verdict(r: &EventRows) -> String {
     let m = &r.median;
-    if m.lost_total() == 0.0 && m.suppressed == 0.0 {
+    let n = r.rounds.len();
+    let lossless: Vec<&Round> = r.rounds.iter().filter(|x| x.lost_total() == 0.0).collect();
+    let mut v = if m.lost_total() == 0.0 && m.suppressed == 0.0 {
         format!(
-            "Bottleneck: the traffic generator. Nothing was lost or suppressed: the agent wrote every \
-             drop as an event, so it sustains at least **{:.0} events/s** into a file.",
+            "Bottleneck in the median round: the traffic generator. Nothing was lost or suppressed: \
+             the agent wrote every drop as an event, so it sustains at least **{:.0} events/s** into \
+             a file.",
             m.written
         )
     } else if m.lost_total() == 0.0 {
         format!(
-            "Bottleneck: the sampler's cap, not the agent. Nothing was lost after sampling, but \
-             {:.0}/s were suppressed: the agent wrote all **{:.0} events/s** the sampler let through, \
-             so it sustains at least that.",
+            "Bottleneck in the median round: the sampler's cap, not the agent. Nothing was lost after \
+             sampling, but {:.0}/s were suppressed: the agent wrote all **{:.0} events/s** the sampler \
+             let through, so it sustains at least that.",
             m.suppressed, m.written
         )
     } else {
@@ -618,14 +746,23 @@ fn verdict(r: &EventRows) -> String {
             .zip(m.lost)
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map_or("", |(s, _)| *s);
-        let lossy = r.rounds.iter().filter(|x| x.lost_total() > 0.0).count();
         format!(
-            "Bottleneck: the agent. In the median round {:.0} events/s were lost after sampling \
-             (mostly `{worst}`; loss in {lossy} of {} rounds): the agent sustains **{:.0} events/s** \
-             into a file on this machine under this flood.",
+            "Bottleneck in the median round: the agent. It wrote **{:.0} events/s** into the file and \
+             lost {:.0}/s after sampling ({:.3} % of what the sampler let through, mostly `{worst}`).",
+            m.written,
             m.lost_total(),
-            r.rounds.len(),
-            m.written
+            m.lost_share() * 100.0,
         )
+    };
+    let _ = write!(v, " Loss in {} of {n} rounds", n - lossless.len());
+    match lossless.iter().map(|x| x.written).max_by(f64::total_cmp) {
+        Some(best) if lossless.len() < n => {
+            let _ = write!(
+                v,
+                "; the rounds without loss wrote every event at up to {best:.0} events/s."
+            );
+        }
+        _ => v.push('.'),
     }
+    v
 }
