@@ -19,6 +19,10 @@
 //! file (so counters start at zero and the file never rotates), floods for
 //! a warm-up second, then measures `WINDOW` from the agent's own metrics
 //! and the file's length at both ends of the window.
+//!
+//! The event files go to the temporary directory (`$TMPDIR`, usually a
+//! disk: the figure), and to /dev/shm (tmpfs: the agent without a disk and
+//! without the kernel's writeback).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -77,6 +81,9 @@ pub struct Round {
     pub suppressed: f64,
     /// Lines in the file for the whole round, each parsed and checked.
     pub lines: u64,
+    /// Dirty page cache (MiB, /proc/meminfo) when the window opened: how
+    /// much the kernel had yet to write back.
+    pub dirty_mib: u64,
 }
 
 impl Round {
@@ -95,10 +102,20 @@ impl Round {
     }
 }
 
-pub struct EventRows {
+/// The rounds of one file system.
+pub struct Series {
+    /// Where the event files were written, and its file system type.
+    pub dir: PathBuf,
+    pub fs: String,
     pub rounds: Vec<Round>,
     /// The round with the median written rate.
     pub median: Round,
+}
+
+pub struct EventRows {
+    /// The temporary directory's file system first (the figure), then
+    /// tmpfs, if that is another one (the agent without a disk).
+    pub series: Vec<Series>,
     /// Possible CPUs: the agent divides the sampler's rates among them.
     pub possible_cpus: usize,
     /// The flood's CPU and the agent's CPUs, if there were enough to split.
@@ -130,11 +147,43 @@ pub fn measure() -> EventRows {
         Some(sp) => eprintln!("  flood on CPU {}, agent on CPUs {:?}", sp.flood, sp.agent),
         None => eprintln!("  one CPU only: the flood and the agent share it"),
     }
+    let tmp = std::env::temp_dir();
+    let shm = PathBuf::from("/dev/shm");
+    // tmpfs runs first: removing the disk series' gigabytes afterwards keeps
+    // the file system busy for a while, which would slow the next rounds.
+    let memory = (fs_type(&shm) == "tmpfs" && fs_type(&tmp) != "tmpfs")
+        .then(|| run_series(&lab, shm, split.as_ref()));
+    let mut series = vec![run_series(&lab, tmp, split.as_ref())];
+    series.extend(memory);
+    drop(lab);
+    EventRows {
+        series,
+        possible_cpus: possible_cpus(),
+        split,
+    }
+}
+
+/// Leave at least this much free on a disk when keeping rounds' files.
+const KEEP_FREE: u64 = 4 << 30;
+
+fn run_series(lab: &Lab, dir: PathBuf, split: Option<&Split>) -> Series {
+    let fs = fs_type(&dir);
+    eprintln!("  event files in {} ({fs}):", dir.display());
+    // On a disk, each round's files stay until the series is done (while
+    // space allows): removing gigabytes sets the file system to work in the
+    // next window, and kept files fill the page cache as a long flood would.
+    // On tmpfs they would only take memory.
+    let keep = fs != "tmpfs";
+    // Start from a clean page cache: what earlier sections or runs left
+    // dirty is not this series' writeback.
+    // SAFETY: sync has no preconditions.
+    unsafe { libc::sync() };
+    let mut kept = std::collections::VecDeque::new();
     let mut rounds = Vec::new();
     for i in 0..ROUNDS {
-        let r = round(&lab, i, split.as_ref());
+        let (r, files) = round(lab, &dir, i, split);
         eprintln!(
-            "  round {}: offered {:.0}/s (sent {:.0}/s), written {:.0}/s, lost {:.0}/s (ring_full {:.0}, channel_full {:.0}, write_error {:.0}), suppressed {:.0}/s; {} lines checked",
+            "  round {}: offered {:.0}/s (sent {:.0}/s), written {:.0}/s, lost {:.0}/s (ring_full {:.0}, channel_full {:.0}, write_error {:.0}), suppressed {:.0}/s; dirty {} MiB at start; {} lines checked",
             i + 1,
             r.offered,
             r.sent,
@@ -144,18 +193,23 @@ pub fn measure() -> EventRows {
             r.lost[1],
             r.lost[2],
             r.suppressed,
+            r.dirty_mib,
             r.lines
         );
         rounds.push(r);
+        if keep {
+            kept.push_back(files);
+            while free_bytes(&dir) < KEEP_FREE && kept.pop_front().is_some() {}
+        }
     }
-    drop(lab);
+    drop(kept);
     let mut sorted = rounds.clone();
     sorted.sort_by(|a, b| a.written.total_cmp(&b.written));
-    EventRows {
+    Series {
+        dir,
+        fs,
         median: sorted[sorted.len() / 2].clone(),
         rounds,
-        possible_cpus: possible_cpus(),
-        split,
     }
 }
 
@@ -181,11 +235,13 @@ fn counters(agent: &Agent, iface: &str) -> Counters {
     }
 }
 
-fn round(lab: &Lab, i: usize, split: Option<&Split>) -> Round {
-    let dir = TempDir::new(&format!(
-        "tierguard-bench-events-{}-{i}",
-        std::process::id()
-    ));
+/// One round with its files under `base`; returns its rates and its
+/// directory (removed when the caller drops it).
+fn round(lab: &Lab, base: &Path, i: usize, split: Option<&Split>) -> (Round, TempDir) {
+    let dir = TempDir::new(
+        base,
+        &format!("tierguard-bench-events-{}-{i}", std::process::id()),
+    );
     let pins = PinDir::new(&format!("bench-events-{i}"));
     let out = dir.0.join("events.jsonl");
     let config = dir.0.join("policy.toml");
@@ -218,6 +274,7 @@ fn round(lab: &Lab, i: usize, split: Option<&Split>) -> Round {
         split.map(|sp| sp.flood),
     );
     sleep_checked(WARMUP);
+    let dirty_mib = dirty_mib();
     let (c0, len0, sent0, t0) = snapshot(&agent, &lab.node_if, &out, &flood);
     sleep_checked(WINDOW);
     let (c1, len1, sent1, t1) = snapshot(&agent, &lab.node_if, &out, &flood);
@@ -241,16 +298,17 @@ fn round(lab: &Lab, i: usize, split: Option<&Split>) -> Round {
         "every drop is an event, suppressed, or lost to a full ring ({end:?})"
     );
     drop(pins);
-    drop(dir);
     let rate = |a: f64, b: f64| (b - a) / secs;
-    Round {
+    let round = Round {
         offered: rate(c0.drops, c1.drops),
         sent: rate(sent0 as f64, sent1 as f64),
         written: in_window as f64 / secs,
         lost: [0, 1, 2].map(|s| rate(c0.lost[s], c1.lost[s])),
         suppressed: rate(c0.suppressed, c1.suppressed),
         lines,
-    }
+        dirty_mib,
+    };
+    (round, dir)
 }
 
 /// Counters, the event file's length and the frames sent, at one instant.
@@ -508,8 +566,8 @@ fn send_loop(sock: &OwnedFd, frames: &[Vec<u8>], stop: &AtomicBool, sent: &Atomi
 struct TempDir(PathBuf);
 
 impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(name);
+    fn new(base: &Path, name: &str) -> TempDir {
+        let p = base.join(name);
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("create {}: {e}", p.display()));
         TempDir(p)
@@ -623,6 +681,46 @@ fn pin_process(pid: i32, cpus: &[usize]) {
     }
 }
 
+/// The type of the file system holding `path` (the longest mount point
+/// above it in /proc/mounts), or "unknown".
+fn fs_type(path: &Path) -> String {
+    let path = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(' ');
+            let (point, fs) = (f.nth(1)?, f.next()?);
+            path.starts_with(point)
+                .then(|| (point.len(), fs.to_string()))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, fs)| fs)
+}
+
+/// Bytes an unprivileged user could still write under `path`.
+fn free_bytes(path: &Path) -> u64 {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("path");
+    // SAFETY: statvfs is plain data; the call fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL-terminated and st is a statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    st.f_bavail * st.f_frsize
+}
+
+/// Dirty page cache, in MiB.
+fn dirty_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            let l = m.lines().find(|l| l.starts_with("Dirty:"))?;
+            l.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(0, |kib| kib / 1024)
+}
+
 fn possible_cpus() -> usize {
     // "0-1" or "0-3,8-11": count each range.
     std::fs::read_to_string("/sys/devices/system/cpu/possible")
@@ -640,7 +738,6 @@ fn possible_cpus() -> usize {
 }
 
 pub fn render(s: &mut String, r: &EventRows) {
-    let m = &r.median;
     let cpus = r.possible_cpus.max(1);
     let _ = writeln!(s, "\n## Security events into a file\n");
     let _ = writeln!(
@@ -667,53 +764,75 @@ pub fn render(s: &mut String, r: &EventRows) {
             None => "With one CPU the flood and the agent share it.".to_string(),
         }
     );
-    let _ = writeln!(
-        s,
-        "| round | offered drops/s | events written/s | lost/s | lost share | ring_full/s | channel_full/s | write_error/s | suppressed/s | lines checked |"
-    );
-    let _ = writeln!(
-        s,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-    );
-    let row = |s: &mut String, name: &str, x: &Round| {
+    for (k, series) in r.series.iter().enumerate() {
+        let what = if k == 0 {
+            "the temporary directory"
+        } else {
+            "memory: the agent without a disk or writeback"
+        };
         let _ = writeln!(
             s,
-            "| {name} | {:.0} | {:.0} | {:.0} | {:.3} % | {:.0} | {:.0} | {:.0} | {:.0} | {} |",
-            x.offered,
-            x.written,
-            x.lost_total(),
-            x.lost_share() * 100.0,
-            x.lost[0],
-            x.lost[1],
-            x.lost[2],
-            x.suppressed,
-            x.lines
+            "### Event file on {} (`{}`, {what})\n",
+            series.fs,
+            series.dir.display()
         );
-    };
-    for (i, x) in r.rounds.iter().enumerate() {
-        row(s, &(i + 1).to_string(), x);
+        let _ = writeln!(
+            s,
+            "| round | offered drops/s | events written/s | lost/s | lost share | ring_full/s | channel_full/s | write_error/s | suppressed/s | dirty at start (MiB) | lines checked |"
+        );
+        let _ = writeln!(
+            s,
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        );
+        let row = |s: &mut String, name: &str, x: &Round| {
+            let _ = writeln!(
+                s,
+                "| {name} | {:.0} | {:.0} | {:.0} | {:.3} % | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                x.offered,
+                x.written,
+                x.lost_total(),
+                x.lost_share() * 100.0,
+                x.lost[0],
+                x.lost[1],
+                x.lost[2],
+                x.suppressed,
+                x.dirty_mib,
+                x.lines
+            );
+        };
+        for (i, x) in series.rounds.iter().enumerate() {
+            row(s, &(i + 1).to_string(), x);
+        }
+        row(s, "**median** (by written)", &series.median);
+        let _ = writeln!(s, "\n{}\n", verdict(series));
     }
-    row(s, "**median** (by written)", m);
-    let _ = writeln!(s);
-    let _ = writeln!(s, "{}\n", verdict(r));
+    let m = &r.series[0].median;
     let _ = writeln!(
         s,
         "- offered drops/s: packets the XDP program dropped (`tierguard_packets_total{{reason=\"deny_list\",verdict=\"drop\"}}`), \
-         the load the datapath saw (the sender handed {:.0}/s to the kernel in the median round).\n\
+         the load the datapath saw (the sender handed {:.0}/s to the kernel in the first table's median round).\n\
          - events written/s: lines that reached the file within the window (its length at both ends). The file trails the \
          kernel's counters by what is queued in between (the ring holds about 11,000 records, the writer's channel 8,192 \
          lines), and that backlog can differ at the two ends, so a rate can be off by up to about {:.0}/s either way \
-         and can read a little above the offered rate. After each round every line of the file is parsed as JSON and checked to be a `deny_list` drop of the \
-         flood's source, its line count must equal `tierguard_events_emitted_total` minus what the agent shed, and \
-         emitted + suppressed + `ring_full` must equal the drops.\n\
+         and can read a little above the offered rate. After each round every line of the file is parsed as JSON and \
+         checked to be a `deny_list` drop of the flood's source, its line count must equal \
+         `tierguard_events_emitted_total` minus what the agent shed, and emitted + suppressed + `ring_full` must equal \
+         the drops.\n\
          - lost/s: `tierguard_events_dropped_total{{stage}}` for `ring_full` (the kernel found the 1 MiB ring full: the \
          agent's reader was behind), `channel_full` (the 8,192-line channel was full: the writer thread was behind) \
          and `write_error`; the share is of the events the sampler let through.\n\
          - suppressed/s: `tierguard_events_suppressed_total`, the sampler said no. Its buckets are per CPU, each with \
          1/{cpus} of the rates, and the flood arrives on one CPU, so this setup emits at most {:.0} events/s \
-         however fast the flood.\n\n\
+         however fast the flood.\n\
+         - dirty at start: the page cache the kernel had yet to write back when the window opened (`Dirty` in \
+         /proc/meminfo). On a disk the rounds' files are kept until the series ends (removing gigabytes would set \
+         the file system to work in the next window), so later rounds write while the kernel writes back the \
+         earlier ones once dirty pages pass its background threshold (`vm.dirty_background_ratio` of memory), as \
+         in a flood that lasts; the writer thread then competes with that writeback for CPU. The agent writes one \
+         `write` call per line.\n\n\
          Reproduce: `cargo xtask bench` (every section; it builds the agent binary first), or this section alone, \
-         printed: `cargo build --release -p tierguard && cargo run --release -p tierguard-tests --bin tierguard-bench -- --only events`.",
+         printed: `cargo build --release -p tierguard && cargo run --release -p tierguard-tests --bin tierguard-bench -- --only events`. \
+         The event files go to `/dev/shm` (tmpfs), then to `$TMPDIR` (default `/tmp`).",
         m.sent,
         BACKLOG as f64 / WINDOW.as_secs_f64(),
         MAX_RATE as f64 / cpus as f64,
@@ -722,7 +841,7 @@ pub fn render(s: &mut String, r: &EventRows) {
 
 /// What limited the median round, in words, and what the rounds without
 /// loss showed.
-fn verdict(r: &EventRows) -> String {
+fn verdict(r: &Series) -> String {
     let m = &r.median;
     let n = r.rounds.len();
     let lossless: Vec<&Round> = r.rounds.iter().filter(|x| x.lost_total() == 0.0).collect();
@@ -730,15 +849,15 @@ fn verdict(r: &EventRows) -> String {
         format!(
             "Bottleneck in the median round: the traffic generator. Nothing was lost or suppressed: \
              the agent wrote every drop as an event, so it sustains at least **{:.0} events/s** into \
-             a file.",
-            m.written
+             a file on {}.",
+            m.written, r.fs
         )
     } else if m.lost_total() == 0.0 {
         format!(
             "Bottleneck in the median round: the sampler's cap, not the agent. Nothing was lost after \
              sampling, but {:.0}/s were suppressed: the agent wrote all **{:.0} events/s** the sampler \
-             let through, so it sustains at least that.",
-            m.suppressed, m.written
+             let through into a file on {}, so it sustains at least that.",
+            m.suppressed, m.written, r.fs
         )
     } else {
         let worst = STAGES
@@ -747,9 +866,10 @@ fn verdict(r: &EventRows) -> String {
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map_or("", |(s, _)| *s);
         format!(
-            "Bottleneck in the median round: the agent. It wrote **{:.0} events/s** into the file and \
-             lost {:.0}/s after sampling ({:.3} % of what the sampler let through, mostly `{worst}`).",
+            "Bottleneck in the median round: the agent. It wrote **{:.0} events/s** into a file on {} \
+             and lost {:.0}/s after sampling ({:.3} % of what the sampler let through, mostly `{worst}`).",
             m.written,
+            r.fs,
             m.lost_total(),
             m.lost_share() * 100.0,
         )

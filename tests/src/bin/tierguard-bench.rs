@@ -131,14 +131,17 @@ fn main() {
     if run("events") {
         eprintln!("security events into a file (the agent binary, a flood in a lab)...");
         let rows = events::measure();
-        let m = &rows.median;
-        eprintln!(
-            "  median: offered {:.0} drops/s, written {:.0} events/s, lost {:.0}/s, suppressed {:.0}/s",
-            m.offered,
-            m.written,
-            m.lost_total(),
-            m.suppressed
-        );
+        for series in &rows.series {
+            let m = &series.median;
+            eprintln!(
+                "  median on {}: offered {:.0} drops/s, written {:.0} events/s, lost {:.0}/s, suppressed {:.0}/s",
+                series.fs,
+                m.offered,
+                m.written,
+                m.lost_total(),
+                m.suppressed
+            );
+        }
         events::render(&mut report, &rows);
     }
     print!("{report}");
