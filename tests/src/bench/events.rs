@@ -62,6 +62,9 @@ const BATCH: usize = 64;
 /// ring (records plus their 8-byte ring header) and the writer's channel.
 const BACKLOG: usize =
     (1 << 20) / (std::mem::size_of::<Event>() + 8) + tierguard::events::sink::CHANNEL_LINES;
+/// This section's heading in docs/benchmarks.md (`--only events --write`
+/// replaces the file from here on).
+pub const HEADING: &str = "## Security events into a file";
 /// The stages `tierguard_events_dropped_total` counts for a file sink.
 pub const STAGES: [&str; 3] = ["ring_full", "channel_full", "write_error"];
 
@@ -149,12 +152,15 @@ pub fn measure() -> EventRows {
     }
     let tmp = std::env::temp_dir();
     let shm = PathBuf::from("/dev/shm");
-    // tmpfs runs first: removing the disk series' gigabytes afterwards keeps
-    // the file system busy for a while, which would slow the next rounds.
-    let memory = (fs_type(&shm) == "tmpfs" && fs_type(&tmp) != "tmpfs")
-        .then(|| run_series(&lab, shm, split.as_ref()));
-    let mut series = vec![run_series(&lab, tmp, split.as_ref())];
-    series.extend(memory);
+    let memory = fs_type(&shm) == "tmpfs" && fs_type(&tmp) != "tmpfs";
+    let (disk, kept) = run_series(&lab, tmp, split.as_ref());
+    let mut series = vec![disk];
+    if memory {
+        series.push(run_series(&lab, shm, split.as_ref()).0);
+    }
+    // The disk series' files go last: removing gigabytes keeps the file
+    // system busy for a while, which would slow the tmpfs rounds.
+    drop(kept);
     drop(lab);
     EventRows {
         series,
@@ -166,10 +172,12 @@ pub fn measure() -> EventRows {
 /// Leave at least this much free on a disk when keeping rounds' files.
 const KEEP_FREE: u64 = 4 << 30;
 
-fn run_series(lab: &Lab, dir: PathBuf, split: Option<&Split>) -> Series {
+/// The rounds of one file system, and the directories of the rounds it
+/// keeps (removed when the caller drops them).
+fn run_series(lab: &Lab, dir: PathBuf, split: Option<&Split>) -> (Series, Vec<TempDir>) {
     let fs = fs_type(&dir);
     eprintln!("  event files in {} ({fs}):", dir.display());
-    // On a disk, each round's files stay until the series is done (while
+    // On a disk, each round's files stay until the section is done (while
     // space allows): removing gigabytes sets the file system to work in the
     // next window, and kept files fill the page cache as a long flood would.
     // On tmpfs they would only take memory.
@@ -202,15 +210,15 @@ fn run_series(lab: &Lab, dir: PathBuf, split: Option<&Split>) -> Series {
             while free_bytes(&dir) < KEEP_FREE && kept.pop_front().is_some() {}
         }
     }
-    drop(kept);
     let mut sorted = rounds.clone();
     sorted.sort_by(|a, b| a.written.total_cmp(&b.written));
-    Series {
+    let series = Series {
         dir,
         fs,
         median: sorted[sorted.len() / 2].clone(),
         rounds,
-    }
+    };
+    (series, kept.into())
 }
 
 /// The counters a round reads from /metrics.
@@ -739,7 +747,7 @@ fn possible_cpus() -> usize {
 
 pub fn render(s: &mut String, r: &EventRows) {
     let cpus = r.possible_cpus.max(1);
-    let _ = writeln!(s, "\n## Security events into a file\n");
+    let _ = writeln!(s, "\n{HEADING}\n");
     let _ = writeln!(
         s,
         "The agent binary (`tierguard run --config FILE`) on a veth, a deny list, `[events]` on with \
@@ -825,14 +833,15 @@ pub fn render(s: &mut String, r: &EventRows) {
          1/{cpus} of the rates, and the flood arrives on one CPU, so this setup emits at most {:.0} events/s \
          however fast the flood.\n\
          - dirty at start: the page cache the kernel had yet to write back when the window opened (`Dirty` in \
-         /proc/meminfo). On a disk the rounds' files are kept until the series ends (removing gigabytes would set \
+         /proc/meminfo). On a disk the rounds' files are kept until the section ends (removing gigabytes would set \
          the file system to work in the next window), so later rounds write while the kernel writes back the \
          earlier ones once dirty pages pass its background threshold (`vm.dirty_background_ratio` of memory), as \
          in a flood that lasts; the writer thread then competes with that writeback for CPU. The agent writes one \
          `write` call per line.\n\n\
-         Reproduce: `cargo xtask bench` (every section; it builds the agent binary first), or this section alone, \
-         printed: `cargo build --release -p tierguard && cargo run --release -p tierguard-tests --bin tierguard-bench -- --only events`. \
-         The event files go to `/dev/shm` (tmpfs), then to `$TMPDIR` (default `/tmp`).",
+         Reproduce: `cargo xtask bench` (every section; it builds the agent binary first), or this section alone: \
+         `cargo xtask bench -- --only events` (rewrites only this section of docs/benchmarks.md), or printed only: \
+         `cargo build --release -p tierguard && cargo run --release -p tierguard-tests --bin tierguard-bench -- --only events`. \
+         The event files go to `$TMPDIR` (default `/tmp`), then to `/dev/shm`.",
         m.sent,
         BACKLOG as f64 / WINDOW.as_secs_f64(),
         MAX_RATE as f64 / cpus as f64,

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: per-packet cost of the ingress program with
-//! BPF_PROG_TEST_RUN, beside an empty program in the same run, and the time to
-//! load large lists. Writes docs/benchmarks.md with `--write FILE`.
+//! BPF_PROG_TEST_RUN, beside an empty program in the same run, the time to
+//! load large lists, and the security events the agent binary writes into a
+//! file per second (bench/events.rs). Writes docs/benchmarks.md with
+//! `--write FILE`; with `--only events` only that section of the file.
 //!
 //! Sources vary within each run: the benchmark entry points take the source
 //! address from a rotating table of 65,536 addresses, and the matching
@@ -128,6 +130,7 @@ fn main() {
         );
         limits::render(&mut report, &rows);
     }
+    let mut events_part = None;
     if run("events") {
         eprintln!("security events into a file (the agent binary, a flood in a lab)...");
         let rows = events::measure();
@@ -142,12 +145,40 @@ fn main() {
                 m.suppressed
             );
         }
-        events::render(&mut report, &rows);
+        let mut part = String::new();
+        events::render(&mut part, &rows);
+        report.push_str(&part);
+        events_part = Some(part);
     }
+    // `--only events` touches only its own section of the file: the other
+    // sections keep the numbers of their last run.
+    let (report, what) = match (only.as_deref(), events_part, &write) {
+        (Some("events"), Some(part), Some(path)) => {
+            (splice_events(path, &part), "its events section")
+        }
+        (Some("events"), Some(part), None) => (part, ""),
+        _ => (report, ""),
+    };
     print!("{report}");
     if let Some(path) = write {
         std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        eprintln!("wrote {}", path.display());
+        if what.is_empty() {
+            eprintln!("wrote {}", path.display());
+        } else {
+            eprintln!("wrote {} ({what})", path.display());
+        }
+    }
+}
+
+/// The file at `path` with its events section replaced by `part` (or
+/// `part` appended). The events section is the last one, so it runs to the
+/// end of the file.
+fn splice_events(path: &std::path::Path, part: &str) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    // `part` opens with a blank line, as it does in a full run.
+    match old.find(&format!("\n{}", events::HEADING)) {
+        Some(i) => format!("{}{part}", &old[..i]),
+        None => format!("{}\n{part}", old.trim_end()),
     }
 }
 
