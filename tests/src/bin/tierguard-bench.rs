@@ -532,3 +532,25 @@ Numbers vary with the machine and its load; compare rows from the same run.\n"
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_events_section_is_appended_then_replaced_in_place() {
+        let dir = tierguard_tests::tmpdir("bench", "splice");
+        let path = dir.join("benchmarks.md");
+        let part = |n: u32| format!("\n{}\n\nrun {n}\n", events::HEADING);
+        std::fs::write(&path, "# Benchmarks\n\nlimits\n").unwrap();
+        let first = splice_events(&path, &part(1));
+        assert_eq!(first, format!("# Benchmarks\n\nlimits\n{}", part(1)));
+        std::fs::write(&path, &first).unwrap();
+        assert_eq!(
+            splice_events(&path, &part(2)),
+            format!("# Benchmarks\n\nlimits\n{}", part(2)),
+            "the old section is gone, the rest untouched"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
