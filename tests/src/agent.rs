@@ -1,28 +1,31 @@
 //! The agent binary as a user runs it: a child process with a config file.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-/// Path of the `tierguard` binary: $TIERGUARD_BIN, or next to this test
-/// executable's deps directory (`cargo xtask test` builds it first).
+/// Path of the `tierguard` binary: $TIERGUARD_BIN, or in the profile
+/// directory: next to this test executable's deps directory (`cargo xtask
+/// test` builds it first), or beside this executable when it is a binary of
+/// its own, as the benchmark is (`cargo xtask bench` builds it first).
 pub fn binary() -> PathBuf {
     if let Some(p) = std::env::var_os("TIERGUARD_BIN") {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target profile directory");
-    let bin = dir.join("tierguard");
-    assert!(
-        bin.exists(),
-        "{} not found: build the agent first (`cargo build -p tierguard`; `cargo xtask test` does it)",
-        bin.display()
-    );
-    bin
+    let dir = exe.parent().expect("executable directory");
+    let candidates = [
+        dir.parent().map(|d| d.join("tierguard")),
+        Some(dir.join("tierguard")),
+    ];
+    let found = candidates.iter().flatten().find(|b| b.is_file());
+    found.cloned().unwrap_or_else(|| {
+        panic!(
+            "tierguard not found beside {}: build the agent first (`cargo build -p tierguard`; `cargo xtask test` and `cargo xtask bench` do it)",
+            exe.display()
+        )
+    })
 }
 
 /// Runs `tierguard ARGS` to completion.

@@ -1,6 +1,8 @@
 //! `cargo xtask bench`: per-packet cost of the ingress program with
-//! BPF_PROG_TEST_RUN, beside an empty program in the same run, and the time to
-//! load large lists. Writes docs/benchmarks.md with `--write FILE`.
+//! BPF_PROG_TEST_RUN, beside an empty program in the same run, the time to
+//! load large lists, and the security events the agent binary writes into a
+//! file per second (bench/events.rs). Writes docs/benchmarks.md with
+//! `--write FILE`; with `--only events` only that section of the file.
 //!
 //! Sources vary within each run: the benchmark entry points take the source
 //! address from a rotating table of 65,536 addresses, and the matching
@@ -25,6 +27,8 @@ use tierguard_common::{
 };
 use tierguard_tests::{Rng, pins::PinDir};
 
+#[path = "../bench/events.rs"]
+mod events;
 #[path = "../bench/limits.rs"]
 mod limits;
 #[path = "../bench/segmentation.rs"]
@@ -70,12 +74,12 @@ fn main() {
             "--only" => {
                 only = Some(
                     args.next()
-                        .expect("--only needs lists, segmentation or limits"),
+                        .expect("--only needs lists, segmentation, limits or events"),
                 )
             }
             other => {
                 eprintln!(
-                    "unknown argument {other}; usage: tierguard-bench [--write FILE] [--only lists|segmentation|limits]"
+                    "unknown argument {other}; usage: tierguard-bench [--write FILE] [--only lists|segmentation|limits|events]"
                 );
                 std::process::exit(2);
             }
@@ -126,10 +130,55 @@ fn main() {
         );
         limits::render(&mut report, &rows);
     }
+    let mut events_part = None;
+    if run("events") {
+        eprintln!("security events into a file (the agent binary, a flood in a lab)...");
+        let rows = events::measure();
+        for series in &rows.series {
+            let m = &series.median;
+            eprintln!(
+                "  median on {}: offered {:.0} drops/s, written {:.0} events/s, lost {:.0}/s, suppressed {:.0}/s",
+                series.fs,
+                m.offered,
+                m.written,
+                m.lost_total(),
+                m.suppressed
+            );
+        }
+        let mut part = String::new();
+        events::render(&mut part, &rows);
+        report.push_str(&part);
+        events_part = Some(part);
+    }
+    // `--only events` touches only its own section of the file: the other
+    // sections keep the numbers of their last run.
+    let (report, what) = match (only.as_deref(), events_part, &write) {
+        (Some("events"), Some(part), Some(path)) => {
+            (splice_events(path, &part), "its events section")
+        }
+        (Some("events"), Some(part), None) => (part, ""),
+        _ => (report, ""),
+    };
     print!("{report}");
     if let Some(path) = write {
         std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
-        eprintln!("wrote {}", path.display());
+        if what.is_empty() {
+            eprintln!("wrote {}", path.display());
+        } else {
+            eprintln!("wrote {} ({what})", path.display());
+        }
+    }
+}
+
+/// The file at `path` with its events section replaced by `part` (or
+/// `part` appended). The events section is the last one, so it runs to the
+/// end of the file.
+fn splice_events(path: &std::path::Path, part: &str) -> String {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    // `part` opens with a blank line, as it does in a full run.
+    match old.find(&format!("\n{}", events::HEADING)) {
+        Some(i) => format!("{}{part}", &old[..i]),
+        None => format!("{}\n{part}", old.trim_end()),
     }
 }
 
@@ -474,7 +523,7 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
   (multiples of 8 bits), strides up to /64 probe a bucketised table (64-byte buckets, usually one\n  \
   cache line), longer strides one hash probe. See docs/design/map-layout.md.\n\
 - In production the dispatcher adds one tail call in front of the ingress program.\n\n\
-Reproduce: `cargo xtask bench` as root (it runs `cargo run --release -p tierguard-tests --bin tierguard-bench -- --write docs/benchmarks.md`).\n\
+Reproduce: `cargo xtask bench` as root (it builds the agent binary, then runs `cargo run --release -p tierguard-tests --bin tierguard-bench -- --write docs/benchmarks.md`).\n\
 Numbers vary with the machine and its load; compare rows from the same run.\n"
     );
     s
@@ -482,4 +531,26 @@ Numbers vary with the machine and its load; compare rows from the same run.\n"
 
 fn yes(b: bool) -> &'static str {
     if b { "yes" } else { "no" }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_events_section_is_appended_then_replaced_in_place() {
+        let dir = tierguard_tests::tmpdir("bench", "splice");
+        let path = dir.join("benchmarks.md");
+        let part = |n: u32| format!("\n{}\n\nrun {n}\n", events::HEADING);
+        std::fs::write(&path, "# Benchmarks\n\nlimits\n").unwrap();
+        let first = splice_events(&path, &part(1));
+        assert_eq!(first, format!("# Benchmarks\n\nlimits\n{}", part(1)));
+        std::fs::write(&path, &first).unwrap();
+        assert_eq!(
+            splice_events(&path, &part(2)),
+            format!("# Benchmarks\n\nlimits\n{}", part(2)),
+            "the old section is gone, the rest untouched"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
