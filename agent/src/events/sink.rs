@@ -16,6 +16,37 @@ use crate::config::EventOutput;
 
 /// Lines the channel holds before the consumer sheds.
 pub const CHANNEL_LINES: usize = 8192;
+/// Most lines the writer takes from the channel for one write: what is
+/// already queued goes out in one system call (no line waits for a batch to
+/// fill), and a batch stays small enough to keep memory flat.
+pub const BATCH_LINES: usize = 512;
+
+/// What writing a batch did: lines before `written` are in the sink; the
+/// rest were not written, because of `error`.
+#[derive(Debug)]
+pub struct BatchResult {
+    pub written: usize,
+    pub error: Option<io::Error>,
+}
+
+impl BatchResult {
+    fn all(lines: &[String]) -> BatchResult {
+        BatchResult {
+            written: lines.len(),
+            error: None,
+        }
+    }
+}
+
+/// `lines` joined, each with its newline.
+fn joined(lines: &[String]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(lines.iter().map(|l| l.len() + 1).sum());
+    for l in lines {
+        buf.extend_from_slice(l.as_bytes());
+        buf.push(b'\n');
+    }
+    buf
+}
 
 pub enum Sink {
     Stdout(io::Stdout),
@@ -30,16 +61,22 @@ impl Sink {
         }
     }
 
-    /// Writes one line (without its newline) and flushes.
-    pub fn write_line(&mut self, line: &str) -> io::Result<()> {
+    /// Writes lines (without their newlines) and flushes: one write for the
+    /// lot, or one per file when the batch crosses a rotation.
+    pub fn write_lines(&mut self, lines: &[String]) -> BatchResult {
         match self {
             Sink::Stdout(s) => {
                 let mut s = s.lock();
-                s.write_all(line.as_bytes())?;
-                s.write_all(b"\n")?;
-                s.flush()
+                match s.write_all(&joined(lines)).and_then(|()| s.flush()) {
+                    Ok(()) => BatchResult::all(lines),
+                    // Part of it may have gone out; stdout cannot be taken back.
+                    Err(e) => BatchResult {
+                        written: 0,
+                        error: Some(e),
+                    },
+                }
             }
-            Sink::File(f) => f.write_line(line),
+            Sink::File(f) => f.write_lines(lines),
         }
     }
 }
@@ -98,29 +135,61 @@ impl RotatingFile {
         Ok(self.file.as_mut().expect("just opened"))
     }
 
-    pub fn write_line(&mut self, line: &str) -> io::Result<()> {
-        let n = line.len() as u64 + 1;
+    /// Writes the lines in as few writes as rotation allows: each run of
+    /// lines that fits the live file goes out in one `write`. Stops at the
+    /// first error.
+    pub fn write_lines(&mut self, lines: &[String]) -> BatchResult {
+        let mut written = 0;
+        while written < lines.len() {
+            match self.write_run(&lines[written..]) {
+                Ok(n) => written += n,
+                Err(error) => {
+                    return BatchResult {
+                        written,
+                        error: Some(error),
+                    };
+                }
+            }
+        }
+        BatchResult::all(lines)
+    }
+
+    /// Writes the longest run of `lines` (at least one) that fits the live
+    /// file, rotating first if even the first line does not; returns how many.
+    fn write_run(&mut self, lines: &[String]) -> io::Result<usize> {
         self.open()?;
-        if self.size > 0 && self.size + n > self.max_bytes {
+        let first = lines[0].len() as u64 + 1;
+        if self.size > 0 && self.size + first > self.max_bytes {
             self.rotate()?;
             self.open()?;
         }
-        let mut buf = Vec::with_capacity(line.len() + 1);
-        buf.extend_from_slice(line.as_bytes());
-        buf.push(b'\n');
-        let file = self.file.as_mut().expect("open");
-        let r = file.write_all(&buf);
-        if r.is_err() {
-            // A full disk may have taken part of the line: cut it off, so that
-            // the file holds whole lines only and a reader never meets half a
-            // record. Then reopen on the next line: the file may have been
-            // removed or the disk freed.
-            let _ = file.set_len(self.size);
-            self.file = None;
-        } else {
-            self.size += n;
+        let mut end = self.size;
+        let mut count = 0;
+        for l in lines {
+            let n = l.len() as u64 + 1;
+            // The first line always goes (a line longer than the limit gets a file of its own).
+            if count > 0 && end + n > self.max_bytes {
+                break;
+            }
+            end += n;
+            count += 1;
         }
-        r
+        let file = self.file.as_mut().expect("open");
+        match file.write_all(&joined(&lines[..count])) {
+            Ok(()) => {
+                self.size = end;
+                Ok(count)
+            }
+            Err(e) => {
+                // A full disk may have taken part of the run: cut it off, so
+                // that the file holds whole lines only and a reader never
+                // meets half a record. Then reopen on the next batch: the
+                // file may have been removed or the disk freed.
+                let _ = file.set_len(self.size);
+                self.file = None;
+                Err(e)
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -168,16 +237,30 @@ pub fn spawn_writer(mut sink: Sink, dropped: IntCounterVec, capacity: usize) -> 
         .name("tg-events".into())
         .spawn(move || {
             let mut failing = false;
-            for line in rx {
-                match sink.write_line(&line) {
-                    Ok(()) => {
+            let mut batch = Vec::with_capacity(BATCH_LINES);
+            // Block for one line, then take whatever else is already queued.
+            while let Ok(line) = rx.recv() {
+                batch.push(line);
+                while batch.len() < BATCH_LINES {
+                    match rx.try_recv() {
+                        Ok(l) => batch.push(l),
+                        Err(_) => break,
+                    }
+                }
+                let result = sink.write_lines(&batch);
+                let lost = batch.len() - result.written;
+                batch.clear();
+                match result.error {
+                    None => {
                         if failing {
                             failing = false;
                             tracing::info!("event sink writes again");
                         }
                     }
-                    Err(e) => {
-                        counter.with_label_values(&["write_error"]).inc();
+                    Some(e) => {
+                        counter
+                            .with_label_values(&["write_error"])
+                            .inc_by(lost as u64);
                         if !failing {
                             failing = true;
                             let target = match &sink {
@@ -215,9 +298,16 @@ mod tests {
         let path = d.join("events.jsonl");
         let mut f = RotatingFile::new(path.clone(), 100, 3);
         let line = "x".repeat(39); // 40 bytes with the newline: two per file
-        for i in 0..20 {
-            f.write_line(&format!("{line}{}", i % 10)[1..]).unwrap();
+        let lines: Vec<String> = (0..20)
+            .map(|i| format!("{line}{}", i % 10)[1..].to_string())
+            .collect();
+        // One line at a time, then a batch that crosses several rotations.
+        for l in &lines[..7] {
+            let r = f.write_lines(std::slice::from_ref(l));
+            assert_eq!((r.written, r.error.is_none()), (1, true));
         }
+        let r = f.write_lines(&lines[7..]);
+        assert_eq!((r.written, r.error.is_none()), (13, true));
         let mut names: Vec<String> = std::fs::read_dir(&d)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -241,6 +331,19 @@ mod tests {
         assert!(live.ends_with("xxx9\n"), "{live}");
         let one = std::fs::read_to_string(d.join("events.jsonl.1")).unwrap();
         assert!(one.ends_with("xxx7\n"), "{one}");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_batch_goes_out_whole_and_in_order() {
+        let d = tmp("batch");
+        let path = d.join("events.jsonl");
+        let mut f = RotatingFile::new(path.clone(), 1 << 20, 2);
+        let lines: Vec<String> = (0..100).map(|i| format!("{{\"n\":{i}}}")).collect();
+        let r = f.write_lines(&lines);
+        assert_eq!(r.written, 100);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text, lines.join("\n") + "\n");
         let _ = std::fs::remove_dir_all(&d);
     }
 

@@ -260,7 +260,7 @@ fn round(lab: &Lab, base: &Path, i: usize, split: Option<&Split>) -> (Round, Tem
         format!(
             "[agent]\ninterfaces = [\"{iface}\"]\npin_path = \"{pins}\"\nadmin_socket = \"{admin}\"\n\n\
              [[lists]]\nname = \"flood\"\naction = \"deny\"\ncidrs = [\"203.0.113.0/24\"]\n\n\
-             [events]\nenabled = true\nrate_per_reason = {MAX_RATE}\nburst = {MAX_RATE}\nglobal_rate = {MAX_RATE}\n\
+             [events]\nenabled = true\nrate_per_reason = {MAX_RATE}\nburst = {MAX_RATE}\nrate_per_source = {MAX_RATE}\nburst_per_source = {MAX_RATE}\nglobal_rate = {MAX_RATE}\n\
              output = \"{out}\"\nfile_max_bytes = {max}\n",
             iface = lab.node_if,
             pins = pins.path().display(),
@@ -751,7 +751,7 @@ pub fn render(s: &mut String, r: &EventRows) {
     let _ = writeln!(
         s,
         "The agent binary (`tierguard run --config FILE`) on a veth, a deny list, `[events]` on with \
-         the sampler wide open (`rate_per_reason`, `burst` and `global_rate` at their maximum, \
+         the sampler wide open (`rate_per_reason`, `burst`, `rate_per_source`, `burst_per_source` and `global_rate` at their maximum, \
          {MAX_RATE}) and `output` a file. A thread in the peer namespace floods UDP from a denied \
          source over an AF_PACKET socket ({} s per round after a 1 s warm-up; {ROUNDS} rounds, a \
          fresh agent each). {} Rates are per second over the window, from the agent's /metrics and \
