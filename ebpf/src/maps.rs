@@ -7,7 +7,9 @@ use aya_ebpf::{
         Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, ProgramArray, RingBuf,
     },
 };
-use tierguard_common::event::{Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE, SOURCE_SLOTS};
+use tierguard_common::event::{
+    Bucket, EventConfig, RING_BYTES, SAMPLER_SIZE, SOURCE_SLOTS, Tokens,
+};
 use tierguard_common::limiter::{
     BLOCK_CAPACITY, BlockValue, Buckets, LIMIT_STATS, LimitSpec, MAX_LIMITS, PORT_WORDS,
     SLOTS_PER_LIMIT, Slot,
@@ -101,7 +103,7 @@ pub static EVENT_SAMPLER: PerCpuArray<Bucket> = PerCpuArray::pinned(SAMPLER_SIZE
 
 /// Sampling state per (source, reason) slot, per CPU (see `event::source_slot`).
 #[map(name = "TG_EVENT_SOURCES")]
-pub static EVENT_SOURCES: PerCpuArray<Bucket> = PerCpuArray::pinned(SOURCE_SLOTS, 0);
+pub static EVENT_SOURCES: PerCpuArray<Tokens> = PerCpuArray::pinned(SOURCE_SLOTS, 0);
 
 /// The egress dispatcher's programs (a TC program cannot tail-call through
 /// the XDP program array).

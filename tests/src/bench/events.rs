@@ -836,8 +836,8 @@ pub fn render(s: &mut String, r: &EventRows) {
          /proc/meminfo). On a disk the rounds' files are kept until the section ends (removing gigabytes would set \
          the file system to work in the next window), so later rounds write while the kernel writes back the \
          earlier ones once dirty pages pass its background threshold (`vm.dirty_background_ratio` of memory), as \
-         in a flood that lasts; the writer thread then competes with that writeback for CPU. The agent writes one \
-         `write` call per line.\n\n\
+         in a flood that lasts; the writer thread then competes with that writeback for CPU. The agent's writer \
+         takes what is queued (up to 512 lines) and writes it in one `write` call.\n\n\
          Reproduce: `cargo xtask bench` (every section; it builds the agent binary first), or this section alone: \
          `cargo xtask bench -- --only events` (rewrites only this section of docs/benchmarks.md), or printed only: \
          `cargo build --release -p tierguard && cargo run --release -p tierguard-tests --bin tierguard-bench -- --only events`. \

@@ -277,8 +277,9 @@ pub fn render(s: &mut String, rows: &[SegRow]) {
     }
     let _ = writeln!(
         s,
-        "\nZones are found with one longest-prefix lookup per address (an LPM trie); a rule with two array reads \
-         after one hash lookup of the zone pair, whatever the number of rules (docs/design/segmentation.md). \
+        "\nAn IPv4 zone is found with one or two array reads (a /16 table, then a /24 block where zones split \
+         the /16; the trie only for /24s that hold longer prefixes); a rule with two array reads after one hash \
+         lookup of the zone pair, whatever the number of rules (docs/design/segmentation.md). \
          The new-connection rows include writing the flow (the rotation revisits sources, so after the first \
          65,536 packets the write refreshes an existing flow).\n"
     );
