@@ -491,8 +491,10 @@ fn an_unwritable_event_file_never_stops_enforcement_and_is_counted() {
     // Allowed traffic still flows.
     assert!(lab.ping(None, &lab.node_v4(), 1));
 
-    // The directory appears: the sink recovers by itself.
+    // The directory appears: the sink recovers by itself. (It reports the
+    // recovery on a write at least a second after its last failure.)
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
     assert!(!lab.ping(Some("203.0.113.55"), &lab.node_v4(), 1));
     let got = wait_lines(&out, "the event after recovery", |l| !l.is_empty());
     assert_eq!(got[0]["src"], "203.0.113.55");
@@ -610,8 +612,10 @@ fn a_full_disk_never_stops_enforcement_and_the_file_recovers_when_space_returns(
     );
     assert!(lab.ping(None, &lab.node_v4(), 1), "allowed traffic flows");
 
-    // Space comes back: the next event is written after the last whole line.
+    // Space comes back: the next event is written after the last whole line
+    // (and, a second after the last failure, reported as a recovery).
     disk.grow("1m");
+    std::thread::sleep(Duration::from_millis(1100));
     let _ = lab.udp_flood(FLOOD_V4, 1, 1000).wait();
     let got = wait_lines(&out, "the event after recovery", |l| l.len() > kept.len());
     assert_eq!(got.len(), kept.len() + 1);

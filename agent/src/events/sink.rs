@@ -16,6 +16,10 @@ use crate::config::EventOutput;
 
 /// Lines the channel holds before the consumer sheds.
 pub const CHANNEL_LINES: usize = 8192;
+/// A sink counts as recovered when a write succeeds at least this long
+/// after its last failure.
+const RECOVERY_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Most lines the writer takes from the channel for one write: what is
 /// already queued goes out in one system call (no line waits for a batch to
 /// fill), and a batch stays small enough to keep memory flat.
@@ -136,13 +140,17 @@ impl RotatingFile {
     }
 
     /// Writes the lines in as few writes as rotation allows: each run of
-    /// lines that fits the live file goes out in one `write`. Stops at the
-    /// first error.
+    /// lines that fits the live file goes out in one `write`. If a run fails
+    /// (a disk that is nearly full), the rest are tried one line at a time,
+    /// so that every whole line that fits is kept; stops at the first line
+    /// that fails on its own.
     pub fn write_lines(&mut self, lines: &[String]) -> BatchResult {
         let mut written = 0;
+        let mut most = lines.len();
         while written < lines.len() {
-            match self.write_run(&lines[written..]) {
+            match self.write_run(&lines[written..], most) {
                 Ok(n) => written += n,
+                Err(_) if most > 1 => most = 1,
                 Err(error) => {
                     return BatchResult {
                         written,
@@ -154,9 +162,10 @@ impl RotatingFile {
         BatchResult::all(lines)
     }
 
-    /// Writes the longest run of `lines` (at least one) that fits the live
-    /// file, rotating first if even the first line does not; returns how many.
-    fn write_run(&mut self, lines: &[String]) -> io::Result<usize> {
+    /// Writes the longest run of `lines` (at least one, at most `most`) that
+    /// fits the live file, rotating first if even the first line does not;
+    /// returns how many.
+    fn write_run(&mut self, lines: &[String], most: usize) -> io::Result<usize> {
         self.open()?;
         let first = lines[0].len() as u64 + 1;
         if self.size > 0 && self.size + first > self.max_bytes {
@@ -165,7 +174,7 @@ impl RotatingFile {
         }
         let mut end = self.size;
         let mut count = 0;
-        for l in lines {
+        for l in &lines[..most.min(lines.len())] {
             let n = l.len() as u64 + 1;
             // The first line always goes (a line longer than the limit gets a file of its own).
             if count > 0 && end + n > self.max_bytes {
@@ -236,7 +245,11 @@ pub fn spawn_writer(mut sink: Sink, dropped: IntCounterVec, capacity: usize) -> 
     std::thread::Builder::new()
         .name("tg-events".into())
         .spawn(move || {
-            let mut failing = false;
+            // When the last failure was; cleared (and the recovery said) once
+            // a write succeeds a while after it, so that a disk at the edge
+            // of full, where some batches fit and others do not, is reported
+            // once rather than flapping in the log.
+            let mut last_failure: Option<std::time::Instant> = None;
             let mut batch = Vec::with_capacity(BATCH_LINES);
             // Block for one line, then take whatever else is already queued.
             while let Ok(line) = rx.recv() {
@@ -252,8 +265,8 @@ pub fn spawn_writer(mut sink: Sink, dropped: IntCounterVec, capacity: usize) -> 
                 batch.clear();
                 match result.error {
                     None => {
-                        if failing {
-                            failing = false;
+                        if last_failure.is_some_and(|t| t.elapsed() >= RECOVERY_QUIET) {
+                            last_failure = None;
                             tracing::info!("event sink writes again");
                         }
                     }
@@ -261,8 +274,9 @@ pub fn spawn_writer(mut sink: Sink, dropped: IntCounterVec, capacity: usize) -> 
                         counter
                             .with_label_values(&["write_error"])
                             .inc_by(lost as u64);
-                        if !failing {
-                            failing = true;
+                        let first = last_failure.is_none();
+                        last_failure = Some(std::time::Instant::now());
+                        if first {
                             let target = match &sink {
                                 Sink::Stdout(_) => "stdout".to_string(),
                                 Sink::File(f) => f.path().display().to_string(),
