@@ -171,6 +171,18 @@ fn main() {
         _ => (report, ""),
     };
     print!("{report}");
+    // Another section alone would replace the whole file with one section:
+    // printed only.
+    let write = match (only.as_deref(), write) {
+        (Some(part), Some(path)) if part != "events" => {
+            eprintln!(
+                "--only {part}: printed only; {} keeps its numbers (run every section to rewrite it)",
+                path.display()
+            );
+            None
+        }
+        (_, write) => write,
+    };
     if let Some(path) = write {
         std::fs::write(&path, &report).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
         if what.is_empty() {
