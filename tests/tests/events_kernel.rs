@@ -50,6 +50,15 @@ fn loaded(pins: &PinDir) -> (Datapath, RingBuf<MapData>, SamplerReader) {
     (dp, ring, sampler)
 }
 
+/// The deny-list reason's entry of a per-reason count.
+fn deny_list(counts: &[(Reason, u64)]) -> u64 {
+    counts
+        .iter()
+        .find(|(r, _)| *r == Reason::DenyList)
+        .expect("every reason is counted")
+        .1
+}
+
 fn records(ring: &mut RingBuf<MapData>) -> Vec<Event> {
     let mut out = Vec::new();
     while let Some(item) = ring.next() {
@@ -174,12 +183,7 @@ fn drops_write_records_with_the_packet_fields_and_sampling_accounts_for_every_dr
         flood.len()
     );
     let counts = sampler.read().unwrap();
-    let suppressed = counts
-        .suppressed
-        .iter()
-        .find(|(r, _)| *r == Reason::DenyList)
-        .unwrap()
-        .1;
+    let suppressed = deny_list(&counts.suppressed);
     assert_eq!(
         flood.len() as u64 + suppressed,
         1000,
@@ -261,14 +265,7 @@ fn one_noisy_source_does_not_use_up_its_reasons_events() {
         assert!(from_quiet.len() >= 2, "the second source is not starved");
     }
     assert!(from_quiet.iter().all(|e| e.src[..4] == [198, 51, 100, 8]));
-    let suppressed = sampler
-        .read()
-        .unwrap()
-        .suppressed
-        .iter()
-        .find(|(r, _)| *r == Reason::DenyList)
-        .unwrap()
-        .1;
+    let suppressed = deny_list(&sampler.read().unwrap().suppressed);
     assert_eq!(
         (from_noisy.len() + from_quiet.len()) as u64 + suppressed,
         1000,

@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::Path;
 
 use aya::maps::{
-    Array, Map, MapData, MapError,
+    Array, MapData, MapError,
     lpm_trie::{Key, LpmTrie},
 };
 use ipnetwork::IpNetwork;
@@ -16,6 +16,7 @@ use tierguard_common::{
     maps::names,
 };
 
+use super::map_access::{map_err, pinned};
 use super::{DatapathError, Result};
 
 /// One blocked prefix.
@@ -30,12 +31,6 @@ pub struct BlockTable {
     v6: LpmTrie<MapData, [u8; 16], BlockValue>,
     /// `TG_BLOCKS_PRESENT`: whether the kernel looks in the tries at all.
     present: Array<MapData, u32>,
-}
-
-fn open_map(pin_dir: &Path, name: &'static str) -> Result<Map> {
-    let err = |source| DatapathError::Map { map: name, source };
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(err)?;
-    Map::from_map_data(data).map_err(err)
 }
 
 fn not_found(e: &MapError) -> bool {
@@ -59,24 +54,17 @@ fn v6(net: &IpNetwork) -> Option<Key<[u8; 16]>> {
 
 impl BlockTable {
     pub fn open(pin_dir: &Path) -> Result<BlockTable> {
-        let err = |map| move |source| DatapathError::Map { map, source };
         Ok(BlockTable {
-            v4: LpmTrie::try_from(open_map(pin_dir, names::BLOCKS_V4)?)
-                .map_err(err(names::BLOCKS_V4))?,
-            v6: LpmTrie::try_from(open_map(pin_dir, names::BLOCKS_V6)?)
-                .map_err(err(names::BLOCKS_V6))?,
-            present: Array::try_from(open_map(pin_dir, names::BLOCKS_PRESENT)?)
-                .map_err(err(names::BLOCKS_PRESENT))?,
+            v4: pinned(pin_dir, names::BLOCKS_V4)?,
+            v6: pinned(pin_dir, names::BLOCKS_V6)?,
+            present: pinned(pin_dir, names::BLOCKS_PRESENT)?,
         })
     }
 
     fn set_present(&mut self, on: bool) -> Result<()> {
         self.present
             .set(0, u32::from(on), 0)
-            .map_err(|source| DatapathError::Map {
-                map: names::BLOCKS_PRESENT,
-                source,
-            })
+            .map_err(map_err(names::BLOCKS_PRESENT))
     }
 
     /// Tells the kernel whether to look in the tries: `empty` is what the
@@ -98,19 +86,13 @@ impl BlockTable {
     pub fn list(&self) -> Result<Vec<Block>> {
         let mut out = Vec::new();
         for item in self.v4.iter() {
-            let (k, value) = item.map_err(|source| DatapathError::Map {
-                map: names::BLOCKS_V4,
-                source,
-            })?;
+            let (k, value) = item.map_err(map_err(names::BLOCKS_V4))?;
             if let Ok(net) = IpNetwork::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
                 out.push(Block { net, value });
             }
         }
         for item in self.v6.iter() {
-            let (k, value) = item.map_err(|source| DatapathError::Map {
-                map: names::BLOCKS_V6,
-                source,
-            })?;
+            let (k, value) = item.map_err(map_err(names::BLOCKS_V6))?;
             if let Ok(net) = IpNetwork::new(IpAddr::from(k.data()), k.prefix_len() as u8) {
                 out.push(Block { net, value });
             }

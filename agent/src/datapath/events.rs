@@ -1,15 +1,14 @@
 //! The event maps: writing the sampling configuration, opening the ring
 //! buffer and reading the sampler's counters.
 
-use std::path::Path;
-
-use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use tierguard_common::{
     event::{Bucket, EventConfig, NodeRates},
     maps::names,
     reason::Reason,
 };
 
+use super::map_access::{map_err, pinned};
 use super::{Datapath, DatapathError, Result, clock::ns_per_jiffy};
 use crate::config::EventsConfig;
 
@@ -53,12 +52,6 @@ pub fn cpus() -> u64 {
     aya::util::nr_cpus().map(|n| n as u64).unwrap_or(1).max(1)
 }
 
-fn open_map(pin_dir: &Path, name: &'static str) -> Result<Map> {
-    let err = |source| DatapathError::Map { map: name, source };
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(err)?;
-    Map::from_map_data(data).map_err(err)
-}
-
 impl Datapath {
     /// Writes the `[events]` settings into `TG_EVENT_CONFIG`: one map write,
     /// effective on the next packet.
@@ -72,28 +65,22 @@ impl Datapath {
             .ebpf
             .map_mut(name)
             .ok_or(DatapathError::MissingMap { map: name })?;
-        let mut array: Array<_, EventConfig> =
-            Array::try_from(map).map_err(|source| DatapathError::Map { map: name, source })?;
-        array
-            .set(0, value, 0)
-            .map_err(|source| DatapathError::Map { map: name, source })?;
+        let mut array: Array<_, EventConfig> = Array::try_from(map).map_err(map_err(name))?;
+        array.set(0, value, 0).map_err(map_err(name))?;
         Ok(value)
     }
 
     /// The event ring buffer, opened from its pin (so it is independent of
     /// the datapath's borrow).
     pub fn event_ring(&self) -> Result<RingBuf<MapData>> {
-        let name = names::EVENTS;
-        RingBuf::try_from(open_map(self.pin_dir(), name)?)
-            .map_err(|source| DatapathError::Map { map: name, source })
+        pinned(self.pin_dir(), names::EVENTS)
     }
 
     /// A reader of the sampler's per-reason counters.
     pub fn sampler_reader(&self) -> Result<SamplerReader> {
-        let name = names::EVENT_SAMPLER;
-        let map = PerCpuArray::try_from(open_map(self.pin_dir(), name)?)
-            .map_err(|source| DatapathError::Map { map: name, source })?;
-        Ok(SamplerReader { map })
+        Ok(SamplerReader {
+            map: pinned(self.pin_dir(), names::EVENT_SAMPLER)?,
+        })
     }
 }
 
@@ -117,10 +104,7 @@ impl SamplerReader {
             let v = self
                 .map
                 .get(&u32::from(reason as u8), 0)
-                .map_err(|source| DatapathError::Map {
-                    map: names::EVENT_SAMPLER,
-                    source,
-                })?;
+                .map_err(map_err(names::EVENT_SAMPLER))?;
             let suppressed = v.iter().fold(0u64, |a, b| a.saturating_add(b.suppressed));
             let lost = v.iter().fold(0u64, |a, b| a.saturating_add(b.lost));
             out.suppressed.push((reason, suppressed));

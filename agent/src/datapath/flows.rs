@@ -6,13 +6,14 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use tierguard_common::{
     maps::names,
     segment::{FLOW_CAPACITY, FLOW_STAT_CREATED, FlowKey, FlowValue, SegMeta, flow_alive},
 };
 
-use super::{DatapathError, Result, clock::coarse_now_ns};
+use super::map_access::{map_err, pinned};
+use super::{Result, clock::coarse_now_ns};
 
 /// What one sweep found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -37,22 +38,13 @@ pub struct FlowSweeper {
     stats: PerCpuArray<MapData, u64>,
 }
 
-fn open(pin_dir: &Path, name: &'static str) -> Result<Map> {
-    let err = |source| DatapathError::Map { map: name, source };
-    let data = MapData::from_pin(pin_dir.join(name)).map_err(err)?;
-    Map::from_map_data(data).map_err(err)
-}
-
 impl FlowSweeper {
     pub fn open(pin_dir: &Path) -> Result<FlowSweeper> {
-        let err = |map| move |source| DatapathError::Map { map, source };
         Ok(FlowSweeper {
-            flows: HashMap::try_from(open(pin_dir, names::FLOWS)?).map_err(err(names::FLOWS))?,
-            meta: Array::try_from(open(pin_dir, names::SEG_META)?).map_err(err(names::SEG_META))?,
-            active: Array::try_from(open(pin_dir, names::ACTIVE_SLOT)?)
-                .map_err(err(names::ACTIVE_SLOT))?,
-            stats: PerCpuArray::try_from(open(pin_dir, names::FLOW_STATS)?)
-                .map_err(err(names::FLOW_STATS))?,
+            flows: pinned(pin_dir, names::FLOWS)?,
+            meta: pinned(pin_dir, names::SEG_META)?,
+            active: pinned(pin_dir, names::ACTIVE_SLOT)?,
+            stats: pinned(pin_dir, names::FLOW_STATS)?,
         })
     }
 
@@ -60,9 +52,12 @@ impl FlowSweeper {
 
     /// Frees the flows the live generation's timeouts have expired.
     pub fn sweep(&mut self) -> Result<FlowSweep> {
-        let err = |map| move |source| DatapathError::Map { map, source };
-        let slot = self.active.get(&0, 0).map_err(err(names::ACTIVE_SLOT))? & 1;
-        let meta = self.meta.get(&slot, 0).map_err(err(names::SEG_META))?;
+        let slot = self
+            .active
+            .get(&0, 0)
+            .map_err(map_err(names::ACTIVE_SLOT))?
+            & 1;
+        let meta = self.meta.get(&slot, 0).map_err(map_err(names::SEG_META))?;
         let now = coarse_now_ns();
         let mut out = FlowSweep {
             created: self.created()?,
@@ -99,10 +94,7 @@ impl FlowSweeper {
         Ok(self
             .stats
             .get(&FLOW_STAT_CREATED, 0)
-            .map_err(|source| DatapathError::Map {
-                map: names::FLOW_STATS,
-                source,
-            })?
+            .map_err(map_err(names::FLOW_STATS))?
             .iter()
             .fold(0u64, |a, b| a.saturating_add(*b)))
     }

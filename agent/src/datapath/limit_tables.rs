@@ -17,22 +17,9 @@ use tierguard_common::{
     maps::names,
 };
 
+use super::map_access::{array, map_err, pinned};
 use super::{DatapathError, Result, ifindex};
 use crate::policy::CompiledLimits;
-
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source }
-}
-
-fn array<'a, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a mut MapData, V>> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(DatapathError::MissingMap { map: name })?;
-    Array::try_from(map).map_err(map_err(name))
-}
 
 /// The slot-hash seed the live limits use, so that keys keep their slots
 /// across reloads; a new random one when no limit is live.
@@ -176,15 +163,9 @@ pub struct LimitReader {
 
 impl LimitReader {
     pub fn open(pin_dir: &Path) -> Result<LimitReader> {
-        let open = |name: &'static str| -> Result<aya::maps::Map> {
-            let data = MapData::from_pin(pin_dir.join(name)).map_err(map_err(name))?;
-            aya::maps::Map::from_map_data(data).map_err(map_err(name))
-        };
         Ok(LimitReader {
-            stats: PerCpuArray::try_from(open(names::LIMIT_STATS)?)
-                .map_err(map_err(names::LIMIT_STATS))?,
-            slots: Array::try_from(open(names::LIMIT_SLOTS)?)
-                .map_err(map_err(names::LIMIT_SLOTS))?,
+            stats: pinned(pin_dir, names::LIMIT_STATS)?,
+            slots: pinned(pin_dir, names::LIMIT_SLOTS)?,
         })
     }
 

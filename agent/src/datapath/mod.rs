@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod flows;
 mod limit_tables;
+mod map_access;
 mod segment_tables;
 mod stats;
 mod tables;

@@ -5,7 +5,7 @@
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap, MapData,
+        Array, HashMap,
         lpm_trie::{Key, LpmTrie},
     },
 };
@@ -19,7 +19,8 @@ use tierguard_common::{
     },
 };
 
-use super::{DatapathError, Result};
+use super::Result;
+use super::map_access::{array, loaded as map, map_err, trie};
 use crate::policy::CompiledSegmentation;
 
 /// Keys of one generation's segmentation entries, to delete it later.
@@ -37,29 +38,6 @@ pub(super) struct WrittenSegmentation {
     failsafe_ports: Vec<u32>,
     zone_l1: Vec<u32>,
     zone_blocks: Vec<u32>,
-}
-
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source }
-}
-
-fn map<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut aya::maps::Map> {
-    ebpf.map_mut(name)
-        .ok_or(DatapathError::MissingMap { map: name })
-}
-
-fn trie<'a, K: aya::Pod, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<LpmTrie<&'a mut MapData, K, V>> {
-    LpmTrie::try_from(map(ebpf, name)?).map_err(map_err(name))
-}
-
-fn array<'a, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a mut MapData, V>> {
-    Array::try_from(map(ebpf, name)?).map_err(map_err(name))
 }
 
 fn v4_key(slot: u8, n: &Ipv4Network) -> Key<SlotAddrV4> {

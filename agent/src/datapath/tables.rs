@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues},
+    maps::{Array, HashMap, PerCpuArray, PerCpuValues},
 };
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4,
@@ -16,6 +16,7 @@ use tierguard_common::maps::{
 use tierguard_common::segment::MAX_RULES;
 
 use super::limit_tables;
+use super::map_access::{array, hash, map_err};
 use super::segment_tables::{self, WrittenSegmentation};
 use super::{Datapath, DatapathError, Result};
 use crate::policy::CompiledPolicy;
@@ -34,30 +35,6 @@ pub(super) struct Written {
 /// Programs that read the old slot finish within microseconds (they run under
 /// RCU); this grace is generous.
 const GRACE: Duration = Duration::from_millis(20);
-
-fn map_err(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> DatapathError {
-    move |source| DatapathError::Map { map, source }
-}
-
-fn hash<'a, K: aya::Pod, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<HashMap<&'a mut MapData, K, V>> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(DatapathError::MissingMap { map: name })?;
-    HashMap::try_from(map).map_err(map_err(name))
-}
-
-fn array<'a, V: aya::Pod>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<Array<&'a mut MapData, V>> {
-    let map = ebpf
-        .map_mut(name)
-        .ok_or(DatapathError::MissingMap { map: name })?;
-    Array::try_from(map).map_err(map_err(name))
-}
 
 fn active_slot(ebpf: &mut Ebpf) -> Result<u8> {
     let a: Array<_, u32> = array(ebpf, names::ACTIVE_SLOT)?;
