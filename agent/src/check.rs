@@ -9,8 +9,8 @@ use tierguard_common::{
     decide::rule_entry,
     packet::PROTO_TCP,
     segment::{
-        PORT_BLOCK, PairKey, RuleAction, SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_INTRA_ALLOW,
-        ZONE_HOST, decode_rule,
+        PORT_BLOCK, RuleAction, SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_INTRA_ALLOW, ZONE_HOST,
+        decode_rule,
     },
 };
 
@@ -150,13 +150,14 @@ pub fn summary(config: &Config, policy: &CompiledPolicy) -> String {
         );
         let _ = writeln!(
             s,
-            "    {} zone prefixes ({} node addresses in zone host), {} zone pairs, {} port tables, {} port blocks, {} exact ports",
+            "    {} zone prefixes ({} node addresses in zone host), {} zone pairs ({} distinct), {} port-set lines, {} port tables, {} port blocks",
             seg.zone_v4.len() + seg.zone_v6.len(),
             seg.host_prefixes().len(),
             seg.pairs.len(),
+            seg.pair_records.len() - 1,
+            seg.port_sets.len(),
             seg.port_tables.len(),
-            seg.port_blocks.len(),
-            seg.exact.len()
+            seg.port_blocks.len()
         );
     }
     let entries = config.failsafe.entries(config.agent.metrics_address.port());
@@ -256,14 +257,7 @@ fn dropped_to_node(
             // The node's own addresses talk to it without crossing an interface.
             .filter(|&src| src != ZONE_HOST)
             .filter(|&src| {
-                let key = PairKey {
-                    slot: 0,
-                    proto: PROTO_TCP,
-                    _pad: [0; 2],
-                    src_zone: src,
-                    dst_zone: dst,
-                };
-                match decode_rule(rule_entry(&UserTables(policy), &key, port)) {
+                match decode_rule(rule_entry(&UserTables(policy), src, dst, PROTO_TCP, port)) {
                     Some((_, action)) => action == RuleAction::Deny,
                     None if src == dst => seg.meta.flags & SEG_INTRA_ALLOW == 0,
                     None => seg.meta.flags & SEG_DEFAULT_ALLOW == 0,
@@ -288,7 +282,8 @@ fn shadowed_rules(policy: &CompiledPolicy) -> Vec<String> {
         .iter()
         .chain(&seg.port_blocks)
         .flat_map(|t| t.entries.iter().copied());
-    for e in table_entries.chain(seg.exact.iter().map(|e| e.1)) {
+    let set_entries = seg.port_sets.iter().flat_map(|s| s.codes.iter().copied());
+    for e in table_entries.chain(set_entries) {
         if e & PORT_BLOCK == 0
             && let Some((id, _)) = decode_rule(e)
         {

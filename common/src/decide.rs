@@ -10,9 +10,10 @@ use crate::maps::{Direction, ListAction, ListEntry};
 use crate::packet::Packet;
 use crate::reason::{Reason, Verdict};
 use crate::segment::{
-    FlowKey, PAIR_SPARSE, PORT_BLOCK, PairKey, PortEntry, PortKey, RuleAction, SEG_AUDIT_MODE,
-    SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW, SegMeta, decode_rule,
-    failsafe_class, failsafe_port, may_be_reply, proto_class, reply_key, rule_port,
+    FlowKey, PAIR_TABLE, PORT_BLOCK, PortEntry, PortSet, RuleAction, SEG_AUDIT_MODE,
+    SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW, SET_MAX_LINES, SegMeta,
+    class_index, decode_rule, failsafe_class, failsafe_port, may_be_reply, proto_class, reply_key,
+    rule_port,
 };
 
 /// A decision: why, which list or rule (by id) decided, and between which zones.
@@ -68,15 +69,25 @@ pub trait Tables {
     fn failsafe_addr(&self, family: u8, addr: &[u8; 16]) -> u32;
     /// Zone id of an address (`ZONE_WORLD` if in no zone).
     fn zone(&self, family: u8, addr: &[u8; 16]) -> u16;
-    /// Port table of a zone pair and protocol, if any rule covers it
-    /// (`PAIR_SPARSE`: its ports are in the exact-port table).
-    fn pair(&self, key: &PairKey) -> Option<u32>;
-    /// The entry of a sparse pair's port (0 if none).
-    fn exact(&self, key: &PortKey) -> PortEntry;
+    /// The pair record of a (source zone, destination zone), 0 if no rule
+    /// names the pair.
+    fn pair(&self, src_zone: u16, dst_zone: u16) -> u16;
+    /// Entry `class` (`class_index`) of pair record `record`: 0, a port
+    /// table (`PAIR_TABLE | t`) or a port set's first line plus one.
+    fn pair_entry(&self, record: u16, class: usize) -> u32;
+    /// The entry for `port` in the port set starting at line `first`
+    /// (`set_entry` over the port-set lines).
+    fn port_set_entry(&self, first: u32, port: u16) -> PortEntry;
     /// Entry `hi` of port table `table`.
     fn port_table(&self, table: u32, hi: u8) -> PortEntry;
     /// Entry `lo` of port block `block`.
     fn port_block(&self, block: u32, lo: u8) -> PortEntry;
+    /// The packet's source zone, destination zone and rule entry:
+    /// [`classify`] over the methods above (the kernel makes it a call of
+    /// its own, which keeps the verifier's work in bounds).
+    fn classify(&self, p: &Packet) -> (u16, u16, PortEntry) {
+        classify(self, p)
+    }
     /// Whether a live flow has this key (the kernel also refreshes it).
     fn flow_alive(&self, key: &FlowKey, p: &Packet) -> bool;
     /// The origin (a limit id, or `limiter::BLOCK_ADMIN`) of a block in
@@ -120,37 +131,73 @@ pub fn failsafe<T: Tables>(dir: Direction, p: &Packet, meta: &SegMeta, t: &T) ->
     Some(hit.trailing_zeros() as u16)
 }
 
-/// The rule entry for a zone pair, protocol and port: after the pair lookup,
-/// one exact-port lookup (pairs with a few single ports) or two array reads
-/// (the others), whatever the number of rules.
+/// The rule entry for a zone pair, protocol class and port: the pair's
+/// record (two array reads), then its port set (a line or a few, scanned) or
+/// port table (one or two array reads), whatever the number of rules.
 #[inline(always)]
-pub fn rule_entry<T: Tables>(t: &T, key: &PairKey, port: u16) -> PortEntry {
-    let table = match t.pair(key) {
-        Some(PAIR_SPARSE) => return t.exact(&PortKey::of(key, port)),
-        Some(table) => table,
-        None => return 0,
-    };
-    let e = t.port_table(table, (port >> 8) as u8);
-    if e & PORT_BLOCK != 0 {
-        t.port_block(e & !PORT_BLOCK, (port & 0xff) as u8)
-    } else {
-        e
+pub fn rule_entry<T: Tables + ?Sized>(
+    t: &T,
+    src_zone: u16,
+    dst_zone: u16,
+    class: u8,
+    port: u16,
+) -> PortEntry {
+    let record = t.pair(src_zone, dst_zone);
+    if record == 0 {
+        return 0;
     }
+    let e = t.pair_entry(record, class_index(class));
+    if e == 0 {
+        return 0;
+    }
+    if e & PAIR_TABLE != 0 {
+        let e = t.port_table(e & !PAIR_TABLE, (port >> 8) as u8);
+        return if e & PORT_BLOCK != 0 {
+            t.port_block(e & !PORT_BLOCK, (port & 0xff) as u8)
+        } else {
+            e
+        };
+    }
+    t.port_set_entry(e - 1, port)
+}
+
+/// The code of the run holding `port` in the port set starting at line
+/// `first`; `line(i)` reads line `i` of the generation's port sets.
+#[inline(always)]
+pub fn set_entry<'a>(
+    first: u32,
+    port: u16,
+    line: impl Fn(u32) -> Option<&'a PortSet>,
+) -> PortEntry {
+    let mut i = 0;
+    while i < SET_MAX_LINES {
+        let Some(s) = line(first + i) else {
+            return 0;
+        };
+        let code = s.find(port);
+        if code != 0 || s.more == 0 {
+            return code;
+        }
+        i += 1;
+    }
+    0
+}
+
+/// The zones of a packet's addresses and the rule entry for them, its
+/// protocol class and its port.
+#[inline(always)]
+pub fn classify<T: Tables + ?Sized>(t: &T, p: &Packet) -> (u16, u16, PortEntry) {
+    let src_zone = t.zone(p.family, &p.src);
+    let dst_zone = t.zone(p.family, &p.dst);
+    let entry = rule_entry(t, src_zone, dst_zone, proto_class(p.proto), rule_port(p));
+    (src_zone, dst_zone, entry)
 }
 
 /// The segmentation stage for a packet no earlier stage decided.
 #[inline(always)]
-pub fn segmentation<T: Tables>(slot: u8, p: &Packet, meta: &SegMeta, t: &T) -> Decision {
-    let src_zone = t.zone(p.family, &p.src);
-    let dst_zone = t.zone(p.family, &p.dst);
-    let key = PairKey {
-        slot,
-        proto: proto_class(p.proto),
-        _pad: [0; 2],
-        src_zone,
-        dst_zone,
-    };
-    let mut d = match decode_rule(rule_entry(t, &key, rule_port(p))) {
+pub fn segmentation<T: Tables>(p: &Packet, meta: &SegMeta, t: &T) -> Decision {
+    let (src_zone, dst_zone, entry) = t.classify(p);
+    let mut d = match decode_rule(entry) {
         Some((id, RuleAction::Allow)) => Decision::with_id(Reason::RuleAllow, id),
         Some((id, RuleAction::Audit)) => Decision::with_id(Reason::RuleAudit, id),
         Some((id, RuleAction::Deny)) => Decision::with_id(Reason::RuleDeny, id),
@@ -189,7 +236,7 @@ pub fn over_audit_limit(d: Decision, limits: LimitOutcome) -> Decision {
 
 /// The whole decision for a parsed IP packet.
 #[inline(always)]
-pub fn decide<T: Tables>(dir: Direction, slot: u8, p: &Packet, meta: &SegMeta, t: &T) -> Decision {
+pub fn decide<T: Tables>(dir: Direction, p: &Packet, meta: &SegMeta, t: &T) -> Decision {
     if let Some(entry) = failsafe(dir, p, meta, t) {
         return Decision::with_id(Reason::Failsafe, entry);
     }
@@ -212,7 +259,7 @@ pub fn decide<T: Tables>(dir: Direction, slot: u8, p: &Packet, meta: &SegMeta, t
     if may_be_reply(p) && t.flow_alive(&reply_key(p), p) {
         return over_audit_limit(Decision::new(Reason::Established), audit);
     }
-    over_audit_limit(segmentation(slot, p, meta, t).finish(meta), audit)
+    over_audit_limit(segmentation(p, meta, t).finish(meta), audit)
 }
 
 /// Ingress decision from the list stage alone (no segmentation configured).
@@ -270,10 +317,13 @@ mod tests {
         fn zone(&self, _: u8, _: &[u8; 16]) -> u16 {
             0
         }
-        fn pair(&self, _: &PairKey) -> Option<u32> {
-            None
+        fn pair(&self, _: u16, _: u16) -> u16 {
+            0
         }
-        fn exact(&self, _: &crate::segment::PortKey) -> PortEntry {
+        fn pair_entry(&self, _: u16, _: usize) -> u32 {
+            0
+        }
+        fn port_set_entry(&self, _: u32, _: u16) -> PortEntry {
             0
         }
         fn port_table(&self, _: u32, _: u8) -> PortEntry {
@@ -325,7 +375,7 @@ mod tests {
             ..SegMeta::default()
         };
         let off = SegMeta::default();
-        let d = |t: &Fake, meta: &SegMeta| decide(Direction::Ingress, 0, &syn(), meta, t);
+        let d = |t: &Fake, meta: &SegMeta| decide(Direction::Ingress, &syn(), meta, t);
         // Failsafe beats a block: operators cannot block themselves out.
         let t = Fake {
             failsafe: true,
@@ -393,7 +443,7 @@ mod tests {
             limits: LimitOutcome::drop(1),
             ..none
         };
-        let got = decide(Direction::Egress, 0, &syn(), &off, &t);
+        let got = decide(Direction::Egress, &syn(), &off, &t);
         assert_eq!(got.reason, Reason::NoMatch);
     }
 

@@ -30,8 +30,9 @@ pub mod names {
     pub const ZONES_V6: &str = "TG_ZONES_V6";
     pub const ZONE_V4_L1: &str = "TG_ZONE_V4_L1";
     pub const ZONE_V4_BLOCKS: &str = "TG_ZONE_V4_BLOCKS";
-    pub const ZONE_PAIRS: &str = "TG_ZONE_PAIRS";
-    pub const PORT_EXACT: &str = "TG_PORT_EXACT";
+    pub const PAIR_MATRIX: &str = "TG_PAIR_MATRIX";
+    pub const PAIR_RECORDS: &str = "TG_PAIR_RECORDS";
+    pub const PORT_SETS: &str = "TG_PORT_SETS";
     pub const PORT_TABLES: &str = "TG_PORT_TABLES";
     pub const PORT_BLOCKS: &str = "TG_PORT_BLOCKS";
     pub const FAILSAFE_PORTS: &str = "TG_FAILSAFE_PORTS";

@@ -20,8 +20,9 @@ pub const MAX_ZONES: u32 = 1024;
 pub const MAX_RULES: u32 = 65_535;
 /// Zone prefixes per family, both generations together.
 pub const ZONE_PREFIX_CAPACITY: u32 = 2 * 65_536;
-/// (source zone, destination zone, protocol) entries, both generations.
-pub const PAIR_CAPACITY: u32 = 2 * 262_144;
+/// (source zone, destination zone, protocol) combinations a policy's rules
+/// may name: a guard on compile time and memory (`any` to `any`).
+pub const MAX_PAIR_KEYS: u32 = 262_144;
 /// IPv4 zone lookup, first level: one entry per /16, per generation.
 pub const ZONE_V4_L1_SIZE: u32 = 65_536;
 /// IPv4 zone lookup, second level: blocks of 256 /24s, per generation.
@@ -44,8 +45,23 @@ impl ZoneBlock {
     pub const EMPTY: ZoneBlock = ZoneBlock { zones: [0; 256] };
 }
 
-/// (zone pair, protocol, port) entries of sparse pairs, both generations.
-pub const EXACT_CAPACITY: u32 = 2 * 262_144;
+/// The zone-pair matrix (`TG_PAIR_MATRIX`): for every (source zone,
+/// destination zone) a `u16` pair record id (0: no rule names the pair),
+/// [`PAIR_LINE`] to a 64-byte line. Read with one array lookup, which the
+/// verifier inlines; a hash map lookup is a call into the kernel that costs
+/// about 35 ns here (docs/design/segmentation.md, "rule lookup").
+pub const PAIR_LINE: u32 = 32;
+/// Matrix lines per generation: `MAX_ZONES × MAX_ZONES / PAIR_LINE`.
+pub const PAIR_LINES_PER_SLOT: u32 = MAX_ZONES * MAX_ZONES / PAIR_LINE;
+/// Pair records per generation (`TG_PAIR_CLASSES`), id 0 unused. Pairs
+/// with the same entries share a record.
+pub const PAIR_RECORDS_PER_SLOT: u32 = 65_536;
+/// Port-set lines per generation (`TG_PORT_SETS`).
+pub const PORT_SET_LINES_PER_SLOT: u32 = 32_768;
+/// Port runs in one port-set line.
+pub const SET_RUNS: usize = 7;
+/// Lines one port set may span: a rule set with more runs gets a port table.
+pub const SET_MAX_LINES: u32 = 8;
 /// Port tables (256 entries, one per high byte of the port) per generation.
 pub const PORT_TABLES_PER_SLOT: u32 = 2048;
 /// Port blocks (256 entries, one per low byte) per generation.
@@ -116,44 +132,114 @@ impl RuleAction {
     }
 }
 
-/// Key of `TG_ZONE_PAIRS`: generation slot, protocol class, zones.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PairKey {
-    pub slot: u8,
-    pub proto: u8,
-    pub _pad: [u8; 2],
-    pub src_zone: u16,
-    pub dst_zone: u16,
+/// Protocol classes, in the order of a pair record's entries.
+pub const PAIR_CLASSES: usize = 5;
+
+/// Index of a protocol class (`proto_class`) in a pair record.
+#[inline(always)]
+pub const fn class_index(class: u8) -> usize {
+    match class {
+        PROTO_TCP => 0,
+        PROTO_UDP => 1,
+        PROTO_ICMP => 2,
+        PROTO_ICMPV6 => 3,
+        _ => 4,
+    }
 }
-const _: () = assert!(core::mem::size_of::<PairKey>() == 8);
 
-/// The value of a zone pair whose rules name a few single ports: look the
-/// port up in `TG_PORT_EXACT` instead of a port table (see
-/// docs/design/segmentation.md, "port tables").
-pub const PAIR_SPARSE: u32 = u32::MAX;
-
-/// Key of `TG_PORT_EXACT`: a sparse pair's port (or ICMP type).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortKey {
-    pub slot: u8,
-    pub proto: u8,
-    pub port: u16,
-    pub src_zone: u16,
-    pub dst_zone: u16,
+/// The matrix line and the position in it of a zone pair in generation
+/// `slot`; `None` for a zone id past `MAX_ZONES` (no rule names it).
+#[inline(always)]
+pub const fn pair_position(slot: u8, src_zone: u16, dst_zone: u16) -> Option<(u32, usize)> {
+    if src_zone as u32 >= MAX_ZONES || dst_zone as u32 >= MAX_ZONES {
+        return None;
+    }
+    let i = src_zone as u32 * MAX_ZONES + dst_zone as u32;
+    Some((
+        slot as u32 * PAIR_LINES_PER_SLOT + i / PAIR_LINE,
+        (i % PAIR_LINE) as usize,
+    ))
 }
-const _: () = assert!(core::mem::size_of::<PortKey>() == 8);
 
-impl PortKey {
-    pub const fn of(pair: &PairKey, port: u16) -> PortKey {
-        PortKey {
-            slot: pair.slot,
-            proto: pair.proto,
-            port,
-            src_zone: pair.src_zone,
-            dst_zone: pair.dst_zone,
+/// 32 entries of the zone-pair matrix: pair record ids.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PairLine {
+    pub records: [u16; PAIR_LINE as usize],
+}
+const _: () = assert!(core::mem::size_of::<PairLine>() == 64);
+
+impl PairLine {
+    pub const EMPTY: PairLine = PairLine {
+        records: [0; PAIR_LINE as usize],
+    };
+}
+
+/// What a zone pair's rules say per protocol class (`class_index` order):
+/// 0 for no rule, `PAIR_TABLE | t` for port table `t`, otherwise the first
+/// line of its port set plus one.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PairClasses {
+    pub entries: [u32; PAIR_CLASSES],
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PairClasses>() == 24);
+
+/// A pair-record entry with this bit names a port table (low bits).
+pub const PAIR_TABLE: u32 = 1 << 31;
+
+/// Up to `SET_RUNS` port runs (first, last, rule code) of a rule set with
+/// few runs, in port order; unused runs are empty (first 1, last 0).
+/// `more` is 1 when the set goes on in the next line.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortSet {
+    pub lo: [u16; SET_RUNS],
+    pub hi: [u16; SET_RUNS],
+    pub codes: [PortEntry; SET_RUNS],
+    pub more: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PortSet>() == 64);
+
+impl PortSet {
+    pub const EMPTY: PortSet = PortSet {
+        lo: [1; SET_RUNS],
+        hi: [0; SET_RUNS],
+        codes: [0; SET_RUNS],
+        more: 0,
+        _pad: 0,
+    };
+
+    /// The code of the run holding `port` in this line, 0 if none.
+    #[inline(always)]
+    pub fn find(&self, port: u16) -> PortEntry {
+        let mut i = 0;
+        while i < SET_RUNS {
+            if port >= self.lo[i] && port <= self.hi[i] {
+                return self.codes[i];
+            }
+            i += 1;
         }
+        0
+    }
+
+    /// Runs (first, last, code) laid out in lines; the caller checks the
+    /// count against `SET_MAX_LINES`.
+    pub fn lines(runs: &[(u16, u16, PortEntry)]) -> impl Iterator<Item = PortSet> + '_ {
+        let n = runs.len().div_ceil(SET_RUNS).max(1);
+        (0..n).map(move |l| {
+            let mut s = PortSet::EMPTY;
+            let part = runs.iter().skip(l * SET_RUNS).take(SET_RUNS);
+            for (i, &(lo, hi, code)) in part.enumerate() {
+                s.lo[i] = lo;
+                s.hi[i] = hi;
+                s.codes[i] = code;
+            }
+            s.more = u32::from(l + 1 < n);
+            s
+        })
     }
 }
 
@@ -440,8 +526,9 @@ pub const fn zone_pair_index(src_zone: u16, dst_zone: u16) -> u32 {
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), Copy, explicit padding, every bit pattern valid.
-    unsafe impl aya::Pod for super::PairKey {}
-    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::PairLine {}
+    unsafe impl aya::Pod for super::PairClasses {}
+    unsafe impl aya::Pod for super::PortSet {}
     unsafe impl aya::Pod for super::PortTable {}
     unsafe impl aya::Pod for super::ZoneBlock {}
     unsafe impl aya::Pod for super::SegMeta {}
@@ -454,6 +541,67 @@ mod pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pair_positions_cover_the_matrix_and_refuse_zones_past_it() {
+        assert_eq!(pair_position(0, 0, 0), Some((0, 0)));
+        assert_eq!(pair_position(0, 0, 31), Some((0, 31)));
+        assert_eq!(pair_position(0, 0, 32), Some((1, 0)));
+        assert_eq!(pair_position(0, 1, 0), Some((MAX_ZONES / PAIR_LINE, 0)));
+        let last = (MAX_ZONES - 1) as u16;
+        assert_eq!(
+            pair_position(0, last, last),
+            Some((PAIR_LINES_PER_SLOT - 1, 31))
+        );
+        assert_eq!(
+            pair_position(1, 0, 0),
+            Some((PAIR_LINES_PER_SLOT, 0)),
+            "slot 1's matrix follows slot 0's"
+        );
+        assert_eq!(pair_position(0, MAX_ZONES as u16, 0), None);
+        assert_eq!(pair_position(0, 0, u16::MAX), None);
+        assert_eq!(class_index(PROTO_TCP), 0);
+        assert_eq!(class_index(PROTO_OTHER), PAIR_CLASSES - 1);
+        assert_eq!(class_index(47), PAIR_CLASSES - 1);
+    }
+
+    #[test]
+    fn port_sets_find_runs_at_their_edges_across_lines() {
+        let allow = rule_code(1, RuleAction::Allow);
+        let deny = rule_code(2, RuleAction::Deny);
+        // Ten runs: two lines; port 0 and 65535 at the edges.
+        let mut runs = vec![(0, 0, allow), (65535, 65535, deny)];
+        for i in 0..8u16 {
+            runs.insert(
+                1 + usize::from(i),
+                (100 * (i + 1), 100 * (i + 1) + 9, allow),
+            );
+        }
+        let lines: Vec<PortSet> = PortSet::lines(&runs).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!((lines[0].more, lines[1].more), (1, 0));
+        let find = |port| crate::decide::set_entry(0, port, |i| lines.get(i as usize));
+        assert_eq!(find(0), allow);
+        assert_eq!(find(1), 0);
+        assert_eq!(find(100), allow);
+        assert_eq!(find(109), allow);
+        assert_eq!(find(110), 0);
+        assert_eq!(find(809), allow, "a run in the second line");
+        assert_eq!(find(65534), 0);
+        assert_eq!(find(65535), deny);
+        // Unused runs of a line never match, port 0 and 1 included.
+        let one: Vec<PortSet> = PortSet::lines(&[(443, 443, allow)]).collect();
+        assert_eq!(one.len(), 1);
+        for port in [0, 1, 442, 444, 65535] {
+            assert_eq!(one[0].find(port), 0, "port {port}");
+        }
+        // A set whose next line is missing ends there.
+        let cut = |i: u32| if i == 0 { lines.first() } else { None };
+        assert_eq!(crate::decide::set_entry(0, 809, cut), 0);
+        // No runs: one empty line.
+        let none: Vec<PortSet> = PortSet::lines(&[]).collect();
+        assert_eq!(none, [PortSet::EMPTY]);
+    }
 
     #[test]
     fn rule_codes_round_trip_and_never_look_like_blocks() {

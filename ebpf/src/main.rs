@@ -175,7 +175,6 @@ fn decide_packet(
 ) -> Decision {
     decide::decide(
         dir,
-        slot,
         p,
         meta,
         &KernelTables {

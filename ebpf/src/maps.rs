@@ -20,9 +20,10 @@ use tierguard_common::maps::{
     STATS_SIZE, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKETS, V6Bucket,
 };
 use tierguard_common::segment::{
-    EXACT_CAPACITY, FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey,
-    FlowValue, MAX_RULES, PAIR_CAPACITY, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey,
-    PortKey, PortTable, SegMeta, SlotAddrV4, SlotAddrV6, ZONE_DROP_CAPACITY, ZONE_PREFIX_CAPACITY,
+    FAILSAFE_CLASSES, FAILSAFE_PREFIX_CAPACITY, FLOW_CAPACITY, FLOW_STATS, FlowKey, FlowValue,
+    MAX_RULES, PAIR_LINES_PER_SLOT, PAIR_RECORDS_PER_SLOT, PORT_BLOCKS_PER_SLOT,
+    PORT_SET_LINES_PER_SLOT, PORT_TABLES_PER_SLOT, PairClasses, PairLine, PortSet, PortTable,
+    SegMeta, SlotAddrV4, SlotAddrV6, ZONE_DROP_CAPACITY, ZONE_PREFIX_CAPACITY,
     ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE, ZoneBlock,
 };
 
@@ -129,13 +130,18 @@ pub static ZONE_V4_BLOCKS: Array<ZoneBlock> = Array::pinned(2 * ZONE_V4_BLOCKS_P
 #[map(name = "TG_ZONES_V6")]
 pub static ZONES_V6: LpmTrie<SlotAddrV6, u16> = LpmTrie::pinned(ZONE_PREFIX_CAPACITY, 0);
 
-/// (slot, protocol class, source zone, destination zone) → port table index.
-#[map(name = "TG_ZONE_PAIRS")]
-pub static ZONE_PAIRS: HashMap<PairKey, u32> = HashMap::pinned(PAIR_CAPACITY, BPF_F_NO_PREALLOC);
+/// (source zone, destination zone) → pair record, 32 pairs a line; slot
+/// 0's matrix then slot 1's.
+#[map(name = "TG_PAIR_MATRIX")]
+pub static PAIR_MATRIX: Array<PairLine> = Array::pinned(2 * PAIR_LINES_PER_SLOT, 0);
 
-/// Ports of sparse pairs: (slot, protocol class, port, zones) → rule code.
-#[map(name = "TG_PORT_EXACT")]
-pub static PORT_EXACT: HashMap<PortKey, u32> = HashMap::pinned(EXACT_CAPACITY, BPF_F_NO_PREALLOC);
+/// Pair records: per protocol class, a port table or port set.
+#[map(name = "TG_PAIR_RECORDS")]
+pub static PAIR_RECORDS: Array<PairClasses> = Array::pinned(2 * PAIR_RECORDS_PER_SLOT, 0);
+
+/// Port sets: rule sets with few port runs, a line (or a few) each.
+#[map(name = "TG_PORT_SETS")]
+pub static PORT_SETS: Array<PortSet> = Array::pinned(2 * PORT_SET_LINES_PER_SLOT, 0);
 
 /// Port tables (by the port's high byte), slot 0's then slot 1's.
 #[map(name = "TG_PORT_TABLES")]

@@ -7,23 +7,24 @@ use aya_ebpf::{
 };
 use tierguard_common::{
     Reason,
-    decide::{Decision, NO_ID, Tables},
+    decide::{Decision, NO_ID, Tables, classify, set_entry},
     limiter::LimitOutcome,
     maps::{Counter, Direction, ListEntry},
     packet::Packet,
     segment::{
         FLOW_CLOSING, FLOW_STAT_CREATED, FLOW_STAT_INSERT_FAILED, FLOW_STAT_REPLIES, FlowKey,
-        FlowValue, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortEntry, PortKey,
-        SEG_ENABLED, SegMeta, SlotAddrV4, SlotAddrV6, ZONE_L1_BLOCK, ZONE_LONGER,
-        ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE, ZONE_WORLD, closes_flow, flow_alive, flow_key,
-        opens_flow, trie_prefix_len, zone_pair_index,
+        FlowValue, PAIR_CLASSES, PAIR_RECORDS_PER_SLOT, PORT_BLOCKS_PER_SLOT,
+        PORT_SET_LINES_PER_SLOT, PORT_TABLES_PER_SLOT, PortEntry, SEG_ENABLED, SegMeta, SlotAddrV4,
+        SlotAddrV6, ZONE_L1_BLOCK, ZONE_LONGER, ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE,
+        ZONE_WORLD, closes_flow, flow_alive, flow_key, opens_flow, pair_position, trie_prefix_len,
+        zone_pair_index,
     },
 };
 
 use crate::maps::{
-    FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PORT_BLOCKS, PORT_EXACT,
-    PORT_TABLES, RULE_HITS, SEG_META, ZONE_DROPS, ZONE_PAIRS, ZONE_V4_BLOCKS, ZONE_V4_L1, ZONES_V4,
-    ZONES_V6,
+    FAILSAFE_PORTS, FAILSAFE_V4, FAILSAFE_V6, FLOW_STATS_MAP, FLOWS, PAIR_MATRIX, PAIR_RECORDS,
+    PORT_BLOCKS, PORT_SETS, PORT_TABLES, RULE_HITS, SEG_META, ZONE_DROPS, ZONE_V4_BLOCKS,
+    ZONE_V4_L1, ZONES_V4, ZONES_V6,
 };
 use crate::{limits, lists};
 
@@ -156,15 +157,37 @@ impl Tables for KernelTables {
     }
 
     #[inline(always)]
-    fn pair(&self, key: &PairKey) -> Option<u32> {
-        // SAFETY: the value is copied out at once.
-        unsafe { ZONE_PAIRS.get(key) }.copied()
+    fn pair(&self, src_zone: u16, dst_zone: u16) -> u16 {
+        let Some((line, at)) = pair_position(self.slot, src_zone, dst_zone) else {
+            return 0;
+        };
+        match PAIR_MATRIX.get(line) {
+            Some(l) => l.records[at],
+            None => 0,
+        }
     }
 
     #[inline(always)]
-    fn exact(&self, key: &PortKey) -> PortEntry {
-        // SAFETY: the value is copied out at once.
-        unsafe { PORT_EXACT.get(key) }.copied().unwrap_or(0)
+    fn pair_entry(&self, record: u16, class: usize) -> u32 {
+        if class >= PAIR_CLASSES {
+            return 0;
+        }
+        let i = u32::from(self.slot) * PAIR_RECORDS_PER_SLOT + u32::from(record);
+        match PAIR_RECORDS.get(i) {
+            Some(r) => r.entries[class],
+            None => 0,
+        }
+    }
+
+    #[inline(always)]
+    fn port_set_entry(&self, first: u32, port: u16) -> PortEntry {
+        port_set_entry(self.slot, first, port)
+    }
+
+    #[inline(always)]
+    fn classify(&self, p: &Packet) -> (u16, u16, PortEntry) {
+        let v = classify_packed(self.slot, p);
+        ((v >> 48) as u16, (v >> 32) as u16, v as u32)
     }
 
     #[inline(always)]
@@ -217,6 +240,34 @@ impl Tables for KernelTables {
     fn limits(&self, p: &Packet) -> LimitOutcome {
         limits::limits(self.slot, p, self.ifindex)
     }
+}
+
+/// Zones and rule lookup as a call of its own: the verifier then carries
+/// only its result into the stages after it, not every combination of the
+/// paths through the two zone lookups, the pair record and the port set
+/// (inlined, the benchmark's entry point exceeded the verifier's budget of
+/// a million instructions). Packed: source zone, destination zone, entry.
+#[inline(never)]
+fn classify_packed(slot: u8, p: &Packet) -> u64 {
+    let t = KernelTables {
+        slot,
+        // Not read by the zone and rule lookups.
+        meta: &NO_META,
+        ifindex: 0,
+    };
+    let (src, dst, entry) = classify(&t, p);
+    (u64::from(src) << 48) | (u64::from(dst) << 32) | u64::from(entry)
+}
+
+#[inline(always)]
+fn port_set_entry(slot: u8, first: u32, port: u16) -> PortEntry {
+    let base = u32::from(slot) * PORT_SET_LINES_PER_SLOT;
+    set_entry(first, port, |line| {
+        if line >= PORT_SET_LINES_PER_SLOT {
+            return None;
+        }
+        PORT_SETS.get(base + line)
+    })
 }
 
 #[inline(always)]

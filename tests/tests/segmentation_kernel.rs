@@ -112,8 +112,14 @@ fn policy(rng: &mut Rng, anchors4: &mut Vec<[u8; 4]>, anchors6: &mut Vec<[u8; 16
     for r in 0..30 {
         let proto = pick(rng, &PROTOS);
         let matching = match proto {
-            "tcp" | "udp" => match rng.below(4) {
+            "tcp" | "udp" => match rng.below(5) {
                 0 => String::new(),
+                // Every odd port below 120: more runs than a port set
+                // holds, so a port table (probed by the low ports below).
+                4 => {
+                    let odd: Vec<String> = (0..60).map(|i| (1 + 2 * i).to_string()).collect();
+                    format!("ports = [{}]\n", odd.join(", "))
+                }
                 1 => format!("ports = [{}]\n", 1 + rng.below(2000)),
                 2 => {
                     let lo = rng.below(65536) as u16;

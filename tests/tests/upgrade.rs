@@ -1,6 +1,7 @@
 //! Pinned maps across agent versions: a restart over this version's own pins
 //! keeps every map (and its state); a pinned map an earlier version left
-//! with another layout is created afresh, and the programs enforce with it.
+//! with another layout is created afresh, and the programs enforce with it;
+//! a map an earlier version had and this one does not is unpinned.
 
 use std::path::Path;
 use std::process::Command;
@@ -123,4 +124,42 @@ fn a_pinned_map_of_an_older_layout_is_created_afresh() {
         "maps of the same layout keep their state"
     );
     check_enforcement(&mut second);
+}
+
+#[test]
+fn a_map_an_older_version_retired_is_unpinned() {
+    let pins = PinDir::new("upgrade-retired");
+    let mut first = loaded(pins.path());
+    check_enforcement(&mut first);
+    drop(first);
+    // What an earlier version left: its zone-pair hash map, which this
+    // version replaced with the pair matrix.
+    let old = pins.path().join("TG_ZONE_PAIRS");
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&old)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "8",
+            "value",
+            "4",
+            "entries",
+            "1024",
+            "name",
+            "TG_ZONE_PAIRS",
+        ])
+        .status()
+        .expect("bpftool is installed by `cargo xtask setup`");
+    assert!(status.success(), "bpftool map create");
+
+    let mut second = loaded(pins.path());
+    assert_eq!(second.retired(), &["TG_ZONE_PAIRS".to_string()]);
+    assert!(!old.exists(), "the retired map's pin is removed");
+    assert_eq!(second.recreated(), &[], "the other maps are kept");
+    assert_eq!(flows(pins.path()), 1, "and keep their state");
+    check_enforcement(&mut second);
+    let third = loaded(pins.path());
+    assert!(third.retired().is_empty(), "nothing left to retire");
 }

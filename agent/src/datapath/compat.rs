@@ -104,6 +104,30 @@ pub fn set_aside_incompatible(pin_dir: &Path, wanted: &[(String, Layout)]) -> Ve
     out
 }
 
+/// Unpins every map under `pin_dir` named as this agent names its maps
+/// (`TG_…`) that its object no longer defines: a map an earlier version
+/// retired would otherwise keep its kernel memory for as long as the pin
+/// lives. Returns the names, sorted. Programs still running keep their own
+/// reference until they are replaced.
+pub fn unpin_retired(pin_dir: &Path, wanted: &[(String, Layout)]) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(pin_dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name.starts_with(MAP_PREFIX))
+        .filter(|name| !wanted.iter().any(|(w, _)| w == name))
+        .filter(|name| MapInfo::from_pin(pin_dir.join(name)).is_ok())
+        .filter(|name| std::fs::remove_file(pin_dir.join(name)).is_ok())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The prefix of every map name in the object.
+const MAP_PREFIX: &str = "TG_";
+
 #[cfg(test)]
 mod tests {
     use tierguard_common::maps::names;

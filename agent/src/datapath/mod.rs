@@ -51,6 +51,8 @@ pub struct Datapath {
     adopted: bool,
     /// Pinned maps of another layout that this load created afresh.
     recreated: Vec<Recreated>,
+    /// Maps an earlier version pinned that this one no longer has, unpinned.
+    retired: Vec<String>,
     /// (ifindex, slot) pairs of `TG_IFACE_SLOTS`, read once (65,536 entries)
     /// and kept in step with every write.
     slot_table: Option<Vec<(u32, u32)>>,
@@ -80,10 +82,16 @@ impl Datapath {
         }
         ensure_pin_dir(pin_dir)?;
         let overrides = [(names::BENCH_SOURCES, bench_sources.max(1))];
-        let recreated = compat::set_aside_incompatible(
-            pin_dir,
-            &compat::object_layouts(EBPF_OBJECT, &overrides),
-        );
+        let layouts = compat::object_layouts(EBPF_OBJECT, &overrides);
+        let recreated = compat::set_aside_incompatible(pin_dir, &layouts);
+        let retired = compat::unpin_retired(pin_dir, &layouts);
+        for map in &retired {
+            tracing::warn!(
+                map = %map,
+                "a map an earlier version pinned is no longer used: unpinned (its memory is \
+                 freed once the old programs are replaced)"
+            );
+        }
         for r in &recreated {
             tracing::warn!(
                 map = %r.map,
@@ -128,6 +136,7 @@ impl Datapath {
             live: None,
             adopted,
             recreated,
+            retired,
             slot_table: None,
             rule_ids_in_use: 0,
         };
@@ -179,6 +188,11 @@ impl Datapath {
     /// load created afresh (their state started empty).
     pub fn recreated(&self) -> &[Recreated] {
         &self.recreated
+    }
+
+    /// Maps an earlier version pinned that this one no longer has: unpinned at load.
+    pub fn retired(&self) -> &[String] {
+        &self.retired
     }
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {

@@ -1,11 +1,12 @@
 //! Writing and deleting the segmentation part of a policy generation: zone
-//! and failsafe tries, zone pairs, port tables and blocks, failsafe ports,
+//! and failsafe tries, the zone-pair matrix and records, port sets, tables
+//! and blocks, failsafe ports,
 //! settings. Called inside the transaction in `tables.rs`.
 
 use aya::{
     Ebpf,
     maps::{
-        Array, HashMap,
+        Array,
         lpm_trie::{Key, LpmTrie},
     },
 };
@@ -13,14 +14,15 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use tierguard_common::{
     maps::names,
     segment::{
-        FAILSAFE_CLASSES, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PairKey, PortKey, PortTable,
+        FAILSAFE_CLASSES, PAIR_LINES_PER_SLOT, PAIR_RECORDS_PER_SLOT, PORT_BLOCKS_PER_SLOT,
+        PORT_SET_LINES_PER_SLOT, PORT_TABLES_PER_SLOT, PairClasses, PairLine, PortSet, PortTable,
         SegMeta, SlotAddrV4, SlotAddrV6, ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE, ZoneBlock,
-        trie_prefix_len,
+        pair_position, trie_prefix_len,
     },
 };
 
 use super::Result;
-use super::map_access::{array, loaded as map, map_err, trie};
+use super::map_access::{array, map_err, trie};
 use crate::policy::CompiledSegmentation;
 
 /// Keys of one generation's segmentation entries, to delete it later.
@@ -30,9 +32,10 @@ pub(super) struct WrittenSegmentation {
     zones_v6: Vec<Key<SlotAddrV6>>,
     failsafe_v4: Vec<Key<SlotAddrV4>>,
     failsafe_v6: Vec<Key<SlotAddrV6>>,
-    pairs: Vec<PairKey>,
-    exact: Vec<PortKey>,
     /// Absolute indexes (slot included).
+    pair_lines: Vec<u32>,
+    pair_records: Vec<u32>,
+    port_sets: Vec<u32>,
     port_tables: Vec<u32>,
     port_blocks: Vec<u32>,
     failsafe_ports: Vec<u32>,
@@ -147,22 +150,35 @@ pub(super) fn write(
         }
     }
     {
-        let mut m: HashMap<_, PortKey, u32> =
-            HashMap::try_from(map(ebpf, names::PORT_EXACT)?).map_err(map_err(names::PORT_EXACT))?;
-        for (key, code) in &seg.exact {
-            let key = PortKey { slot, ..*key };
-            m.insert(key, code, 0).map_err(map_err(names::PORT_EXACT))?;
-            w.exact.push(key);
+        let mut a: Array<_, PortSet> = array(ebpf, names::PORT_SETS)?;
+        for (i, l) in seg.port_sets.iter().enumerate() {
+            let i = u32::from(slot) * PORT_SET_LINES_PER_SLOT + i as u32;
+            a.set(i, l, 0).map_err(map_err(names::PORT_SETS))?;
+            w.port_sets.push(i);
         }
     }
     {
-        let mut m: HashMap<_, PairKey, u32> =
-            HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;
-        for (key, table) in &seg.pairs {
-            let key = PairKey { slot, ..*key };
-            m.insert(key, table, 0)
-                .map_err(map_err(names::ZONE_PAIRS))?;
-            w.pairs.push(key);
+        let mut a: Array<_, PairClasses> = array(ebpf, names::PAIR_RECORDS)?;
+        // Record 0 means "no rule" and is never read: left as it is.
+        for (i, r) in seg.pair_records.iter().enumerate().skip(1) {
+            let i = u32::from(slot) * PAIR_RECORDS_PER_SLOT + i as u32;
+            a.set(i, r, 0).map_err(map_err(names::PAIR_RECORDS))?;
+            w.pair_records.push(i);
+        }
+    }
+    {
+        // The matrix last: until a pair's line is written, its record and
+        // port set are unreachable (and the slot is not live yet anyway).
+        let mut lines: std::collections::BTreeMap<u32, PairLine> = Default::default();
+        for &(src, dst, record) in &seg.pairs {
+            if let Some((line, at)) = pair_position(slot, src, dst) {
+                lines.entry(line).or_insert(PairLine::EMPTY).records[at] = record;
+            }
+        }
+        let mut a: Array<_, PairLine> = array(ebpf, names::PAIR_MATRIX)?;
+        for (i, l) in lines {
+            a.set(i, l, 0).map_err(map_err(names::PAIR_MATRIX))?;
+            w.pair_lines.push(i);
         }
     }
     // The policy's settings plus this boot's flow clock (not part of the policy).
@@ -212,15 +228,20 @@ pub(super) fn delete(ebpf: &mut Ebpf, w: &WrittenSegmentation) {
             .iter()
             .for_each(|i| drop(a.set(*i, PortTable::EMPTY, 0)));
     }
-    if let Ok(m) = map(ebpf, names::ZONE_PAIRS)
-        && let Ok(mut m) = HashMap::<_, PairKey, u32>::try_from(m)
-    {
-        w.pairs.iter().for_each(|k| drop(m.remove(k)));
+    if let Ok(mut a) = array::<PairLine>(ebpf, names::PAIR_MATRIX) {
+        w.pair_lines
+            .iter()
+            .for_each(|i| drop(a.set(*i, PairLine::EMPTY, 0)));
     }
-    if let Ok(m) = map(ebpf, names::PORT_EXACT)
-        && let Ok(mut m) = HashMap::<_, PortKey, u32>::try_from(m)
-    {
-        w.exact.iter().for_each(|k| drop(m.remove(k)));
+    if let Ok(mut a) = array::<PairClasses>(ebpf, names::PAIR_RECORDS) {
+        w.pair_records
+            .iter()
+            .for_each(|i| drop(a.set(*i, PairClasses::default(), 0)));
+    }
+    if let Ok(mut a) = array::<PortSet>(ebpf, names::PORT_SETS) {
+        w.port_sets
+            .iter()
+            .for_each(|i| drop(a.set(*i, PortSet::EMPTY, 0)));
     }
 }
 
@@ -234,22 +255,13 @@ pub(super) fn sweep(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
         failsafe_v6: trie_keys::<SlotAddrV6, u32>(ebpf, names::FAILSAFE_V6, slot, |k| k.slot)?,
         ..WrittenSegmentation::default()
     };
+    // Only the matrix is scanned: records and port sets are reached through
+    // it alone, and the next generation writes every one it uses.
     {
-        let m: HashMap<_, PairKey, u32> =
-            HashMap::try_from(map(ebpf, names::ZONE_PAIRS)?).map_err(map_err(names::ZONE_PAIRS))?;
-        w.pairs = m
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.slot == slot)
-            .collect();
-    }
-    {
-        let m: HashMap<_, PortKey, u32> =
-            HashMap::try_from(map(ebpf, names::PORT_EXACT)?).map_err(map_err(names::PORT_EXACT))?;
-        w.exact = m
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| k.slot == slot)
+        let a: Array<_, PairLine> = array(ebpf, names::PAIR_MATRIX)?;
+        let base = u32::from(slot) * PAIR_LINES_PER_SLOT;
+        w.pair_lines = (base..base + PAIR_LINES_PER_SLOT)
+            .filter(|i| a.get(i, 0).is_ok_and(|l| l != PairLine::EMPTY))
             .collect();
     }
     {

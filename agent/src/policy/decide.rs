@@ -11,7 +11,7 @@ use tierguard_common::{
     maps::{Direction, ListEntry},
     packet::Packet,
     reason::Reason,
-    segment::{FlowKey, PairKey, PortEntry, PortKey},
+    segment::{FlowKey, PortEntry},
 };
 
 use super::CompiledPolicy;
@@ -48,12 +48,17 @@ impl Tables for UserTables<'_> {
         packet_addr(family, addr).map_or(0, |a| self.0.segmentation.zone_of(a))
     }
 
-    fn pair(&self, key: &PairKey) -> Option<u32> {
-        self.0.segmentation.pair_table(key)
+    fn pair(&self, src_zone: u16, dst_zone: u16) -> u16 {
+        self.0.segmentation.pair_record(src_zone, dst_zone)
     }
 
-    fn exact(&self, key: &PortKey) -> PortEntry {
-        self.0.segmentation.exact_entry(key)
+    fn pair_entry(&self, record: u16, class: usize) -> u32 {
+        self.0.segmentation.pair_entry(record, class)
+    }
+
+    fn port_set_entry(&self, first: u32, port: u16) -> PortEntry {
+        let sets = &self.0.segmentation.port_sets;
+        decide::set_entry(first, port, |i| sets.get(i as usize))
     }
 
     fn port_table(&self, table: u32, hi: u8) -> PortEntry {
@@ -89,6 +94,6 @@ impl CompiledPolicy {
         if p.family == 0 {
             return Decision::new(Reason::NonIp);
         }
-        decide::decide(dir, 0, p, &self.segmentation.meta, &UserTables(self))
+        decide::decide(dir, p, &self.segmentation.meta, &UserTables(self))
     }
 }

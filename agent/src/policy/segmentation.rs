@@ -10,10 +10,11 @@ use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use tierguard_common::{
     packet::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP},
     segment::{
-        EXACT_CAPACITY, FAILSAFE_PREFIX_CAPACITY, FIRST_ZONE, MAX_RULES, PAIR_CAPACITY,
-        PAIR_SPARSE, PORT_BLOCK, PORT_BLOCKS_PER_SLOT, PORT_TABLES_PER_SLOT, PROTO_OTHER, PairKey,
-        PortEntry, PortKey, PortTable, RuleAction, SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW, SEG_ENABLED,
-        SEG_FAILSAFE, SEG_INTRA_ALLOW, SegMeta, ZONE_HOST, ZONE_PREFIX_CAPACITY, ZONE_WORLD,
+        FAILSAFE_PREFIX_CAPACITY, FIRST_ZONE, MAX_PAIR_KEYS, MAX_RULES, PAIR_RECORDS_PER_SLOT,
+        PAIR_TABLE, PORT_BLOCK, PORT_BLOCKS_PER_SLOT, PORT_SET_LINES_PER_SLOT,
+        PORT_TABLES_PER_SLOT, PROTO_OTHER, PairClasses, PortEntry, PortSet, PortTable, RuleAction,
+        SEG_AUDIT_MODE, SEG_DEFAULT_ALLOW, SEG_ENABLED, SEG_FAILSAFE, SEG_INTRA_ALLOW,
+        SET_MAX_LINES, SET_RUNS, SegMeta, ZONE_HOST, ZONE_PREFIX_CAPACITY, ZONE_WORLD, class_index,
         decode_rule, failsafe_class, rule_code,
     },
 };
@@ -68,11 +69,14 @@ pub struct CompiledSegmentation {
     pub rules: Vec<RuleInfo>,
     /// `rule_matches[id]` is what `rules[id]` matches.
     pub rule_matches: Vec<RuleMatch>,
-    /// (zone pair and protocol class) → index into `port_tables`, or
-    /// `PAIR_SPARSE` (its ports are in `exact`); sorted by key.
-    pub pairs: Vec<(PairKey, u32)>,
-    /// Ports of sparse pairs → rule code; sorted by pair, then port.
-    pub exact: Vec<(PortKey, PortEntry)>,
+    /// (source zone, destination zone) → pair record id (an index into
+    /// `pair_records`), for the pairs some rule names; sorted.
+    pub pairs: Vec<(u16, u16, u16)>,
+    /// What each pair record says per protocol class; record 0 is the
+    /// empty one (no rule), so ids index this directly.
+    pub pair_records: Vec<PairClasses>,
+    /// Port-set lines (rule sets with few port runs).
+    pub port_sets: Vec<PortSet>,
     pub port_tables: Vec<PortTable>,
     pub port_blocks: Vec<PortTable>,
     pub failsafe: Vec<FailsafeInfo>,
@@ -205,7 +209,7 @@ impl CompiledSegmentation {
             return;
         }
         let keys = self.count_keys(zones + usize::from(FIRST_ZONE));
-        let cap = (PAIR_CAPACITY / 2) as usize;
+        let cap = MAX_PAIR_KEYS as usize;
         if keys > cap {
             errors.push(format!(
                 "rules name {keys} (source zone, destination zone, protocol) combinations; at most {cap} fit: {} too many (name zones rather than \"any\")",
@@ -224,70 +228,73 @@ impl CompiledSegmentation {
                 }
             }
         }
-        // Keys covered by the same rules share a port table without
-        // building it again; different rule sets may still give equal tables.
-        // A rule set naming a few single ports is kept as exact ports
-        // instead: a large estate has many pairs with their own handful of
-        // ports, and a port table each would not fit.
-        let mut sharing: HashMap<(u8, &[u16]), usize> = HashMap::new();
-        for ((_, _, class), ids) in &by_key {
-            *sharing.entry((*class, ids.as_slice())).or_default() += 1;
-        }
-        let mut by_rules: HashMap<(u8, Vec<u16>), Layout> = HashMap::new();
+        // Keys covered by the same rules share their port set or table
+        // without building it again; equal sets and tables from different
+        // rule sets are stored once as well. A rule set with few port runs
+        // (a handful of ports or ranges, the usual case) is a port set, the
+        // others a port table.
+        let mut by_rules: HashMap<(u8, Vec<u16>), u32> = HashMap::new();
+        let mut sets: HashMap<Vec<(u16, u16, PortEntry)>, u32> = HashMap::new();
         let mut tables = Interner::default();
         let mut blocks = Interner::default();
+        let mut records: BTreeMap<(u16, u16), PairClasses> = BTreeMap::new();
         for ((src, dst, class), ids) in &by_key {
-            let layout = by_rules
-                .entry((*class, ids.clone()))
-                .or_insert_with(|| {
-                    let segs = segments(&self.rules, &self.rule_matches, *class, ids);
-                    let points: u32 = segs.iter().map(|(lo, hi, _)| hi - lo + 1).sum();
-                    let pairs = sharing[&(*class, ids.as_slice())] as u32;
-                    if points <= SPARSE_MAX_PORTS && points * pairs <= SPARSE_MAX_ENTRIES {
-                        Layout::Sparse(segs)
-                    } else {
-                        Layout::Table(tables.intern(port_table(&segs, &mut blocks)))
-                    }
-                })
-                .clone();
-            let key = PairKey {
-                slot: 0,
-                proto: *class,
-                _pad: [0; 2],
-                src_zone: *src,
-                dst_zone: *dst,
-            };
-            match layout {
-                Layout::Table(t) => self.pairs.push((key, t)),
-                Layout::Sparse(segs) => {
-                    self.pairs.push((key, PAIR_SPARSE));
-                    for (lo, hi, code) in segs {
-                        for port in lo..=hi {
-                            self.exact.push((PortKey::of(&key, port as u16), code));
-                        }
-                    }
+            let entry = *by_rules.entry((*class, ids.clone())).or_insert_with(|| {
+                let segs = segments(&self.rules, &self.rule_matches, *class, ids);
+                if segs.len() <= SET_RUNS * SET_MAX_LINES as usize {
+                    let runs: Vec<(u16, u16, PortEntry)> = segs
+                        .iter()
+                        .map(|&(lo, hi, code)| (lo as u16, hi as u16, code))
+                        .collect();
+                    *sets.entry(runs).or_insert_with_key(|runs| {
+                        let first = self.port_sets.len() as u32;
+                        self.port_sets.extend(PortSet::lines(runs));
+                        first + 1
+                    })
+                } else {
+                    PAIR_TABLE | tables.intern(port_table(&segs, &mut blocks))
                 }
-            }
+            });
+            records.entry((*src, *dst)).or_default().entries[class_index(*class)] = entry;
         }
-        self.pairs.sort_unstable_by_key(|p| p.0);
-        self.exact.sort_unstable_by_key(|e| exact_order(&e.0));
-        let cap = (EXACT_CAPACITY / 2) as usize;
-        if self.exact.len() > cap {
-            errors.push(format!(
-                "rules name {} single (zone pair, port) entries; at most {cap} fit: {} too many",
-                self.exact.len(),
-                self.exact.len() - cap
-            ));
+        // Pairs whose rules say the same share a record.
+        self.pair_records = vec![PairClasses::default()];
+        let mut record_ids: HashMap<PairClasses, u16> = HashMap::new();
+        for ((src, dst), r) in records {
+            let next = u16::try_from(self.pair_records.len()).unwrap_or(u16::MAX);
+            let id = *record_ids.entry(r).or_insert_with(|| {
+                self.pair_records.push(r);
+                next
+            });
+            self.pairs.push((src, dst, id));
         }
         self.port_tables = tables.list;
         self.port_blocks = blocks.list;
         for (what, used, cap) in [
-            ("port tables", self.port_tables.len(), PORT_TABLES_PER_SLOT),
-            ("port blocks", self.port_blocks.len(), PORT_BLOCKS_PER_SLOT),
+            (
+                "distinct zone-pair records",
+                self.pair_records.len() - 1,
+                PAIR_RECORDS_PER_SLOT - 1,
+            ),
+            (
+                "port-set lines",
+                self.port_sets.len(),
+                PORT_SET_LINES_PER_SLOT,
+            ),
+            (
+                "distinct port tables",
+                self.port_tables.len(),
+                PORT_TABLES_PER_SLOT,
+            ),
+            (
+                "distinct port blocks",
+                self.port_blocks.len(),
+                PORT_BLOCKS_PER_SLOT,
+            ),
         ] {
             if used > cap as usize {
                 errors.push(format!(
-                    "rules need {used} distinct {what}; at most {cap} fit: {} too many (fewer distinct port sets per zone pair need fewer)",
+                    "rules need {used} {what}; at most {cap} fit: {} too many (fewer distinct port sets per zone pair need fewer)",
                     used - cap as usize
                 ));
             }
@@ -404,15 +411,22 @@ impl CompiledSegmentation {
             .map_or(0, |i| self.failsafe_ports[i].2)
     }
 
-    /// The port table of a zone pair and class, if a rule covers it.
-    pub fn pair_table(&self, key: &PairKey) -> Option<u32> {
+    /// The pair record of a zone pair (0: no rule names it).
+    pub fn pair_record(&self, src: u16, dst: u16) -> u16 {
         self.pairs
-            .binary_search_by_key(key, |p| p.0)
-            .ok()
-            .map(|i| self.pairs[i].1)
+            .binary_search_by_key(&(src, dst), |p| (p.0, p.1))
+            .map_or(0, |i| self.pairs[i].2)
     }
 
-    /// Entry `hi` of a port table (0 past the end, as an empty map slot).
+    /// Entry `class` (`class_index`) of a pair record (0 past the end).
+    pub fn pair_entry(&self, record: u16, class: usize) -> u32 {
+        self.pair_records
+            .get(usize::from(record))
+            .and_then(|r| r.entries.get(class))
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The node's own addresses that landed in zone `host`.
     pub fn host_prefixes(&self) -> Vec<IpNetwork> {
         let v4 = self
@@ -428,14 +442,7 @@ impl CompiledSegmentation {
         v4.chain(v6).collect()
     }
 
-    /// A sparse pair's port entry, as `TG_PORT_EXACT` answers (0 if none).
-    pub fn exact_entry(&self, key: &PortKey) -> PortEntry {
-        let key = PortKey { slot: 0, ..*key };
-        self.exact
-            .binary_search_by_key(&exact_order(&key), |e| exact_order(&e.0))
-            .map_or(0, |i| self.exact[i].1)
-    }
-
+    /// Entry `hi` of a port table (0 past the end, as an empty map slot).
     pub fn port_table_entry(&self, table: u32, hi: u8) -> PortEntry {
         self.port_tables
             .get(table as usize)
@@ -452,38 +459,11 @@ impl CompiledSegmentation {
     /// The rule runs of a zone pair and class read back from the tables:
     /// (first port, last port, rule id, action), adjacent equal entries merged.
     pub fn runs(&self, src: u16, dst: u16, class: u8) -> Vec<(u16, u16, u16, RuleAction)> {
-        let key = PairKey {
-            slot: 0,
-            proto: class,
-            _pad: [0; 2],
-            src_zone: src,
-            dst_zone: dst,
-        };
-        let Some(table) = self.pair_table(&key) else {
+        let entry = self.pair_entry(self.pair_record(src, dst), class_index(class));
+        if entry == 0 {
             return Vec::new();
-        };
-        let mut out: Vec<(u16, u16, u16, RuleAction)> = Vec::new();
-        if table == PAIR_SPARSE {
-            let start = exact_order(&PortKey::of(&key, 0));
-            let first = self.exact.partition_point(|e| exact_order(&e.0) < start);
-            for (k, e) in &self.exact[first..] {
-                if (k.proto, k.src_zone, k.dst_zone) != (class, src, dst) {
-                    break;
-                }
-                if let Some((id, action)) = decode_rule(*e) {
-                    match out.last_mut() {
-                        Some(r)
-                            if u32::from(r.1) + 1 == u32::from(k.port)
-                                && (r.2, r.3) == (id, action) =>
-                        {
-                            r.1 = k.port;
-                        }
-                        _ => out.push((k.port, k.port, id, action)),
-                    }
-                }
-            }
-            return out;
         }
+        let mut out: Vec<(u16, u16, u16, RuleAction)> = Vec::new();
         let mut push = |port: u16, last: u16, e: PortEntry| {
             let Some((id, action)) = decode_rule(e) else {
                 return;
@@ -495,6 +475,21 @@ impl CompiledSegmentation {
                 _ => out.push((port, last, id, action)),
             }
         };
+        if entry & PAIR_TABLE == 0 {
+            // A port set: its runs, line after line.
+            for s in self.port_sets.iter().skip((entry - 1) as usize) {
+                for i in 0..SET_RUNS {
+                    if s.lo[i] <= s.hi[i] {
+                        push(s.lo[i], s.hi[i], s.codes[i]);
+                    }
+                }
+                if s.more == 0 {
+                    break;
+                }
+            }
+            return out;
+        }
+        let table = entry & !PAIR_TABLE;
         for hi in 0..=255u8 {
             let base = u16::from(hi) << 8;
             let e = self.port_table_entry(table, hi);
@@ -639,26 +634,6 @@ fn segments(
 /// A port table (by high byte) for sorted, disjoint runs: an entry is the
 /// rule code when one run covers its 256 ports, 0 when none touches them,
 /// otherwise a block (by low byte).
-/// The order `exact` is kept in: by pair, then port, so a pair's ports are adjacent.
-fn exact_order(k: &PortKey) -> (u8, u8, u16, u16, u16) {
-    (k.slot, k.proto, k.src_zone, k.dst_zone, k.port)
-}
-
-/// How a rule set's ports are kept.
-#[derive(Clone)]
-enum Layout {
-    /// A port table (index into `port_tables`).
-    Table(u32),
-    /// Exact ports (these runs, expanded).
-    Sparse(Vec<(u32, u32, PortEntry)>),
-}
-
-/// A rule set is kept as exact ports when it names at most this many ports...
-const SPARSE_MAX_PORTS: u32 = 64;
-/// ...and they come to at most this many entries over the pairs sharing it
-/// (a rule from `any` zone names many pairs: one shared table is smaller).
-const SPARSE_MAX_ENTRIES: u32 = 4096;
-
 fn port_table(segs: &[(u32, u32, PortEntry)], blocks: &mut Interner) -> PortTable {
     let mut t = PortTable::EMPTY;
     let mut first = 0;

@@ -16,7 +16,7 @@ use tierguard_common::{
 };
 
 use super::*;
-use tierguard_common::segment::{PAIR_SPARSE, PairKey};
+use tierguard_common::segment::{PAIR_TABLE, class_index};
 
 fn config(text: &str) -> Config {
     Config::load_str(text, "t.toml", Path::new(".")).unwrap()
@@ -88,8 +88,18 @@ cidrs = ["10.1.2.0/24"]
 
 #[test]
 fn port_edges_between_tables_and_blocks() {
-    let p = compile(&format!(
-        r#"{TIERS}
+    // The same rules kept as a port set (5 runs), and as a port table when
+    // a third rule on the pair adds 60 more runs far above them.
+    let filler: Vec<String> = (0..60).map(|i| (40000 + 2 * i).to_string()).collect();
+    for extra in [
+        String::new(),
+        format!(
+            "[[rules]]\nname = \"filler\"\nfrom = \"world\"\nto = \"a\"\nprotocol = \"tcp\"\nports = [{}]\naction = \"allow\"\n",
+            filler.join(", ")
+        ),
+    ] {
+        let p = compile(&format!(
+            r#"{TIERS}
 [[rules]]
 name = "edges"
 from = "world"
@@ -104,57 +114,67 @@ to = "a"
 protocol = "tcp"
 ports = ["300-511"]
 action = "allow"
-"#
-    ));
-    let at = |port| why(&p, ingress(&p, "192.0.2.1", "10.9.9.9", PROTO_TCP, port));
-    let allow = |n: &str| (Reason::RuleAllow, n.to_string());
-    let deny = (Reason::DefaultDeny, String::new());
-    for (port, want) in [
-        (0, allow("edges")),
-        (1, deny.clone()),
-        (254, deny.clone()),
-        (255, allow("edges")),
-        (256, allow("edges")),
-        (257, deny.clone()),
-        (299, deny.clone()),
-        (300, allow("mid")),
-        (511, allow("mid")),
-        (512, allow("edges")),
-        (1023, allow("edges")),
-        (1024, deny.clone()),
-        (65534, deny.clone()),
-        (65535, allow("edges")),
-    ] {
-        assert_eq!(at(port), want, "port {port}");
+{extra}"#
+        ));
+        let at = |port| why(&p, ingress(&p, "192.0.2.1", "10.9.9.9", PROTO_TCP, port));
+        let allow = |n: &str| (Reason::RuleAllow, n.to_string());
+        let deny = (Reason::DefaultDeny, String::new());
+        for (port, want) in [
+            (0, allow("edges")),
+            (1, deny.clone()),
+            (254, deny.clone()),
+            (255, allow("edges")),
+            (256, allow("edges")),
+            (257, deny.clone()),
+            (299, deny.clone()),
+            (300, allow("mid")),
+            (511, allow("mid")),
+            (512, allow("edges")),
+            (1023, allow("edges")),
+            (1024, deny.clone()),
+            (65534, deny.clone()),
+            (65535, allow("edges")),
+        ] {
+            assert_eq!(at(port), want, "port {port} {}", extra.is_empty());
+        }
+        let s = &p.segmentation;
+        assert_eq!(s.pairs.len(), 1);
+        let entry = s.pair_entry(s.pairs[0].2, class_index(PROTO_TCP));
+        if extra.is_empty() {
+            assert!(entry != 0 && entry & PAIR_TABLE == 0, "a port set");
+            assert_eq!((s.port_sets.len(), s.port_tables.len()), (1, 0));
+        } else {
+            // High bytes 2 and 3 (512-1023) are whole: entries, not blocks;
+            // 0, 1, 255 and the filler's 156 are partly covered: blocks.
+            assert_ne!(entry & PAIR_TABLE, 0, "a port table");
+            let t = &s.port_tables[(entry & !PAIR_TABLE) as usize];
+            assert_eq!(decode_rule(t.entries[2]).map(|r| r.0), Some(0));
+            assert_eq!(t.entries[3], t.entries[2]);
+            for hi in [0, 1, 156, 255] {
+                assert_ne!(t.entries[hi] & PORT_BLOCK, 0, "hi {hi}");
+            }
+            assert_eq!(t.entries[4], 0);
+            assert_eq!(s.port_blocks.len(), 4);
+            assert!(s.port_sets.is_empty());
+        }
+        // The runs read back from the tables are the rules' ranges.
+        let runs: Vec<(u16, u16, u16)> = s
+            .runs(ZONE_WORLD, 2, PROTO_TCP)
+            .into_iter()
+            .filter(|r| !(40000..41000).contains(&r.0))
+            .map(|r| (r.0, r.1, r.2))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (0, 0, 0),
+                (255, 256, 0),
+                (300, 511, 1),
+                (512, 1023, 0),
+                (65535, 65535, 0)
+            ]
+        );
     }
-    // High bytes 2 and 3 (512-1023) are whole: entries, not blocks; 0, 1
-    // and 255 are partly covered: blocks. One table for the one pair.
-    let s = &p.segmentation;
-    assert_eq!(s.pairs.len(), 1);
-    let t = &s.port_tables[s.pairs[0].1 as usize];
-    assert_eq!(decode_rule(t.entries[2]).map(|r| r.0), Some(0));
-    assert_eq!(t.entries[3], t.entries[2]);
-    for hi in [0, 1, 255] {
-        assert_ne!(t.entries[hi] & PORT_BLOCK, 0, "hi {hi}");
-    }
-    assert_eq!(t.entries[4], 0);
-    assert_eq!(s.port_blocks.len(), 3);
-    // The runs read back from the tables are the rules' ranges.
-    let runs: Vec<(u16, u16, u16)> = s
-        .runs(ZONE_WORLD, 2, PROTO_TCP)
-        .into_iter()
-        .map(|r| (r.0, r.1, r.2))
-        .collect();
-    assert_eq!(
-        runs,
-        [
-            (0, 0, 0),
-            (255, 256, 0),
-            (300, 511, 1),
-            (512, 1023, 0),
-            (65535, 65535, 0)
-        ]
-    );
 }
 
 #[test]
@@ -405,11 +425,15 @@ fn any_protocol_covers_other_protocols_at_port_zero() {
         let d = ingress(&p, "10.9.0.1", "10.1.0.1", proto, port);
         assert_eq!(d.reason, Reason::RuleAllow, "proto {proto}");
     }
-    let classes: Vec<u8> = p.segmentation.pairs.iter().map(|(k, _)| k.proto).collect();
-    assert_eq!(
-        classes,
-        [PROTO_OTHER, PROTO_ICMP, PROTO_TCP, PROTO_UDP, PROTO_ICMPV6]
-    );
+    // One pair, every class covered: TCP and UDP share one port set (every
+    // port), ICMP and ICMPv6 another (every type), other protocols a third.
+    let s = &p.segmentation;
+    assert_eq!(s.pairs.len(), 1);
+    let record = s.pair_records[usize::from(s.pairs[0].2)];
+    for class in [PROTO_TCP, PROTO_UDP, PROTO_ICMP, PROTO_ICMPV6, PROTO_OTHER] {
+        assert_ne!(record.entries[class_index(class)], 0, "class {class}");
+    }
+    assert_eq!(s.port_sets.len(), 3);
 }
 
 #[test]
@@ -548,7 +572,10 @@ fn audit_mode_reports_drops_and_passes_them() {
 }
 
 #[test]
-fn equal_tables_and_blocks_are_stored_once() {
+fn equal_port_sets_tables_and_records_are_stored_once() {
+    // 60 single ports, every other one from 1000: more runs than a port set
+    // holds, so a port table (with blocks for the two high bytes they touch).
+    let many: Vec<String> = (0..60).map(|i| (1000 + 2 * i).to_string()).collect();
     let p = compile(&format!(
         r#"{TIERS}
 [[rules]]
@@ -586,42 +613,86 @@ to = "b"
 protocol = "tcp"
 ports = ["9000-9099"]
 action = "allow"
-"#
+[[rules]]
+name = "many"
+from = ["a", "b"]
+to = "c"
+protocol = "tcp"
+ports = [{}]
+action = "allow"
+"#,
+        many.join(", ")
     ));
     let s = &p.segmentation;
-    let table = |src, dst| {
-        s.pair_table(&PairKey {
-            slot: 0,
-            proto: PROTO_TCP,
-            _pad: [0; 2],
-            src_zone: src,
-            dst_zone: dst,
-        })
-        .unwrap() as usize
-    };
-    assert_eq!(s.pairs.len(), 6);
-    // A handful of single ports is kept as exact ports: 443 for world->a
-    // ("https"; "late" never wins), c->a, c->b and host->a.
-    for (src, dst) in [(ZONE_WORLD, 2), (4, 2), (4, 3), (ZONE_HOST, 2)] {
-        assert_eq!(table(src, dst), PAIR_SPARSE as usize);
-    }
-    assert_eq!(s.exact.len(), 4);
-    // Ranges get port tables: https + extra (world->b); https-and-more (host->b).
-    assert_eq!(s.port_tables.len(), 2);
-    // Blocks: 443 of each table (different rules, so different blocks),
-    // 8000-8191 (0x1f40-0x1fff) and 9000-9099.
-    assert_eq!(s.port_blocks.len(), 4);
-    let (t0, t1) = (
-        &s.port_tables[table(ZONE_HOST, 3)],
-        &s.port_tables[table(ZONE_WORLD, 3)],
+    assert_eq!(s.pairs.len(), 8);
+    let entry = |src, dst| s.pair_entry(s.pair_record(src, dst), class_index(PROTO_TCP));
+    // world->a ("https"; "late" never wins), c->a and c->b say the same:
+    // one record, one port set of one run.
+    let https = entry(ZONE_WORLD, 2);
+    assert!(https != 0 && https & PAIR_TABLE == 0);
+    assert_eq!(s.pair_record(ZONE_WORLD, 2), s.pair_record(4, 2));
+    assert_eq!(s.pair_record(ZONE_WORLD, 2), s.pair_record(4, 3));
+    assert_eq!(s.runs(4, 3, PROTO_TCP), [(443, 443, 0, RuleAction::Allow)]);
+    // Ranges with few runs are port sets too: 443 and 8000-8191 (host->b),
+    // 443 and 9000-9099 (world->b).
+    assert_eq!(
+        s.runs(ZONE_HOST, 3, PROTO_TCP),
+        [
+            (443, 443, 2, RuleAction::Allow),
+            (8000, 8191, 2, RuleAction::Allow)
+        ]
     );
-    assert_ne!(t0, t1);
-    // The same rule set over two pairs is stored once.
+    assert_eq!(
+        s.runs(ZONE_WORLD, 3, PROTO_TCP),
+        [
+            (443, 443, 0, RuleAction::Allow),
+            (9000, 9099, 4, RuleAction::Allow)
+        ]
+    );
+    // Distinct sets: https, https-again, https-and-more, https + extra; a
+    // line each. "many" over two pairs: one table, one record.
+    assert_eq!(s.port_sets.len(), 4);
+    assert_eq!(s.port_tables.len(), 1);
+    assert_eq!(s.port_blocks.len(), 2);
+    assert_eq!(entry(2, 4), PAIR_TABLE);
+    assert_eq!(s.pair_record(2, 4), s.pair_record(3, 4));
+    // Records: https, https-again, https-and-more, https + extra, many (and
+    // the empty record 0).
+    assert_eq!(s.pair_records.len(), 6);
+    let runs = s.runs(3, 4, PROTO_TCP);
+    assert_eq!(runs.len(), 60);
+    assert_eq!(runs[59], (1118, 1118, 5, RuleAction::Allow));
+    for (port, want) in [(1000, true), (1001, false), (1118, true), (1120, false)] {
+        // b (10.1.0.0/16) to c (10.1.2.0/24).
+        let d = ingress(&p, "10.1.0.1", "10.1.2.1", PROTO_TCP, port);
+        assert_eq!(d.reason == Reason::RuleAllow, want, "port {port}");
+    }
+}
+
+/// A port set longer than a line is read across its lines, by the same
+/// code as the kernel.
+#[test]
+fn port_sets_span_lines() {
+    // 50 single ports: 8 lines of up to 7 runs.
+    let ports: Vec<String> = (0..50).map(|i| (2000 + 3 * i).to_string()).collect();
     let p = compile(&format!(
-        "{TIERS}[[rules]]\nname = \"range\"\nfrom = [\"a\", \"b\"]\nto = \"c\"\nprotocol = \"tcp\"\nports = [\"1000-1999\"]\naction = \"allow\"\n"
+        "{TIERS}[[rules]]\nname = \"spread\"\nfrom = \"a\"\nto = \"b\"\nprotocol = \"udp\"\nports = [{}]\naction = \"allow\"\n",
+        ports.join(", ")
     ));
-    assert_eq!(p.segmentation.pairs.len(), 2);
-    assert_eq!(p.segmentation.port_tables.len(), 1);
+    let s = &p.segmentation;
+    assert_eq!(s.port_sets.len(), 8);
+    assert!(s.port_sets[..7].iter().all(|l| l.more == 1));
+    assert_eq!(s.port_sets[7].more, 0);
+    for (port, want) in [
+        (2000, true),
+        (2001, false),
+        (2147, true),
+        (2150, false),
+        (1999, false),
+    ] {
+        let d = ingress(&p, "10.9.0.1", "10.1.0.1", PROTO_UDP, port);
+        assert_eq!(d.reason == Reason::RuleAllow, want, "port {port}");
+    }
 }
 
 #[test]
@@ -643,21 +714,21 @@ fn limits_are_errors_that_say_by_how_much() {
         err.contains("rules name 1812020 (source zone, destination zone, protocol) combinations; at most 262144 fit: 1549876 too many"),
         "{err}"
     );
-    // Port tables: one rule per pair, each a different range (a few single
-    // ports would be kept as exact ports instead).
+    // Port tables: one rule per pair, each with a different set of 57
+    // single ports (a port set holds at most 56 runs).
     let mut text = String::new();
     for i in 0..50 {
         text.push_str(&format!(
             "[[zones]]\nname = \"z{i}\"\ncidrs = [\"10.0.{i}.0/24\"]\n"
         ));
     }
-    for r in 0..2049 {
+    for r in 0..2049u32 {
+        let ports: Vec<String> = (0..57).map(|k| (r + 1 + 3 * k).to_string()).collect();
         text.push_str(&format!(
-            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"tcp\"\nports = [\"{}-{}\"]\naction = \"allow\"\n",
+            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"tcp\"\nports = [{}]\naction = \"allow\"\n",
             r % 50,
             r / 50,
-            r + 1,
-            r + 100
+            ports.join(", ")
         ));
     }
     let err = CompiledPolicy::compile(&config(&text), &[])
@@ -665,6 +736,30 @@ fn limits_are_errors_that_say_by_how_much() {
         .to_string();
     assert!(
         err.contains("rules need 2049 distinct port tables; at most 2048 fit: 1 too many"),
+        "{err}"
+    );
+    // Port-set lines: 4,097 pairs, each with its own set of 50 ports
+    // (8 lines each).
+    let mut text = String::new();
+    for i in 0..65 {
+        text.push_str(&format!(
+            "[[zones]]\nname = \"z{i}\"\ncidrs = [\"10.0.{i}.0/24\"]\n"
+        ));
+    }
+    for r in 0..4097u32 {
+        let ports: Vec<String> = (0..50).map(|k| (r + 1 + 2 * k).to_string()).collect();
+        text.push_str(&format!(
+            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"udp\"\nports = [{}]\naction = \"allow\"\n",
+            r % 65,
+            r / 65,
+            ports.join(", ")
+        ));
+    }
+    let err = CompiledPolicy::compile(&config(&text), &[])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("rules need 32776 port-set lines; at most 32768 fit: 8 too many"),
         "{err}"
     );
     // Blocks alone: 17 pairs, each with 256 different partial high bytes.

@@ -278,8 +278,9 @@ pub fn render(s: &mut String, rows: &[SegRow]) {
     let _ = writeln!(
         s,
         "\nAn IPv4 zone is found with one or two array reads (a /16 table, then a /24 block where zones split \
-         the /16; the trie only for /24s that hold longer prefixes); a rule with two array reads after one hash \
-         lookup of the zone pair, whatever the number of rules (docs/design/segmentation.md). \
+         the /16; the trie only for /24s that hold longer prefixes); a rule with two array reads for the zone \
+         pair and one for its port set (or one or two of a port table), whatever the number of rules; the \
+         flow table is the only hash lookup (docs/design/segmentation.md). \
          The new-connection rows include writing the flow (the rotation revisits sources, so after the first \
          65,536 packets the write refreshes an existing flow).\n"
     );
