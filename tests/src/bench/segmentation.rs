@@ -41,7 +41,8 @@ pub struct SegRow {
     pub cost: f64,
 }
 
-/// `core` and `zones - 1` tiers `t1..` (10.1.i.0/24); one rule lets every
+/// `core` (10.0.0.0/16) and `zones - 1` tiers `t1..`, each a /20 (16 to a
+/// /16, so the zone lookup takes its two-read path); one rule lets every
 /// tier reach core:443, one lets core reach every tier on 443 (the measured
 /// paths); the other `rules - 2` are random tier pairs and ports, as a large
 /// estate has.
@@ -52,9 +53,9 @@ fn policy_text(zones: usize, rules: usize, rng: &mut Rng) -> String {
     for i in 1..zones {
         let _ = write!(
             s,
-            "\n[[zones]]\nname = \"t{i}\"\ncidrs = [\"10.{}.{}.0/24\"]\n",
-            i / 256 + 1,
-            i % 256
+            "\n[[zones]]\nname = \"t{i}\"\ncidrs = [\"10.{}.{}.0/20\"]\n",
+            1 + i / 16,
+            (i % 16) * 16
         );
     }
     let rule = |s: &mut String, n: &mut usize, from: &str, to: &str, port: u16| {
@@ -89,11 +90,35 @@ fn tier_address(zones: usize, rng: &mut Rng) -> [u8; 16] {
     let i = 1 + rng.below(zones as u64 - 1) as usize;
     let a = Ipv4Addr::new(
         10,
-        (i / 256 + 1) as u8,
-        (i % 256) as u8,
+        (1 + i / 16) as u8,
+        ((i % 16) * 16) as u8 + rng.below(16) as u8,
         1 + rng.below(254) as u8,
     );
     to16(a.into())
+}
+
+/// Distinct remote addresses in the rotation, whatever the policy: the same
+/// number of flows for the small and the large policy, so their ratio
+/// measures the policy's size and not the flow table's working set (with 10
+/// zones there are 9 tiers of 4,094 addresses).
+const DISTINCT_REMOTES: usize = 32_768;
+
+/// `DISTINCT_REMOTES` distinct tier addresses in random order, repeated to
+/// fill the rotation.
+fn remotes(zones: usize, rng: &mut Rng) -> Vec<[u8; 16]> {
+    let mut seen = std::collections::HashSet::new();
+    let mut pool = Vec::with_capacity(DISTINCT_REMOTES);
+    while pool.len() < DISTINCT_REMOTES {
+        let a = tier_address(zones, rng);
+        if seen.insert(a) {
+            pool.push(a);
+        }
+    }
+    pool.iter()
+        .cycle()
+        .take(BENCH_SOURCES_CAPACITY as usize)
+        .copied()
+        .collect()
 }
 
 fn flows(dp: &mut Datapath, keys: impl Iterator<Item = FlowKey>) {
@@ -133,8 +158,7 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         .unwrap_or_else(|e| panic!("load: {e}"));
     dp.apply(&policy).unwrap_or_else(|e| panic!("apply: {e}"));
 
-    let k = BENCH_SOURCES_CAPACITY as usize;
-    let remotes: Vec<[u8; 16]> = (0..k).map(|_| tier_address(zones, &mut rng)).collect();
+    let remotes = remotes(zones, &mut rng);
     fill_sources(&mut dp, &remotes);
     let node = to16(Ipv4Addr::from(NODE).into());
     let node4 = NODE;
@@ -218,7 +242,8 @@ pub fn render(s: &mut String, rows: &[SegRow]) {
     let _ = writeln!(
         s,
         "Failsafe, lists, flow lookup, zone of source and destination, rule, flow write; \
-         the remote address rotates through 65,536 addresses spread over every tier. \
+         the remote address rotates through 32,768 distinct addresses spread over every tier (the same \
+         number for both policies, so both rows keep 32,768 flows live). \
          `overhead` = program minus the rotation alone.\n"
     );
     let _ = writeln!(
@@ -282,6 +307,6 @@ pub fn render(s: &mut String, rows: &[SegRow]) {
          pair and one for its port set (or one or two of a port table), whatever the number of rules; the \
          flow table is the only hash lookup (docs/design/segmentation.md). \
          The new-connection rows include writing the flow (the rotation revisits sources, so after the first \
-         65,536 packets the write refreshes an existing flow).\n"
+         32,768 packets the write refreshes an existing flow).\n"
     );
 }
