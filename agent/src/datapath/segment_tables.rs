@@ -93,14 +93,13 @@ pub(super) fn write(
             w.zone_l1.push(i);
         }
     }
-    {
-        let mut a: Array<_, ZoneBlock> = array(ebpf, names::ZONE_V4_BLOCKS)?;
-        for (i, b) in seg.zone_v4_table.blocks.iter().enumerate() {
-            let i = u32::from(slot) * ZONE_V4_BLOCKS_PER_SLOT + i as u32;
-            a.set(i, b, 0).map_err(map_err(names::ZONE_V4_BLOCKS))?;
-            w.zone_blocks.push(i);
-        }
-    }
+    write_array(
+        ebpf,
+        names::ZONE_V4_BLOCKS,
+        u32::from(slot) * ZONE_V4_BLOCKS_PER_SLOT,
+        seg.zone_v4_table.blocks.iter().enumerate(),
+        &mut w.zone_blocks,
+    )?;
     {
         let mut t: LpmTrie<_, SlotAddrV6, u16> = trie(ebpf, names::ZONES_V6)?;
         for (net, zone) in &seg.zone_v6 {
@@ -133,39 +132,35 @@ pub(super) fn write(
             w.failsafe_ports.push(i);
         }
     }
-    {
-        let mut a: Array<_, PortTable> = array(ebpf, names::PORT_TABLES)?;
-        for (i, t) in seg.port_tables.iter().enumerate() {
-            let i = u32::from(slot) * PORT_TABLES_PER_SLOT + i as u32;
-            a.set(i, t, 0).map_err(map_err(names::PORT_TABLES))?;
-            w.port_tables.push(i);
-        }
-    }
-    {
-        let mut a: Array<_, PortTable> = array(ebpf, names::PORT_BLOCKS)?;
-        for (i, t) in seg.port_blocks.iter().enumerate() {
-            let i = u32::from(slot) * PORT_BLOCKS_PER_SLOT + i as u32;
-            a.set(i, t, 0).map_err(map_err(names::PORT_BLOCKS))?;
-            w.port_blocks.push(i);
-        }
-    }
-    {
-        let mut a: Array<_, PortSet> = array(ebpf, names::PORT_SETS)?;
-        for (i, l) in seg.port_sets.iter().enumerate() {
-            let i = u32::from(slot) * PORT_SET_LINES_PER_SLOT + i as u32;
-            a.set(i, l, 0).map_err(map_err(names::PORT_SETS))?;
-            w.port_sets.push(i);
-        }
-    }
-    {
-        let mut a: Array<_, PairClasses> = array(ebpf, names::PAIR_RECORDS)?;
-        // Record 0 means "no rule" and is never read: left as it is.
-        for (i, r) in seg.pair_records.iter().enumerate().skip(1) {
-            let i = u32::from(slot) * PAIR_RECORDS_PER_SLOT + i as u32;
-            a.set(i, r, 0).map_err(map_err(names::PAIR_RECORDS))?;
-            w.pair_records.push(i);
-        }
-    }
+    write_array(
+        ebpf,
+        names::PORT_TABLES,
+        u32::from(slot) * PORT_TABLES_PER_SLOT,
+        seg.port_tables.iter().enumerate(),
+        &mut w.port_tables,
+    )?;
+    write_array(
+        ebpf,
+        names::PORT_BLOCKS,
+        u32::from(slot) * PORT_BLOCKS_PER_SLOT,
+        seg.port_blocks.iter().enumerate(),
+        &mut w.port_blocks,
+    )?;
+    write_array(
+        ebpf,
+        names::PORT_SETS,
+        u32::from(slot) * PORT_SET_LINES_PER_SLOT,
+        seg.port_sets.iter().enumerate(),
+        &mut w.port_sets,
+    )?;
+    // Record 0 means "no rule" and is never read: left as it is.
+    write_array(
+        ebpf,
+        names::PAIR_RECORDS,
+        u32::from(slot) * PAIR_RECORDS_PER_SLOT,
+        seg.pair_records.iter().enumerate().skip(1),
+        &mut w.pair_records,
+    )?;
     {
         // The matrix last: until a pair's line is written, its record and
         // port set are unreachable (and the slot is not live yet anyway).
@@ -175,11 +170,14 @@ pub(super) fn write(
                 lines.entry(line).or_insert(PairLine::EMPTY).records[at] = record;
             }
         }
-        let mut a: Array<_, PairLine> = array(ebpf, names::PAIR_MATRIX)?;
-        for (i, l) in lines {
-            a.set(i, l, 0).map_err(map_err(names::PAIR_MATRIX))?;
-            w.pair_lines.push(i);
-        }
+        // `pair_position` gives absolute lines (slot included).
+        write_array(
+            ebpf,
+            names::PAIR_MATRIX,
+            0,
+            lines.iter().map(|(i, l)| (*i as usize, l)),
+            &mut w.pair_lines,
+        )?;
     }
     // The policy's settings plus this boot's flow clock (not part of the policy).
     let mut meta = seg.meta;
@@ -190,6 +188,24 @@ pub(super) fn write(
     array::<SegMeta>(ebpf, names::SEG_META)?
         .set(u32::from(slot), meta, 0)
         .map_err(map_err(names::SEG_META))
+}
+
+/// Writes `items` (index in a generation's region, value) into array `name`
+/// at `base + index`, recording each absolute index in `written`.
+fn write_array<'a, T: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    base: u32,
+    items: impl Iterator<Item = (usize, &'a T)>,
+    written: &mut Vec<u32>,
+) -> Result<()> {
+    let mut a: Array<_, T> = array(ebpf, name)?;
+    for (i, v) in items {
+        let i = base + i as u32;
+        a.set(i, v, 0).map_err(map_err(name))?;
+        written.push(i);
+    }
+    Ok(())
 }
 
 /// Deletes what `w` records. Best effort: an entry that cannot be removed

@@ -695,6 +695,30 @@ fn port_sets_span_lines() {
     }
 }
 
+/// The error compiling `rules` rules over `zones` zones, rule `r` from zone
+/// `r % zones` to `r / zones`, naming `ports` single ports `step` apart from
+/// `r + 1` (so no two rules share a port set).
+fn one_rule_per_pair(zones: u32, rules: u32, ports: u32, step: u32) -> String {
+    let mut text = String::new();
+    for i in 0..zones {
+        text.push_str(&format!(
+            "[[zones]]\nname = \"z{i}\"\ncidrs = [\"10.0.{i}.0/24\"]\n"
+        ));
+    }
+    for r in 0..rules {
+        let list: Vec<String> = (0..ports).map(|k| (r + 1 + step * k).to_string()).collect();
+        text.push_str(&format!(
+            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"tcp\"\nports = [{}]\naction = \"allow\"\n",
+            r % zones,
+            r / zones,
+            list.join(", ")
+        ));
+    }
+    CompiledPolicy::compile(&config(&text), &[])
+        .unwrap_err()
+        .to_string()
+}
+
 #[test]
 fn limits_are_errors_that_say_by_how_much() {
     // Zone pairs: any to any over 600 zones is 602 * 602 * 5 keys.
@@ -716,48 +740,14 @@ fn limits_are_errors_that_say_by_how_much() {
     );
     // Port tables: one rule per pair, each with a different set of 57
     // single ports (a port set holds at most 56 runs).
-    let mut text = String::new();
-    for i in 0..50 {
-        text.push_str(&format!(
-            "[[zones]]\nname = \"z{i}\"\ncidrs = [\"10.0.{i}.0/24\"]\n"
-        ));
-    }
-    for r in 0..2049u32 {
-        let ports: Vec<String> = (0..57).map(|k| (r + 1 + 3 * k).to_string()).collect();
-        text.push_str(&format!(
-            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"tcp\"\nports = [{}]\naction = \"allow\"\n",
-            r % 50,
-            r / 50,
-            ports.join(", ")
-        ));
-    }
-    let err = CompiledPolicy::compile(&config(&text), &[])
-        .unwrap_err()
-        .to_string();
+    let err = one_rule_per_pair(50, 2049, 57, 3);
     assert!(
         err.contains("rules need 2049 distinct port tables; at most 2048 fit: 1 too many"),
         "{err}"
     );
     // Port-set lines: 4,097 pairs, each with its own set of 50 ports
     // (8 lines each).
-    let mut text = String::new();
-    for i in 0..65 {
-        text.push_str(&format!(
-            "[[zones]]\nname = \"z{i}\"\ncidrs = [\"10.0.{i}.0/24\"]\n"
-        ));
-    }
-    for r in 0..4097u32 {
-        let ports: Vec<String> = (0..50).map(|k| (r + 1 + 2 * k).to_string()).collect();
-        text.push_str(&format!(
-            "[[rules]]\nname = \"r{r}\"\nfrom = \"z{}\"\nto = \"z{}\"\nprotocol = \"udp\"\nports = [{}]\naction = \"allow\"\n",
-            r % 65,
-            r / 65,
-            ports.join(", ")
-        ));
-    }
-    let err = CompiledPolicy::compile(&config(&text), &[])
-        .unwrap_err()
-        .to_string();
+    let err = one_rule_per_pair(65, 4097, 50, 2);
     assert!(
         err.contains("rules need 32776 port-set lines; at most 32768 fit: 8 too many"),
         "{err}"
