@@ -58,6 +58,19 @@ fn check_enforcement(dp: &mut Datapath) {
     );
 }
 
+/// Pins a new map at `path`, as an earlier version would have left it.
+fn pin_map(path: &Path, kind: &str, key: usize, value: usize, entries: u32, name: &str) {
+    let status = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(path)
+        .args(["type", kind, "key", &key.to_string(), "value"])
+        .arg(value.to_string())
+        .args(["entries", &entries.to_string(), "name", name])
+        .status()
+        .expect("bpftool is installed by `cargo xtask setup`");
+    assert!(status.success(), "bpftool map create {name}");
+}
+
 fn flows(pins: &Path) -> usize {
     let map = aya::maps::MapData::from_pin(pins.join(names::FLOWS)).unwrap();
     let map = aya::maps::Map::from_map_data(map).unwrap();
@@ -99,15 +112,7 @@ fn a_pinned_map_of_an_older_layout_is_created_afresh() {
     let meta = pins.path().join(names::SEG_META);
     std::fs::remove_file(&meta).unwrap();
     let older = std::mem::size_of::<tierguard_common::segment::SegMeta>() - 16;
-    let status = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&meta)
-        .args(["type", "array", "key", "4", "value"])
-        .arg(older.to_string())
-        .args(["entries", "2", "name", names::SEG_META])
-        .status()
-        .expect("bpftool is installed by `cargo xtask setup`");
-    assert!(status.success(), "bpftool map create");
+    pin_map(&meta, "array", 4, older, 2, names::SEG_META);
 
     let mut second = loaded(pins.path());
     let r = second.recreated();
@@ -135,24 +140,7 @@ fn a_map_an_older_version_retired_is_unpinned() {
     // What an earlier version left: its zone-pair hash map, which this
     // version replaced with the pair matrix.
     let old = pins.path().join("TG_ZONE_PAIRS");
-    let status = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&old)
-        .args([
-            "type",
-            "hash",
-            "key",
-            "8",
-            "value",
-            "4",
-            "entries",
-            "1024",
-            "name",
-            "TG_ZONE_PAIRS",
-        ])
-        .status()
-        .expect("bpftool is installed by `cargo xtask setup`");
-    assert!(status.success(), "bpftool map create");
+    pin_map(&old, "hash", 8, 4, 1024, "TG_ZONE_PAIRS");
 
     let mut second = loaded(pins.path());
     assert_eq!(second.retired(), &["TG_ZONE_PAIRS".to_string()]);
