@@ -100,10 +100,14 @@ pub mod programs {
 /// than /64 (the others live in `TG_V6_TABLE`): 512 Ki entries, 8 MiB.
 pub const LIST_V4_CAPACITY: u32 = 2 * 1024 * 1024;
 pub const LIST_V6_CAPACITY: u32 = 512 * 1024;
-/// IPv6 bucket table (strides /8 to /64): buckets per generation slot. The
-/// map holds `2 * V6_BUCKETS` buckets, slot 0's first.
+/// IPv6 bucket table (strides /8 to /64): buckets reserved per generation
+/// slot. The map holds `2 * V6_BUCKETS` buckets, slot 0's first. A
+/// generation uses the first `2^PolicyMeta::v6_bucket_bits` of its slot's
+/// buckets (sized by the agent to its entries; see `prefix::v6_bits`).
 pub const V6_BUCKET_BITS: u32 = 19;
 pub const V6_BUCKETS: u32 = 1 << V6_BUCKET_BITS;
+/// Fewest bucket bits the agent gives a generation (64 buckets, 4 KiB).
+pub const V6_MIN_BUCKET_BITS: u32 = 6;
 /// Slots in one 64-byte bucket.
 pub const V6_SLOTS_PER_BUCKET: usize = 4;
 /// Consecutive buckets an entry may be placed in (linear probing from its
@@ -322,8 +326,11 @@ pub const CODE_LONGER: u32 = 2;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PolicyMeta {
-    /// Unused (IPv4 is matched through the direct table); kept for layout.
-    pub reserved: u32,
+    /// The generation's IPv6 bucket table has `2^v6_bucket_bits` buckets
+    /// (the first ones of its slot). 0 (what agents before this field left
+    /// in their pins) or a value over `V6_BUCKET_BITS` is read as
+    /// `V6_BUCKET_BITS`: see `prefix::v6_bits`.
+    pub v6_bucket_bits: u32,
     /// Bit i set: the IPv6 table holds entries of stride length `(i + 1) * 8`.
     pub v6_strides: u32,
     /// Policy generation number (increments on every applied change).

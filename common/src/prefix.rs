@@ -9,11 +9,12 @@
 //!
 //! IPv6 strides up to /64 are not hashed by the kernel's hash map but kept in
 //! a bucketised open-addressing table (`TG_V6_TABLE`): [`v6_bucket`] is the
-//! home bucket, [`v6_table_find`] the probe sequence both sides use.
+//! home bucket, [`v6_table_find`] the probe sequence both sides use, both
+//! within the `2^bits` buckets the generation uses ([`v6_bits`]).
 
 use crate::maps::{
-    CODE_ENTRY, CODE_LONGER, DirectCode, ListAction, ListEntry, V6_BUCKET_BITS, V6_BUCKETS,
-    V6_MAX_PROBES, V6_SLOTS_PER_BUCKET, V6Bucket,
+    CODE_ENTRY, CODE_LONGER, DirectCode, ListAction, ListEntry, V6_BUCKET_BITS, V6_MAX_PROBES,
+    V6_SLOTS_PER_BUCKET, V6Bucket,
 };
 
 pub const STRIDE_BITS: u8 = 8;
@@ -144,37 +145,72 @@ pub fn v6_top64(addr: &[u8; 16], len: u8) -> u64 {
     v6_mask64(v6_top(addr), len)
 }
 
-/// Home bucket (within one generation slot) of a key at a stride:
-/// multiply-shift hashing of the key with the stride in its top byte.
+/// The number of bucket bits a generation's table has, from
+/// `PolicyMeta::v6_bucket_bits`: 0 (left by agents that did not size the
+/// table) and values over `V6_BUCKET_BITS` read as `V6_BUCKET_BITS`, so the
+/// result is always in `1..=V6_BUCKET_BITS` and a bucket index below
+/// `V6_BUCKETS`.
+///
+/// Computed as `min(meta - 1, V6_BUCKET_BITS - 1) + 1` (`meta - 1`
+/// wrapping, so 0 gives the maximum) without a branch, for the verifier: the
+/// benchmark's ingress program verifies in about 955,000 of its 1,000,000
+/// instructions (949,000 before the table was sized), and the branches of
+/// `if meta == 0 || meta > V6_BUCKET_BITS`, met in the stride loop, took it
+/// past the budget. The sign mask is read back through a volatile so that
+/// no LLVM version can fold the arithmetic back into a compare and a branch.
 #[inline(always)]
-pub fn v6_bucket(key: u64, stride: u8) -> u32 {
-    ((key ^ ((stride as u64) << 56)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - V6_BUCKET_BITS))
-        as u32
+pub fn v6_bits(meta: u32) -> u32 {
+    let top = u64::from(V6_BUCKET_BITS - 1);
+    // Below zero (wrapped) exactly when meta - 1 < top.
+    let d = u64::from(meta.wrapping_sub(1)).wrapping_sub(top);
+    let sign = ((d as i64) >> 63) as u64;
+    // SAFETY: a read of a local.
+    let below = unsafe { core::ptr::read_volatile(&sign) };
+    // top + min(d, 0): meta - 1 when below top, else top.
+    top.wrapping_add(d & below) as u32 + 1
+}
+
+/// Home bucket (within one generation slot) of a key at a stride, in a table
+/// of `2^bits` buckets (`bits` as read by [`v6_bits`], in
+/// `1..=V6_BUCKET_BITS`): multiply-shift hashing of the key with the stride
+/// in its top byte, the top `bits` bits of the product. The home at `bits`
+/// is the home at `bits + 1` shifted right by one.
+#[inline(always)]
+pub fn v6_bucket(key: u64, stride: u8, bits: u32) -> u32 {
+    // Wrapping: no panic whatever `bits` is (a caller that skipped `v6_bits`
+    // gets a wrong bucket, never a crash; the kernel masks the index).
+    (key ^ ((stride as u64) << 56))
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_shr(64u32.wrapping_sub(bits)) as u32
 }
 
 /// The `probe`-th bucket of a key's probe sequence (linear, wrapping within
-/// the slot's buckets).
+/// the generation's `2^bits` buckets; `bits` as for [`v6_bucket`]).
 #[inline(always)]
-pub fn v6_probe(home: u32, probe: u32) -> u32 {
-    (home.wrapping_add(probe)) & (V6_BUCKETS - 1)
+pub fn v6_probe(home: u32, probe: u32, bits: u32) -> u32 {
+    home.wrapping_add(probe) & 1u32.wrapping_shl(bits).wrapping_sub(1)
 }
 
 /// Looks `key` at `stride` up in the IPv6 bucket table, as kernel and agent
-/// both do. `bucket(i)` returns bucket `i` of the generation (`None` is read
-/// as an empty bucket). Probes at most `V6_MAX_PROBES` buckets from the home
-/// bucket and stops at the first one with an empty slot: entries are placed
-/// in the first bucket of their sequence that has room, and never removed
-/// from a compiled table.
+/// both do, in a generation of `2^bits` buckets: `bits` is the generation's
+/// `PolicyMeta::v6_bucket_bits` read through [`v6_bits`] (once per packet:
+/// not here, where the kernel would branch on it in every probe).
+/// `bucket(i)` returns bucket `i` of the generation (`None` is read as an
+/// empty bucket), `i` below `2^bits`. Probes at most `V6_MAX_PROBES` buckets
+/// from the home bucket and stops at the first one with an empty slot:
+/// entries are placed in the first bucket of their sequence that has room,
+/// and never removed from a compiled table.
 #[inline(always)]
 pub fn v6_table_find<'a>(
     key: u64,
     stride: u8,
+    bits: u32,
     mut bucket: impl FnMut(u32) -> Option<&'a V6Bucket>,
 ) -> Option<ListEntry> {
-    let home = v6_bucket(key, stride);
+    let home = v6_bucket(key, stride, bits);
     let mut p = 0;
     while p < V6_MAX_PROBES {
-        let b = bucket(v6_probe(home, p))?;
+        let b = bucket(v6_probe(home, p, bits))?;
         let mut room = false;
         let mut s = 0;
         while s < V6_SLOTS_PER_BUCKET {
@@ -198,6 +234,7 @@ pub fn v6_table_find<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maps::V6_BUCKETS;
 
     fn entry(id: u16, action: ListAction, len: u8) -> ListEntry {
         ListEntry {
@@ -295,29 +332,168 @@ mod tests {
     fn v6_bucket_is_the_multiply_shift_hash_in_range() {
         let key = 0x2001_0db8_0000_0000u64;
         let want = ((key ^ (48u64 << 56)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 45) as u32;
-        assert_eq!(v6_bucket(key, 48), want);
+        assert_eq!(v6_bucket(key, 48, V6_BUCKET_BITS), want);
         // The stride is part of the hash: the same bits at two strides differ.
-        assert_ne!(v6_bucket(key, 32), v6_bucket(key, 48));
+        assert_ne!(
+            v6_bucket(key, 32, V6_BUCKET_BITS),
+            v6_bucket(key, 48, V6_BUCKET_BITS)
+        );
         let mut x = 1u64;
         for _ in 0..10_000 {
             x = x
                 .wrapping_mul(6364136223846793005)
                 .wrapping_add(1442695040888963407);
-            assert!(v6_bucket(x, 64) < V6_BUCKETS);
+            let full = v6_bucket(x, 64, V6_BUCKET_BITS);
+            assert!(full < V6_BUCKETS);
+            for bits in 1..=V6_BUCKET_BITS {
+                let home = v6_bucket(x, 64, bits);
+                assert!(home < 1 << bits);
+                // A smaller table's home is the top bits of the full one's.
+                assert_eq!(home, full >> (V6_BUCKET_BITS - bits));
+            }
         }
         assert_eq!(
-            v6_probe(V6_BUCKETS - 1, 1),
+            v6_probe(V6_BUCKETS - 1, 1, V6_BUCKET_BITS),
             0,
             "probing wraps within the slot"
         );
-        assert_eq!(v6_probe(7, 3), 10);
+        assert_eq!(v6_probe(7, 3, V6_BUCKET_BITS), 10);
+    }
+
+    #[test]
+    fn v6_bits_zero_and_out_of_range_read_as_the_full_size() {
+        assert_eq!(
+            v6_bits(0),
+            V6_BUCKET_BITS,
+            "pins of agents before the field"
+        );
+        assert_eq!(v6_bits(V6_BUCKET_BITS + 1), V6_BUCKET_BITS);
+        assert_eq!(v6_bits(64), V6_BUCKET_BITS);
+        assert_eq!(v6_bits(u32::MAX), V6_BUCKET_BITS);
+        assert_eq!(v6_bits(V6_BUCKET_BITS), V6_BUCKET_BITS);
+        assert_eq!(v6_bits(6), 6);
+        assert_eq!(v6_bits(1), 1);
+        for meta in 1..=V6_BUCKET_BITS {
+            assert_eq!(v6_bits(meta), meta);
+        }
+        for meta in (V6_BUCKET_BITS + 1..=4096).chain(u32::MAX - 4096..=u32::MAX) {
+            assert_eq!(v6_bits(meta), V6_BUCKET_BITS, "{meta}");
+        }
+        // A lookup with 0 in the meta probes the full-size table: it finds
+        // an entry placed in a table of 2^V6_BUCKET_BITS buckets.
+        use crate::maps::V6Slot;
+        let key = 0x2001_0db8_0042_0000u64;
+        let home = v6_bucket(key, 48, V6_BUCKET_BITS);
+        let mut b = V6Bucket::EMPTY;
+        b.slots[0] = V6Slot::new(key, 48, entry(9, ListAction::Deny, 48));
+        for meta in [0, V6_BUCKET_BITS, 200, u32::MAX] {
+            let got = v6_table_find(key, 48, v6_bits(meta), |i| {
+                assert!(i < V6_BUCKETS, "index {i} out of the slot");
+                (i == home).then_some(&b)
+            });
+            assert_eq!(got.map(|e| e.list_id), Some(9), "meta {meta}");
+        }
+    }
+
+    /// Places `slot` as the agent does: first bucket with room among the
+    /// first `V6_MAX_PROBES` of its sequence.
+    fn insert(
+        table: &mut std::collections::HashMap<u32, V6Bucket>,
+        slot: crate::maps::V6Slot,
+        bits: u32,
+    ) -> bool {
+        let home = v6_bucket(slot.key, slot.len, bits);
+        for p in 0..V6_MAX_PROBES {
+            let b = table
+                .entry(v6_probe(home, p, bits))
+                .or_insert(V6Bucket::EMPTY);
+            if let Some(free) = b.slots.iter_mut().find(|s| s.len == 0) {
+                *free = slot;
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn v6_find_after_insert_at_several_sizes() {
+        use crate::maps::V6Slot;
+        let mut x = 7u64;
+        let mut next = || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x & !0xffff // a /48
+        };
+        for bits in [1, 2, 6, 9, 12, 16, V6_BUCKET_BITS] {
+            // Up to two entries per bucket, as the agent sizes the table.
+            let n = (2usize << bits).min(3000);
+            let mut table = std::collections::HashMap::new();
+            let mut placed = Vec::new();
+            for i in 0..n {
+                let key = next();
+                let e = entry(i as u16, ListAction::Deny, 48);
+                if insert(&mut table, V6Slot::new(key, 48, e), bits) {
+                    placed.push((key, e));
+                }
+            }
+            assert!(placed.len() * 10 >= n * 9, "bits {bits}: most fit");
+            assert!(table.keys().all(|&i| i < 1 << bits), "bits {bits}");
+            let find = |key: u64, stride: u8| {
+                v6_table_find(key, stride, bits, |i| {
+                    assert!(i < 1 << bits, "bits {bits}: probed {i}");
+                    table.get(&i)
+                })
+            };
+            for &(key, e) in &placed {
+                assert_eq!(find(key, 48), Some(e), "bits {bits}: {key:x}");
+                // Same bits, another stride: not a match.
+                assert_eq!(find(key, 56), None, "bits {bits}: {key:x}/56");
+            }
+            // Keys never inserted are not found.
+            for _ in 0..200 {
+                let key = next();
+                assert_eq!(find(key, 48), None, "bits {bits}: absent {key:x}");
+            }
+        }
+    }
+
+    #[test]
+    fn v6_probing_wraps_at_a_small_size() {
+        use crate::maps::V6Slot;
+        const BITS: u32 = 6;
+        let last = (1 << BITS) - 1;
+        assert_eq!(v6_probe(last, 0, BITS), last);
+        assert_eq!(v6_probe(last, 1, BITS), 0);
+        assert_eq!(v6_probe(last - 1, 3, BITS), 1);
+        // Five keys at home `last` at 6 bits: the fifth goes to bucket 0.
+        let keys: Vec<u64> = (0u64..)
+            .map(|k| k << 16)
+            .filter(|&k| v6_bucket(k, 48, BITS) == last)
+            .take(5)
+            .collect();
+        let mut table = std::collections::HashMap::new();
+        for (i, &k) in keys.iter().enumerate() {
+            let slot = V6Slot::new(k, 48, entry(i as u16, ListAction::Allow, 48));
+            assert!(insert(&mut table, slot, BITS));
+        }
+        assert_eq!(table.len(), 2);
+        assert_eq!(table[&0].slots[0].key, keys[4], "wrapped to bucket 0");
+        for (i, &k) in keys.iter().enumerate() {
+            let got = v6_table_find(k, 48, BITS, |b| table.get(&b));
+            assert_eq!(got.map(|e| e.list_id), Some(i as u16));
+        }
+        // At the full size the same keys have other homes: not found there.
+        let wide = v6_table_find(keys[4], 48, v6_bits(0), |b| table.get(&b));
+        assert_eq!(wide, None);
     }
 
     #[test]
     fn v6_find_probes_until_a_bucket_with_room() {
         use crate::maps::V6Slot;
+        const B: u32 = V6_BUCKET_BITS;
         let key = 0x2001_0db8_0001_0000u64;
-        let home = v6_bucket(key, 48);
+        let home = v6_bucket(key, 48, B);
         let e = entry(3, ListAction::Deny, 48);
         let other = V6Slot::new(1, 64, entry(0, ListAction::Allow, 64));
         let full = V6Bucket {
@@ -328,7 +504,7 @@ mod tests {
         let mut roomy = V6Bucket::EMPTY;
         roomy.slots[0] = other;
         fn find(buckets: &'static [(u32, V6Bucket)], key: u64, stride: u8) -> Option<u16> {
-            v6_table_find(key, stride, |i| {
+            v6_table_find(key, stride, B, |i| {
                 buckets.iter().find(|(j, _)| *j == i).map(|(_, b)| b)
             })
             .map(|e| e.list_id)
@@ -339,19 +515,19 @@ mod tests {
         // Wrong stride: no match.
         assert_eq!(find(leak(vec![(home, with_key)]), key, 56), None);
         // Three full buckets, then the entry in the fourth (the last probed).
-        let mut v: Vec<_> = (0..3).map(|p| (v6_probe(home, p), full)).collect();
-        v.push((v6_probe(home, 3), with_key));
+        let mut v: Vec<_> = (0..3).map(|p| (v6_probe(home, p, B), full)).collect();
+        v.push((v6_probe(home, 3, B), with_key));
         assert_eq!(find(leak(v.clone()), key, 48), Some(3));
         // A fifth bucket is never probed.
         v[3].1 = full;
-        v.push((v6_probe(home, 4), with_key));
+        v.push((v6_probe(home, 4, B), with_key));
         assert_eq!(find(leak(v), key, 48), None);
         // A bucket with room ends the search, even if a later one matches.
-        let v = vec![(home, roomy), (v6_probe(home, 1), with_key)];
+        let v = vec![(home, roomy), (v6_probe(home, 1, B), with_key)];
         assert_eq!(find(leak(v), key, 48), None);
         // A missing bucket reads as empty.
         assert_eq!(
-            find(leak(vec![(v6_probe(home, 1), with_key)]), key, 48),
+            find(leak(vec![(v6_probe(home, 1, B), with_key)]), key, 48),
             None
         );
     }

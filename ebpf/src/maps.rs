@@ -53,7 +53,9 @@ pub static LIST_V4: HashMap<PrefixKeyV4, ListEntry> =
 
 /// IPv6 prefixes stored at strides up to /64: a bucketised open-addressing
 /// table, 64-byte buckets of four slots, `V6_BUCKETS` per generation (slot 0
-/// buckets, then slot 1). A lookup reads one cache line per probe, usually one.
+/// buckets, then slot 1), of which a generation uses the first
+/// `2^PolicyMeta::v6_bucket_bits`. A lookup reads one cache line per probe,
+/// usually one.
 #[map(name = "TG_V6_TABLE")]
 pub static V6_TABLE: Array<V6Bucket> = Array::pinned(2 * V6_BUCKETS, 0);
 
@@ -63,7 +65,8 @@ pub static V6_TABLE: Array<V6Bucket> = Array::pinned(2 * V6_BUCKETS, 0);
 pub static LIST_V6: HashMap<PrefixKeyV6, ListEntry> =
     HashMap::pinned(LIST_V6_CAPACITY, BPF_F_NO_PREALLOC);
 
-/// Per-generation facts (which strides are in use), indexed by slot 0 or 1.
+/// Per-generation facts (which strides are in use, IPv6 table size),
+/// indexed by slot 0 or 1.
 #[map(name = "TG_POLICY_META")]
 pub static POLICY_META: Array<PolicyMeta> = Array::pinned(2, 0);
 

@@ -7,18 +7,19 @@ use std::path::Path;
 use tierguard::{
     config::Config,
     datapath::{Datapath, XDP_DROP, XDP_PASS},
-    policy::CompiledPolicy,
+    policy::{CompiledPolicy, v6_bucket_bits_for},
 };
 use tierguard_common::{
     Reason, Verdict,
     build::*,
     decide,
     maps::{
-        DirectBlock, Direction, ListEntry, PrefixKeyV4, PrefixKeyV6, V4_DIRECT_BLOCKS, V6_BUCKETS,
-        V6Bucket, names, programs,
+        DirectBlock, Direction, ListEntry, PolicyMeta, PrefixKeyV4, PrefixKeyV6, V4_DIRECT_BLOCKS,
+        V6_BUCKET_BITS, V6_BUCKETS, V6_MIN_BUCKET_BITS, V6Bucket, names, programs,
     },
     packet::*,
     parse::{ETH_P_8021AD, ETH_P_8021Q, ETH_P_IPV4, ETH_P_IPV6, MAX_IPV6_EXT_HEADERS},
+    prefix::v6_bucket,
 };
 use tierguard_tests::{Rng, pins::PinDir};
 
@@ -621,6 +622,224 @@ fn reload_switches_generation_and_removes_the_old_one() {
     let live: Vec<u32> = next.v6_buckets.keys().copied().collect();
     assert_eq!(live.len(), 1);
     assert_eq!(used, live, "only the live generation's bucket remains");
+}
+
+/// The benchmark's programs are not loaded by the agent, only by
+/// `cargo xtask bench`: check here that the verifier takes them too (the
+/// benchmark's ingress program, with its rotating source, is the one
+/// closest to the verifier's instruction budget).
+#[test]
+fn the_benchmark_programs_pass_the_verifier() {
+    let mut f = fixture("bench-progs", POLICY);
+    let frame = v6_frame(OTHER6, NODE6, PROTO_UDP, &udp(1, 2, 0));
+    for prog in [
+        programs::BENCH_INGRESS,
+        programs::BENCH_BASELINE,
+        programs::BENCH_EGRESS,
+        programs::BENCH_EGRESS_BASELINE,
+        programs::BASELINE,
+        programs::EGRESS_BASELINE,
+    ] {
+        if let Err(e) = f.dp.test_run(prog, &frame, 1) {
+            let log = e.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(6).collect();
+            panic!("{prog} does not load: {tail:#?}");
+        }
+    }
+    for prog in [programs::INGRESS, programs::BENCH_INGRESS] {
+        let info = f.dp.ebpf_mut().program(prog).unwrap().info().unwrap();
+        eprintln!(
+            "{prog}: {:?} instructions verified (budget 1,000,000)",
+            info.verified_instruction_count()
+        );
+    }
+}
+
+// ---- IPv6 bucket table sizes ----
+
+/// The live slot and its `PolicyMeta`, as the kernel reads them.
+fn live_meta(f: &mut Fixture) -> (u32, PolicyMeta) {
+    let map = f.dp.ebpf_mut().map(names::ACTIVE_SLOT).unwrap();
+    let slot = aya::maps::Array::<_, u32>::try_from(map)
+        .unwrap()
+        .get(&0, 0)
+        .unwrap()
+        & 1;
+    let map = f.dp.ebpf_mut().map(names::POLICY_META).unwrap();
+    let meta = aya::maps::Array::<_, PolicyMeta>::try_from(map)
+        .unwrap()
+        .get(&slot, 0)
+        .unwrap();
+    (slot, meta)
+}
+
+fn set_live_bits(f: &mut Fixture, bits: u32) {
+    let (slot, mut meta) = live_meta(f);
+    meta.v6_bucket_bits = bits;
+    let map = f.dp.ebpf_mut().map_mut(names::POLICY_META).unwrap();
+    aya::maps::Array::<_, PolicyMeta>::try_from(map)
+        .unwrap()
+        .set(slot, meta, 0)
+        .unwrap();
+}
+
+/// Indexes of every non-empty bucket of `TG_V6_TABLE`, both slots.
+fn used_v6_buckets(f: &mut Fixture) -> Vec<u32> {
+    let map = f.dp.ebpf_mut().map(names::V6_TABLE).unwrap();
+    let table = aya::maps::Array::<_, V6Bucket>::try_from(map).unwrap();
+    (0..2 * V6_BUCKETS)
+        .filter(|i| table.get(i, 0).unwrap() != V6Bucket::EMPTY)
+        .collect()
+}
+
+/// An address inside the /48 whose first 64 bits are `key`.
+fn in_48(key: u64, host: u8) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[..8].copy_from_slice(&key.to_be_bytes());
+    a[15] = host;
+    a
+}
+
+fn list_of_48s(name: &str, keys: &[u64]) -> String {
+    let quoted: Vec<String> = keys
+        .iter()
+        .map(|&k| format!("\"{}/48\"", std::net::Ipv6Addr::from(in_48(k, 0))))
+        .collect();
+    format!(
+        "[[lists]]\nname = \"{name}\"\naction = \"deny\"\ncidrs = [{}]\n",
+        quoted.join(", ")
+    )
+}
+
+impl Fixture {
+    /// Applies `toml` as the next generation and checks the kernel's meta
+    /// carries the compiled table size and only its buckets are in the map.
+    fn reload(&mut self, toml: &str) {
+        let c = Config::load_str(toml, "next.toml", Path::new(".")).unwrap();
+        self.policy = CompiledPolicy::compile(&c, &[]).unwrap();
+        self.dp.apply(&self.policy).unwrap();
+        self.check_v6_table();
+    }
+
+    fn check_v6_table(&mut self) {
+        let bits = self.policy.v6_bucket_bits;
+        let (slot, meta) = live_meta(self);
+        assert_eq!(meta.v6_bucket_bits, bits, "the meta carries the size");
+        let base = slot * V6_BUCKETS;
+        let want: Vec<u32> = self.policy.v6_buckets.keys().map(|b| base + b).collect();
+        assert!(want.iter().all(|&i| i < base + (1 << bits)));
+        assert_eq!(
+            used_v6_buckets(self),
+            want,
+            "only the live generation's buckets, within its size"
+        );
+    }
+
+    /// Every listed /48 is denied by the kernel, and the /48 after each
+    /// (unlisted) is not.
+    fn deny_48s(&mut self, keys: &[u64]) {
+        for &k in keys {
+            self.expect(
+                &v6_frame(in_48(k, 7), NODE6, PROTO_UDP, &udp(1, 2, 0)),
+                Reason::DenyList,
+            );
+            let next = k + 0x1_0000;
+            if !keys.contains(&next) {
+                self.expect(
+                    &v6_frame(in_48(next, 7), NODE6, PROTO_UDP, &udp(1, 2, 0)),
+                    Reason::NoMatch,
+                );
+            }
+        }
+    }
+
+    /// The small lists of `POLICY`: a deny hit, an allow hit, a miss.
+    fn policy_hits_and_misses(&mut self) {
+        let v6 = |src| v6_frame(src, NODE6, PROTO_UDP, &udp(1, 2, 0));
+        self.expect(&v6(DENIED6), Reason::DenyList);
+        self.expect(&v6(EXCEPT6), Reason::AllowList);
+        self.expect(&v6(OTHER6), Reason::NoMatch);
+    }
+}
+
+#[test]
+fn the_ipv6_table_is_sized_per_generation_and_grows_again() {
+    // Generation 1: the small lists alone, in the smallest table.
+    let mut f = fixture("v6size", POLICY);
+    assert_eq!(f.policy.v6_bucket_bits, V6_MIN_BUCKET_BITS);
+    f.check_v6_table();
+    f.policy_hits_and_misses();
+
+    // Generation 2: 1,000 random /48s more (in fd01::/16 to fdff::/16,
+    // away from OTHER6) get 2^12 buckets.
+    let mut rng = Rng(0x0076_0051_2e00_0001);
+    let mut many = std::collections::BTreeSet::new();
+    while many.len() < 1000 {
+        let top16 = 0xfd01 + rng.below(0xff);
+        many.insert(top16 << 48 | rng.below(1 << 32) << 16);
+    }
+    let many: Vec<u64> = many.into_iter().collect();
+    let with_many = format!("{POLICY}\n{}", list_of_48s("many", &many));
+    f.reload(&with_many);
+    assert_eq!(f.policy.v6_bucket_bits, 12);
+    f.policy_hits_and_misses();
+    f.deny_48s(&many[..100]);
+
+    // Generation 3: back to the small lists; the larger generation's
+    // buckets are gone and its prefixes pass.
+    f.reload(POLICY);
+    assert_eq!(f.policy.v6_bucket_bits, V6_MIN_BUCKET_BITS);
+    f.policy_hits_and_misses();
+    for &k in &many[..20] {
+        f.expect(
+            &v6_frame(in_48(k, 7), NODE6, PROTO_UDP, &udp(1, 2, 0)),
+            Reason::NoMatch,
+        );
+    }
+
+    // Generation 4: a list that does not fit the size its count asks for
+    // (17 /48s with one home bucket there: 4 buckets of 4 slots hold 16),
+    // so the compiler grows the table.
+    let chosen = v6_bucket_bits_for(17 + 2);
+    let home = v6_bucket(0x2001_0db9_0000_0000, 48, chosen);
+    let crowd: Vec<u64> = (0u64..)
+        .map(|k| 0x2001_0db9_0000_0000 | k << 16)
+        .filter(|&k| v6_bucket(k, 48, chosen) == home)
+        .take(17)
+        .collect();
+    let with_crowd = format!("{POLICY}\n{}", list_of_48s("crowd", &crowd));
+    f.reload(&with_crowd);
+    assert!(f.policy.v6_bucket_bits > chosen, "grown");
+    f.policy_hits_and_misses();
+    f.deny_48s(&crowd);
+
+    // Generation 5: the 1,000 again, into the slot that held the smallest.
+    f.reload(&with_many);
+    assert_eq!(f.policy.v6_bucket_bits, 12);
+    f.policy_hits_and_misses();
+    f.deny_48s(&many);
+    assert_eq!(f.dp.generation().unwrap(), 5);
+}
+
+#[test]
+fn bits_an_older_agent_left_or_out_of_range_read_as_the_full_table() {
+    let mut f = fixture("v6bits", POLICY);
+    // What an agent before the size field writes: entries placed in 2^19
+    // buckets, 0 in the meta.
+    let mut wide = f.policy.clone();
+    wide.v6_buckets = f.policy.v6_table_at(V6_BUCKET_BITS).unwrap();
+    wide.v6_bucket_bits = 0;
+    f.dp.apply(&wide).unwrap();
+    assert_eq!(live_meta(&mut f).1.v6_bucket_bits, V6_BUCKET_BITS);
+    for bits in [0, V6_BUCKET_BITS + 1, 64, 200, u32::MAX, V6_BUCKET_BITS] {
+        set_live_bits(&mut f, bits);
+        f.policy_hits_and_misses();
+    }
+    // Back to a table at its own size.
+    let own = f.policy.clone();
+    f.dp.apply(&own).unwrap();
+    f.check_v6_table();
+    f.policy_hits_and_misses();
 }
 
 // ---- Limits and blocked sources ----

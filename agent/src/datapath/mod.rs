@@ -58,6 +58,12 @@ pub struct Datapath {
     slot_table: Option<Vec<(u32, u32)>>,
     /// Rule ids the live policy uses (0: unknown, as after a restart).
     rule_ids_in_use: usize,
+    /// This agent's programs are in the program arrays (`install`).
+    installed: bool,
+    /// The live generation's IPv6 bucket table was written at its full size
+    /// for an earlier agent's program, though the policy needs fewer
+    /// buckets (see `apply`).
+    v6_widened: bool,
 }
 
 impl Datapath {
@@ -139,6 +145,8 @@ impl Datapath {
             retired,
             slot_table: None,
             rule_ids_in_use: 0,
+            installed: false,
+            v6_widened: false,
         };
         if adopted {
             // A crash between writing and switching can leave a half-written
@@ -172,7 +180,9 @@ impl Datapath {
         array
             .set(PROG_INGRESS, &fd, 0)
             .map_err(|source| DatapathError::Install { map: name, source })?;
-        self.install_egress()
+        self.install_egress()?;
+        self.installed = true;
+        Ok(())
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -202,6 +212,15 @@ impl Datapath {
     /// The live policy generation (0 before the first apply).
     pub fn generation(&self) -> Result<u64> {
         tables::live_generation(&self.ebpf)
+    }
+
+    /// Whether the live generation's IPv6 bucket table was written at its
+    /// full size because an earlier agent's program could read it (an
+    /// adopted datapath before `install`): `compact_v6_table` writes it at
+    /// the size it needs, which costs a passed IPv6 packet less
+    /// (docs/design/map-layout.md, "Upgrades").
+    pub fn v6_table_widened(&self) -> bool {
+        self.v6_widened
     }
 
     pub fn attachments(&self) -> &[Attachment] {

@@ -12,11 +12,12 @@ use ipnetwork::IpNetwork;
 use tierguard_common::{
     maps::{
         CODE_ENTRY, CODE_LONGER, DirectBlock, DirectCode, LIST_V4_CAPACITY, LIST_V6_CAPACITY,
-        ListAction, ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK, V6_BUCKETS, V6_MAX_PROBES,
-        V6_SLOTS_PER_BUCKET, V6_TABLE_MAX_STRIDE, V6Bucket, V6Slot,
+        ListAction, ListEntry, V4_CODES_PER_SLOT, V4_DIRECT_PER_BLOCK, V6_BUCKET_BITS,
+        V6_MAX_PROBES, V6_MIN_BUCKET_BITS, V6_SLOTS_PER_BUCKET, V6_TABLE_MAX_STRIDE, V6Bucket,
+        V6Slot,
     },
     prefix::{
-        V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len,
+        V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len, v6_bits,
         v6_bucket, v6_probe, v6_table_find, v6_top64, wins,
     },
 };
@@ -58,6 +59,9 @@ pub struct CompiledPolicy {
     /// The entries of `v6` with strides up to /64, placed in the bucket table:
     /// non-empty buckets by index within a generation.
     pub v6_buckets: BTreeMap<u32, V6Bucket>,
+    /// `v6_buckets` has `2^v6_bucket_bits` buckets (`PolicyMeta::v6_bucket_bits`;
+    /// 0, as in `Default`, reads as `V6_BUCKET_BITS`).
+    pub v6_bucket_bits: u32,
     /// Entries of `v6` with strides longer than /64 (kept in `TG_LIST_V6`).
     pub v6_long: usize,
     pub v6_strides: u32,
@@ -184,13 +188,15 @@ impl CompiledPolicy {
             }
             IpAddr::V6(a) => {
                 let a = a.octets();
+                // As the kernel reads the generation's meta.
+                let bits = v6_bits(self.v6_bucket_bits);
                 (0..V6_STRIDES)
                     .rev()
                     .filter(|i| self.v6_strides & (1 << i) != 0)
                     .find_map(|i| {
                         let len = stride_len(i);
                         if len <= V6_TABLE_MAX_STRIDE {
-                            v6_table_find(v6_top64(&a, len), len, |b| self.v6_buckets.get(&b))
+                            v6_table_find(v6_top64(&a, len), len, bits, |b| self.v6_buckets.get(&b))
                         } else {
                             self.v6.get(&(len, mask(&a, len))).copied()
                         }
@@ -200,43 +206,42 @@ impl CompiledPolicy {
     }
 
     /// Places the entries of `v6` with strides up to /64 in the bucket table,
-    /// each in the first bucket of its probe sequence with a free slot.
-    /// Entries are placed in order of home bucket (then stride and address,
-    /// so equal policies give equal tables): a run of full buckets then holds
-    /// its entries sorted by home, the order that keeps the longest probe
-    /// distance smallest (as Robin Hood hashing does). In arbitrary order, a
-    /// million /48s did not fit within `V6_MAX_PROBES` buckets.
+    /// sized to them ([`v6_bucket_bits_for`]): a passed packet reads a
+    /// random bucket of the table, which for a small list then stays in
+    /// cache. Where the entries do not fit within `V6_MAX_PROBES` buckets at
+    /// that size (many hashing nearby), the table doubles until they do, up
+    /// to `V6_BUCKET_BITS`; past that the policy is refused.
     fn build_v6_table(&mut self) -> Result<(), String> {
-        let mut short: Vec<(u32, u8, [u8; 16], ListEntry)> = Vec::new();
-        for (&(len, addr), e) in &self.v6 {
-            if len <= V6_TABLE_MAX_STRIDE {
-                short.push((v6_bucket(v6_top64(&addr, len), len), len, addr, *e));
-            }
-        }
+        let short = self.v6_short();
         self.v6_long = self.v6.len() - short.len();
-        if short.is_empty() {
-            return Ok(());
-        }
-        let start = v6_run_start(short.iter().map(|s| s.0));
-        short.sort_unstable_by_key(|&(home, len, addr, _)| {
-            (home.wrapping_sub(start) & (V6_BUCKETS - 1), len, addr)
-        });
-        // Sparse: memory follows the policy, not the table's 32 MiB.
-        let mut table: HashMap<u32, V6Bucket> = HashMap::with_capacity(short.len());
-        for &(_, len, addr, e) in &short {
-            let key = v6_top64(&addr, len);
-            if !v6_place(&mut table, V6Slot::new(key, len, e)) {
-                return Err(format!(
-                    "IPv6 table too full: no free slot within {V6_MAX_PROBES} buckets for \
-                     {}/{len} ({} entries of /64 or shorter; {} slots)",
-                    std::net::Ipv6Addr::from(addr),
-                    short.len(),
-                    V6_BUCKETS as usize * V6_SLOTS_PER_BUCKET
-                ));
+        let mut bits = v6_bucket_bits_for(short.len());
+        loop {
+            match v6_table(&short, bits) {
+                Ok(table) => {
+                    self.v6_buckets = table;
+                    self.v6_bucket_bits = bits;
+                    return Ok(());
+                }
+                Err(_) if bits < V6_BUCKET_BITS => bits += 1,
+                Err(e) => return Err(e),
             }
         }
-        self.v6_buckets = table.into_iter().collect();
-        Ok(())
+    }
+
+    /// The entries of `v6` kept in the bucket table (strides up to /64).
+    fn v6_short(&self) -> Vec<(u8, [u8; 16], ListEntry)> {
+        self.v6
+            .iter()
+            .filter(|((len, _), _)| *len <= V6_TABLE_MAX_STRIDE)
+            .map(|(&(len, addr), &e)| (len, addr, e))
+            .collect()
+    }
+
+    /// This policy's bucket table placed in `2^bits` buckets instead of its
+    /// own `2^v6_bucket_bits`: for a generation that a program reading
+    /// another size may see (`Datapath::apply`).
+    pub fn v6_table_at(&self, bits: u32) -> Result<BTreeMap<u32, V6Bucket>, String> {
+        v6_table(&self.v6_short(), bits)
     }
 
     /// Paints prefixes of /24 or shorter into a /24-indexed table, shortest
@@ -320,12 +325,83 @@ fn upsert<K: std::hash::Hash + Eq>(table: &mut HashMap<K, ListEntry>, key: K, en
         .or_insert(entry);
 }
 
+/// Most entries per bucket, on average, a generation's IPv6 table is given:
+/// about what a million /48s have in the full table (1,000,000 / 2^19 =
+/// 1.9), a load that placement within `V6_MAX_PROBES` buckets meets
+/// (map-layout.md).
+pub const V6_ENTRIES_PER_BUCKET: usize = 2;
+/// Buckets per entry a small table is given, up to `V6_SPARSE_MAX_BITS`:
+/// lookups in a sparse table mostly read one bucket with at most one entry.
+/// With 1,000 /48s, 2^9 buckets (2 per bucket) cost a denied packet 65 to
+/// 68 ns over the empty program, 2^12 (1 per 4 buckets) 55 to 57 ns.
+pub const V6_SPARSE_BUCKETS_PER_ENTRY: usize = 4;
+/// Largest table (2^16 buckets, 4 MiB) made sparser than
+/// `V6_ENTRIES_PER_BUCKET` requires: past it, the memory a lookup reads from
+/// costs more than fuller buckets do (100,000 /48s: 70 to 79 ns denied at
+/// 2^16 buckets, 81 to 126 ns at 2^19).
+pub const V6_SPARSE_MAX_BITS: u32 = 16;
+
+/// Bucket bits for a table of `entries` entries, from `V6_MIN_BUCKET_BITS`
+/// to `V6_BUCKET_BITS`: `V6_SPARSE_BUCKETS_PER_ENTRY` buckets per entry
+/// while that is at most 2^`V6_SPARSE_MAX_BITS` buckets, and never more than
+/// `V6_ENTRIES_PER_BUCKET` entries per bucket.
+pub fn v6_bucket_bits_for(entries: usize) -> u32 {
+    let fewest = |fits: &dyn Fn(u32) -> bool| {
+        (V6_MIN_BUCKET_BITS..V6_BUCKET_BITS)
+            .find(|&b| fits(b))
+            .unwrap_or(V6_BUCKET_BITS)
+    };
+    let sparse = fewest(&|b| entries.saturating_mul(V6_SPARSE_BUCKETS_PER_ENTRY) <= 1 << b);
+    let loaded = fewest(&|b| entries <= V6_ENTRIES_PER_BUCKET << b);
+    sparse.min(V6_SPARSE_MAX_BITS).max(loaded)
+}
+
+/// Places `entries` (stride, masked address, entry) in a table of `2^bits`
+/// buckets, each in the first bucket of its probe sequence with a free slot.
+/// Entries are placed in order of home bucket (then stride and address, so
+/// equal policies give equal tables): a run of full buckets then holds its
+/// entries sorted by home, the order that keeps the longest probe distance
+/// smallest (as Robin Hood hashing does). In arbitrary order, a million /48s
+/// did not fit within `V6_MAX_PROBES` buckets.
+fn v6_table(
+    entries: &[(u8, [u8; 16], ListEntry)],
+    bits: u32,
+) -> Result<BTreeMap<u32, V6Bucket>, String> {
+    let mut short: Vec<(u32, u8, [u8; 16], ListEntry)> = entries
+        .iter()
+        .map(|&(len, addr, e)| (v6_bucket(v6_top64(&addr, len), len, bits), len, addr, e))
+        .collect();
+    if short.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let start = v6_run_start(short.iter().map(|s| s.0), bits);
+    let mask = (1u32 << bits) - 1;
+    short
+        .sort_unstable_by_key(|&(home, len, addr, _)| (home.wrapping_sub(start) & mask, len, addr));
+    // Sparse: memory follows the policy, not the table's size.
+    let mut table: HashMap<u32, V6Bucket> = HashMap::with_capacity(short.len());
+    for &(_, len, addr, e) in &short {
+        let key = v6_top64(&addr, len);
+        if !v6_place(&mut table, V6Slot::new(key, len, e), bits) {
+            return Err(format!(
+                "IPv6 table too full: no free slot within {V6_MAX_PROBES} buckets for \
+                 {}/{len} ({} entries of /64 or shorter; {} slots)",
+                std::net::Ipv6Addr::from(addr),
+                short.len(),
+                (1usize << bits) * V6_SLOTS_PER_BUCKET
+            ));
+        }
+    }
+    Ok(table.into_iter().collect())
+}
+
 /// A bucket where no run of full buckets wraps in from the one before, given
-/// the home buckets of all entries: placing from there, entries of a run that
-/// wraps around the end of the table are not placed after those of bucket 0.
-fn v6_run_start(homes: impl Iterator<Item = u32>) -> u32 {
+/// the home buckets of all entries in a table of `2^bits` buckets: placing
+/// from there, entries of a run that wraps around the end of the table are
+/// not placed after those of bucket 0.
+fn v6_run_start(homes: impl Iterator<Item = u32>, bits: u32) -> u32 {
     let per = V6_SLOTS_PER_BUCKET as u32;
-    let mut count = vec![0u32; V6_BUCKETS as usize];
+    let mut count = vec![0u32; 1 << bits];
     for h in homes {
         count[h as usize] += 1;
     }
@@ -336,7 +412,7 @@ fn v6_run_start(homes: impl Iterator<Item = u32>) -> u32 {
         for (b, &c) in count.iter().enumerate() {
             carry = (carry + c).saturating_sub(per);
             if round == 1 && carry == 0 {
-                return (b as u32 + 1) & (V6_BUCKETS - 1);
+                return (b as u32 + 1) & ((1 << bits) - 1);
             }
         }
     }
@@ -344,12 +420,14 @@ fn v6_run_start(homes: impl Iterator<Item = u32>) -> u32 {
 }
 
 /// Puts `slot` in the first free slot of its probe sequence in `table` (one
-/// generation's buckets); false if the `V6_MAX_PROBES` buckets are full.
-fn v6_place(table: &mut HashMap<u32, V6Bucket>, slot: V6Slot) -> bool {
-    let home = v6_bucket(slot.key, slot.len);
+/// generation's `2^bits` buckets); false if the `V6_MAX_PROBES` buckets are full.
+fn v6_place(table: &mut HashMap<u32, V6Bucket>, slot: V6Slot, bits: u32) -> bool {
+    let home = v6_bucket(slot.key, slot.len, bits);
     for p in 0..V6_MAX_PROBES {
         // A bucket added here has room, so it is filled: none stays empty.
-        let b = table.entry(v6_probe(home, p)).or_insert(V6Bucket::EMPTY);
+        let b = table
+            .entry(v6_probe(home, p, bits))
+            .or_insert(V6Bucket::EMPTY);
         if let Some(free) = b.slots.iter_mut().find(|s| s.len == 0) {
             *free = slot;
             return true;
@@ -593,11 +671,16 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
         // Every lookup in the bucket table agrees with the logical map.
         for (&(len, addr), e) in &p.v6 {
             if len <= V6_TABLE_MAX_STRIDE {
-                let got = v6_table_find(v6_top64(&addr, len), len, |b| p.v6_buckets.get(&b));
+                let got =
+                    v6_table_find(v6_top64(&addr, len), len, v6_bits(p.v6_bucket_bits), |b| {
+                        p.v6_buckets.get(&b)
+                    });
                 assert_eq!(got, Some(*e));
             }
         }
     }
+
+    const B: u32 = V6_BUCKET_BITS;
 
     #[test]
     fn placement_probes_neighbouring_buckets_and_reports_a_full_table() {
@@ -606,71 +689,193 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
             action: ListAction::Deny as u8,
             orig_len: 48,
         };
-        let mut table = HashMap::new();
-        // Keys that share a home bucket: search for 17 of them.
-        let home = v6_bucket(0, 48);
-        let keys: Vec<u64> = (0u64..)
-            .map(|k| k << 16)
-            .filter(|&k| v6_bucket(k, 48) == home)
-            .take(17)
-            .collect();
-        for (n, &k) in keys.iter().enumerate() {
-            let placed = v6_place(&mut table, V6Slot::new(k, 48, e));
-            assert_eq!(placed, n < 16, "entry {n}");
+        for bits in [V6_MIN_BUCKET_BITS, B] {
+            let mut table = HashMap::new();
+            // Keys that share a home bucket: search for 17 of them.
+            let home = v6_bucket(0, 48, bits);
+            let keys: Vec<u64> = (0u64..)
+                .map(|k| k << 16)
+                .filter(|&k| v6_bucket(k, 48, bits) == home)
+                .take(17)
+                .collect();
+            for (n, &k) in keys.iter().enumerate() {
+                let placed = v6_place(&mut table, V6Slot::new(k, 48, e), bits);
+                assert_eq!(placed, n < 16, "bits {bits}: entry {n}");
+            }
+            for p in 0..V6_MAX_PROBES {
+                let b = &table[&v6_probe(home, p, bits)];
+                assert!(b.slots.iter().all(|s| s.len == 48), "bucket {p} filled");
+            }
+            for &k in &keys[..16] {
+                let got = v6_table_find(k, 48, bits, |b| table.get(&b));
+                assert_eq!(got, Some(e));
+            }
+            assert_eq!(v6_table_find(keys[16], 48, bits, |b| table.get(&b)), None);
         }
-        for p in 0..V6_MAX_PROBES {
-            let b = &table[&v6_probe(home, p)];
-            assert!(b.slots.iter().all(|s| s.len == 48), "bucket {p} filled");
+    }
+
+    /// A policy of the given /`len` IPv6 keys (top 64 bits), all denied.
+    fn v6_policy(keys: impl IntoIterator<Item = u64>, len: u8) -> CompiledPolicy {
+        let mut p = CompiledPolicy::default();
+        let e = ListEntry {
+            list_id: 0,
+            action: ListAction::Deny as u8,
+            orig_len: len,
+        };
+        for k in keys {
+            let mut a = [0u8; 16];
+            a[..8].copy_from_slice(&k.to_be_bytes());
+            p.v6.insert((len, a), e);
         }
-        for &k in &keys[..16] {
-            let got = v6_table_find(k, 48, |b| table.get(&b));
-            assert_eq!(got, Some(e));
+        p.v6_strides = 1 << stride_bit(len);
+        p
+    }
+
+    /// Every entry of `p.v6` is found where the kernel would look.
+    fn all_found(p: &CompiledPolicy) {
+        for (&(len, addr), e) in &p.v6 {
+            let got = v6_table_find(v6_top64(&addr, len), len, v6_bits(p.v6_bucket_bits), |b| {
+                assert!(b < 1 << v6_bits(p.v6_bucket_bits));
+                p.v6_buckets.get(&b)
+            });
+            assert_eq!(got, Some(*e), "{}", std::net::Ipv6Addr::from(addr));
         }
-        assert_eq!(v6_table_find(keys[16], 48, |b| table.get(&b)), None);
     }
 
     #[test]
     fn placement_starts_where_no_run_wraps_around() {
         // 8 entries at home bucket NB-1 (4 spill into bucket 0), then 4 at
-        // each of buckets 0, 1 and 2. Placed from bucket 0 on, the last of
-        // NB-1's would need a fifth bucket; placed from NB-1, all fit.
-        let want = [(V6_BUCKETS - 1, 8), (0, 4), (1, 4), (2, 4)];
+        // each of buckets 0, 1 and 2, in the smallest table. Placed from
+        // bucket 0 on, the last of NB-1's would need a fifth bucket; placed
+        // from NB-1, all fit at this size.
+        let bits = V6_MIN_BUCKET_BITS;
+        let want = [((1 << bits) - 1, 8), (0, 4), (1, 4), (2, 4)];
         let mut have = [0; 4];
-        let mut p = CompiledPolicy::default();
-        let e = ListEntry {
-            list_id: 0,
-            action: ListAction::Deny as u8,
-            orig_len: 64,
-        };
+        let mut keys = Vec::new();
         let mut k = 0u64;
         while have != [8, 4, 4, 4] {
             k += 1;
-            let home = v6_bucket(k, 64);
+            let home = v6_bucket(k, 64, bits);
             if let Some(i) = want.iter().position(|w| w.0 == home)
                 && have[i] < want[i].1
             {
                 have[i] += 1;
-                let mut a = [0u8; 16];
-                a[..8].copy_from_slice(&k.to_be_bytes());
-                p.v6.insert((64, a), e);
+                keys.push(k);
             }
         }
-        p.v6_strides = 1 << stride_bit(64);
-        p.build_v6_table().unwrap();
-        for (&(len, addr), e) in &p.v6 {
-            let got = v6_table_find(v6_top64(&addr, len), len, |b| p.v6_buckets.get(&b));
-            assert_eq!(got, Some(*e));
-        }
+        let mut p = v6_policy(keys, 64);
+        p.v6_buckets = v6_table(&p.v6_short(), bits).unwrap();
+        p.v6_bucket_bits = bits;
+        all_found(&p);
         assert_eq!(p.v6_buckets.len(), 5, "buckets NB-1 and 0 to 3");
     }
 
     #[test]
+    fn the_ipv6_table_is_sized_to_its_entries() {
+        assert_eq!(v6_bucket_bits_for(0), V6_MIN_BUCKET_BITS);
+        assert_eq!(v6_bucket_bits_for(1), V6_MIN_BUCKET_BITS);
+        assert_eq!(v6_bucket_bits_for(16), 6, "4 buckets per entry in 64");
+        assert_eq!(v6_bucket_bits_for(17), 7);
+        assert_eq!(v6_bucket_bits_for(1_000), 12);
+        assert_eq!(v6_bucket_bits_for(16_384), 16);
+        assert_eq!(v6_bucket_bits_for(16_385), 16, "sparse only up to 2^16");
+        assert_eq!(v6_bucket_bits_for(131_072), 16, "2 per bucket in 2^16");
+        assert_eq!(v6_bucket_bits_for(131_073), 17);
+        assert_eq!(v6_bucket_bits_for(100_000), 16);
+        assert_eq!(
+            v6_bucket_bits_for(1_000_000),
+            V6_BUCKET_BITS,
+            "the largest case keeps the full table"
+        );
+        assert_eq!(v6_bucket_bits_for(5_000_000), V6_BUCKET_BITS);
+
+        // One prefix, through the compiler: the smallest table.
+        let p =
+            compile("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"2001:db8::/48\"]\n");
+        assert_eq!(p.v6_bucket_bits, V6_MIN_BUCKET_BITS);
+        assert_eq!(p.v6_buckets.len(), 1);
+        assert!(p.v6_buckets.keys().all(|&b| b < 1 << V6_MIN_BUCKET_BITS));
+        assert!(
+            p.lookup_source("2001:db8:0:1::1".parse().unwrap())
+                .is_some()
+        );
+        assert!(p.lookup_source("2001:db8:1::1".parse().unwrap()).is_none());
+
+        // 1k and 100k random /48s.
+        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut random48 = move || {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            x & !0xffff
+        };
+        for (n, bits) in [(1_000, 12), (100_000, 16)] {
+            let mut p = v6_policy((0..n).map(|_| random48()), 48);
+            assert_eq!(p.v6.len(), n);
+            p.build_v6_table().unwrap();
+            assert_eq!(p.v6_bucket_bits, bits, "{n} entries");
+            assert!(p.v6_buckets.keys().all(|&b| b < 1 << bits));
+            all_found(&p);
+        }
+    }
+
+    #[test]
+    fn an_ipv6_table_too_full_at_its_size_grows() {
+        // 17 /48s with one home bucket in the table their number asks for
+        // cannot be placed within 4 buckets of 4 there; with one more bit
+        // they split in two.
+        let chosen = v6_bucket_bits_for(17);
+        let home = v6_bucket(0x2001_0000_0000_0000, 48, chosen);
+        let keys: Vec<u64> = (0u64..)
+            .map(|k| 0x2001_0000_0000_0000u64 | (k << 16))
+            .filter(|&k| v6_bucket(k, 48, chosen) == home)
+            .take(17)
+            .collect();
+        let mut p = v6_policy(keys.iter().copied(), 48);
+        assert!(v6_table(&p.v6_short(), chosen).is_err());
+        p.build_v6_table().unwrap();
+        assert!(p.v6_bucket_bits > chosen, "grown");
+        assert!(p.v6_bucket_bits < V6_BUCKET_BITS);
+        all_found(&p);
+        // The same through the compiler, with a miss next to the hits.
+        let nets: Vec<String> = keys
+            .iter()
+            .map(|&k| {
+                let mut a = [0u8; 16];
+                a[..8].copy_from_slice(&k.to_be_bytes());
+                format!("\"{}/48\"", std::net::Ipv6Addr::from(a))
+            })
+            .collect();
+        let q = compile(&format!(
+            "[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [{}]\n",
+            nets.join(", ")
+        ));
+        assert_eq!(q.v6_bucket_bits, p.v6_bucket_bits);
+        for &k in &keys {
+            let mut a = [0u8; 16];
+            a[..8].copy_from_slice(&(k | 0x1).to_be_bytes());
+            assert!(q.lookup_source(IpAddr::from(a)).is_some());
+            a[..8].copy_from_slice(&(k + 0x1_0000).to_be_bytes());
+            if !keys.contains(&(k + 0x1_0000)) {
+                assert!(q.lookup_source(IpAddr::from(a)).is_none());
+            }
+        }
+        // Placed again at the full size (as for a program that reads only
+        // that), every entry is found there.
+        let mut wide = p.clone();
+        wide.v6_buckets = p.v6_table_at(V6_BUCKET_BITS).unwrap();
+        wide.v6_bucket_bits = 0;
+        all_found(&wide);
+    }
+
+    #[test]
     fn a_full_ipv6_table_is_a_config_error() {
-        // 17 /48s with the same home bucket cannot be placed in 4 buckets of 4.
-        let home = v6_bucket(0x2001_0000_0000_0000, 48);
+        // 17 /48s with the same home bucket in the full table (and so at
+        // every size) cannot be placed in 4 buckets of 4.
+        let home = v6_bucket(0x2001_0000_0000_0000, 48, B);
         let nets: Vec<String> = (0u64..)
             .map(|k| 0x2001_0000_0000_0000u64 | (k << 16))
-            .filter(|&k| v6_bucket(k, 48) == home)
+            .filter(|&k| v6_bucket(k, 48, B) == home)
             .take(17)
             .map(|k| {
                 let mut a = [0u8; 16];
@@ -685,6 +890,10 @@ cidrs = ["2001:db8:0:1::/72", "2001:db8:0:1::4/127", "::/0"]
         let c = Config::load_str(&text, "t.toml", Path::new(".")).unwrap();
         let err = CompiledPolicy::compile(&c, &[]).unwrap_err().to_string();
         assert!(err.contains("IPv6 table too full"), "{err}");
+        assert!(
+            err.contains("2097152 slots"),
+            "tried up to the full size: {err}"
+        );
         // 16 fit.
         let text = text.replacen(&format!("{}, ", nets[16]), "", 1);
         let text = text.replacen(&format!(", {}", nets[16]), "", 1);

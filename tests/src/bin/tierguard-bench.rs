@@ -570,7 +570,8 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
 - IPv4: prefixes of /24 or shorter live in a direct table (one byte per /24, one cache line per lookup);\n  \
   longer ones in a /32 hash read only for /24s that hold them. IPv6: per prefix-length stride in use\n  \
   (multiples of 8 bits), strides up to /64 probe a bucketised table (64-byte buckets, usually one\n  \
-  cache line), longer strides one hash probe. See docs/design/map-layout.md.\n\
+  cache line) sized per generation to its entries (2^12 buckets for 1k /48s, 2^16 for 100k, the full\n  \
+  2^19 for 1M), longer strides one hash probe. See docs/design/map-layout.md.\n\
 - In production the dispatcher adds one tail call in front of the ingress program.\n\n\
 Reproduce: `cargo xtask bench` as root (it builds the agent binary, then runs `cargo run --release -p tierguard-tests --bin tierguard-bench -- --write docs/benchmarks.md`).\n\
 Numbers vary with the machine and its load; compare rows from the same run. The rows that walk large \
