@@ -15,19 +15,18 @@ static BENCH_SOURCES: Array<[u8; 16]> = Array::with_max_entries(BENCH_SOURCES_CA
 #[map(name = "TG_BENCH_CURSOR")]
 static BENCH_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 
+/// The next source of the rotation; `None` only if a map cannot be read
+/// (never, for arrays in range), and then the caller passes the packet
+/// untouched: a made-up address would be a second path through the whole
+/// program for the verifier to walk.
 #[inline(always)]
-pub fn next_source() -> [u8; 16] {
-    let Some(cursor) = BENCH_CURSOR.get_ptr_mut(0) else {
-        return [0; 16];
-    };
+pub fn next_source() -> Option<[u8; 16]> {
+    let cursor = BENCH_CURSOR.get_ptr_mut(0)?;
     // SAFETY: per-CPU value, no concurrent writer on this CPU.
     let i = unsafe {
         let i = *cursor;
         *cursor = i.wrapping_add(1);
         i
     };
-    match BENCH_SOURCES.get(i % BENCH_SOURCES_CAPACITY) {
-        Some(s) => *s,
-        None => [0; 16],
-    }
+    BENCH_SOURCES.get(i % BENCH_SOURCES_CAPACITY).copied()
 }

@@ -190,7 +190,9 @@ fn decide_packet(
 #[xdp]
 pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let src = bench::next_source();
+    let Some(src) = bench::next_source() else {
+        return xdp_action::XDP_PASS;
+    };
     match enforce_with(
         &ctx,
         &PacketBytes::xdp(&ctx),
@@ -206,7 +208,9 @@ pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
 /// Benchmark only: the same rotation, then pass. Subtracted from the above.
 #[xdp]
 pub fn tierguard_bench_baseline(_ctx: XdpContext) -> u32 {
-    let src = bench::next_source();
+    let Some(src) = bench::next_source() else {
+        return xdp_action::XDP_PASS;
+    };
     // Depend on the value so the rotation is not optimised away.
     if src[0] == 0xff && src[15] == 0xfe {
         return xdp_action::XDP_DROP;
@@ -226,7 +230,9 @@ pub fn tierguard_baseline(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn tierguard_bench_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    let dst = bench::next_source();
+    let Some(dst) = bench::next_source() else {
+        return TC_ACT_UNSPEC;
+    };
     match enforce_with(
         &ctx,
         &PacketBytes::tc(&ctx),
@@ -242,7 +248,9 @@ pub fn tierguard_bench_egress(ctx: TcContext) -> i32 {
 /// Benchmark only: the rotation alone on TC. Subtracted from the above.
 #[classifier]
 pub fn tierguard_bench_egress_baseline(_ctx: TcContext) -> i32 {
-    let dst = bench::next_source();
+    let Some(dst) = bench::next_source() else {
+        return TC_ACT_UNSPEC;
+    };
     if dst[0] == 0xff && dst[15] == 0xfe {
         return TC_ACT_SHOT as i32;
     }
