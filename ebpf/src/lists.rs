@@ -26,7 +26,23 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
     if p.family == 4 {
         return lookup_v4(slot, p);
     }
-    let packed = lookup_v6_packed(slot, p);
+    unpack(lookup_v6_packed(slot, p))
+}
+
+/// An optional entry in a register: bit 32 set if found, the entry below.
+#[inline(always)]
+fn pack(e: Option<ListEntry>) -> u64 {
+    match e {
+        Some(e) => {
+            let id = e.list_id.to_ne_bytes();
+            (1 << 32) | u64::from(u32::from_ne_bytes([id[0], id[1], e.action, e.orig_len]))
+        }
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn unpack(packed: u64) -> Option<ListEntry> {
     if packed >> 32 == 0 {
         return None;
     }
@@ -45,13 +61,30 @@ pub fn lookup_source(slot: u8, p: &Packet) -> Option<ListEntry> {
 /// register: an `Option` return was compiled into code the verifier refuses.
 #[inline(never)]
 fn lookup_v6_packed(slot: u8, p: &Packet) -> u64 {
-    match lookup_v6(slot, p) {
-        Some(e) => {
-            let id = e.list_id.to_ne_bytes();
-            (1 << 32) | u64::from(u32::from_ne_bytes([id[0], id[1], e.action, e.orig_len]))
+    pack(lookup_v6(slot, p))
+}
+
+/// The strides longer than /64 in use, longest first, in the hash map.
+#[inline(always)]
+fn lookup_v6_long(slot: u8, strides: u32, p: &Packet) -> u64 {
+    let mut i = V6_STRIDES;
+    while i > TABLE_STRIDES {
+        i -= 1;
+        if strides & (1 << i) != 0 {
+            let len = stride_len(i);
+            let key = PrefixKeyV6 {
+                slot,
+                len,
+                _pad: [0; 2],
+                addr: mask(&p.src, len),
+            };
+            // SAFETY: the value is copied out before the map can change it.
+            if let Some(e) = unsafe { LIST_V6.get(&key) } {
+                return pack(Some(*e));
+            }
         }
-        None => 0,
     }
+    0
 }
 
 #[inline(always)]
@@ -81,27 +114,22 @@ fn lookup_v4(slot: u8, p: &Packet) -> Option<ListEntry> {
     })
 }
 
+/// Stride bits (in `PolicyMeta::v6_strides`) kept in the bucket table; the
+/// ones above are in the hash map.
+const TABLE_STRIDES: u32 = stride_bit(V6_TABLE_MAX_STRIDE) + 1;
+
 #[inline(always)]
 fn lookup_v6(slot: u8, p: &Packet) -> Option<ListEntry> {
     let meta = policy_meta(slot);
-    let mut i = V6_STRIDES;
-    let table_strides = stride_bit(V6_TABLE_MAX_STRIDE) + 1;
-    while i > table_strides {
-        i -= 1;
-        if meta.v6_strides & (1 << i) != 0 {
-            let len = stride_len(i);
-            let key = PrefixKeyV6 {
-                slot,
-                len,
-                _pad: [0; 2],
-                addr: mask(&p.src, len),
-            };
-            // SAFETY: as above.
-            if let Some(e) = unsafe { LIST_V6.get(&key) } {
-                return Some(*e);
-            }
-        }
+    // Prefixes longer than /64 are rare in lists: their lookup (which
+    // copies the whole address to mask it) runs only when some generation
+    // holds them.
+    if meta.v6_strides >> TABLE_STRIDES != 0
+        && let Some(e) = unpack(lookup_v6_long(slot, meta.v6_strides, p))
+    {
+        return Some(e);
     }
+    let mut i = TABLE_STRIDES;
     let top = v6_top(&p.src);
     let base = u32::from(slot) * V6_BUCKETS;
     // The generation uses the first 2^bits buckets of its slot (a small list
