@@ -171,7 +171,7 @@ pub fn set_entry<'a>(
 ) -> PortEntry {
     let mut i = 0;
     while i < SET_MAX_LINES {
-        let Some(s) = line(first + i) else {
+        let Some(s) = line(first.wrapping_add(i)) else {
             return 0;
         };
         let code = s.find(port);
