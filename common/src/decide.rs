@@ -75,9 +75,8 @@ pub trait Tables {
     /// Entry `class` (`class_index`) of pair record `record`: 0, a port
     /// table (`PAIR_TABLE | t`) or a port set's first line plus one.
     fn pair_entry(&self, record: u16, class: usize) -> u32;
-    /// The entry for `port` in the port set starting at line `first`
-    /// (`set_entry` over the port-set lines).
-    fn port_set_entry(&self, first: u32, port: u16) -> PortEntry;
+    /// Line `line` of the generation's port sets.
+    fn port_set(&self, line: u32) -> Option<&PortSet>;
     /// Entry `hi` of port table `table`.
     fn port_table(&self, table: u32, hi: u8) -> PortEntry;
     /// Entry `lo` of port block `block`.
@@ -158,7 +157,7 @@ pub fn rule_entry<T: Tables + ?Sized>(
             e
         };
     }
-    t.port_set_entry(e - 1, port)
+    set_entry(e - 1, port, |line| t.port_set(line))
 }
 
 /// The code of the run holding `port` in the port set starting at line
@@ -323,8 +322,8 @@ mod tests {
         fn pair_entry(&self, _: u16, _: usize) -> u32 {
             0
         }
-        fn port_set_entry(&self, _: u32, _: u16) -> PortEntry {
-            0
+        fn port_set(&self, _: u32) -> Option<&PortSet> {
+            None
         }
         fn port_table(&self, _: u32, _: u8) -> PortEntry {
             0

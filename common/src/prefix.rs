@@ -231,6 +231,29 @@ pub fn v6_table_find<'a>(
     None
 }
 
+/// Puts `slot` in the first free slot of its probe sequence in `table` (one
+/// generation's `2^bits` buckets), as [`v6_table_find`] will look for it;
+/// false if the `V6_MAX_PROBES` buckets are full. The agent's placement.
+#[cfg(not(target_arch = "bpf"))]
+pub fn v6_place(
+    table: &mut std::collections::HashMap<u32, V6Bucket>,
+    slot: crate::maps::V6Slot,
+    bits: u32,
+) -> bool {
+    let home = v6_bucket(slot.key, slot.len, bits);
+    for p in 0..V6_MAX_PROBES {
+        // A bucket added here has room, so it is filled: none stays empty.
+        let b = table
+            .entry(v6_probe(home, p, bits))
+            .or_insert(V6Bucket::EMPTY);
+        if let Some(free) = b.slots.iter_mut().find(|s| s.len == 0) {
+            *free = slot;
+            return true;
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,26 +418,6 @@ mod tests {
         }
     }
 
-    /// Places `slot` as the agent does: first bucket with room among the
-    /// first `V6_MAX_PROBES` of its sequence.
-    fn insert(
-        table: &mut std::collections::HashMap<u32, V6Bucket>,
-        slot: crate::maps::V6Slot,
-        bits: u32,
-    ) -> bool {
-        let home = v6_bucket(slot.key, slot.len, bits);
-        for p in 0..V6_MAX_PROBES {
-            let b = table
-                .entry(v6_probe(home, p, bits))
-                .or_insert(V6Bucket::EMPTY);
-            if let Some(free) = b.slots.iter_mut().find(|s| s.len == 0) {
-                *free = slot;
-                return true;
-            }
-        }
-        false
-    }
-
     #[test]
     fn v6_find_after_insert_at_several_sizes() {
         use crate::maps::V6Slot;
@@ -433,7 +436,7 @@ mod tests {
             for i in 0..n {
                 let key = next();
                 let e = entry(i as u16, ListAction::Deny, 48);
-                if insert(&mut table, V6Slot::new(key, 48, e), bits) {
+                if v6_place(&mut table, V6Slot::new(key, 48, e), bits) {
                     placed.push((key, e));
                 }
             }
@@ -475,7 +478,7 @@ mod tests {
         let mut table = std::collections::HashMap::new();
         for (i, &k) in keys.iter().enumerate() {
             let slot = V6Slot::new(k, 48, entry(i as u16, ListAction::Allow, 48));
-            assert!(insert(&mut table, slot, BITS));
+            assert!(v6_place(&mut table, slot, BITS));
         }
         assert_eq!(table.len(), 2);
         assert_eq!(table[&0].slots[0].key, keys[4], "wrapped to bucket 0");

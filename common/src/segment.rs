@@ -53,7 +53,7 @@ impl ZoneBlock {
 pub const PAIR_LINE: u32 = 32;
 /// Matrix lines per generation: `MAX_ZONES × MAX_ZONES / PAIR_LINE`.
 pub const PAIR_LINES_PER_SLOT: u32 = MAX_ZONES * MAX_ZONES / PAIR_LINE;
-/// Pair records per generation (`TG_PAIR_CLASSES`), id 0 unused. Pairs
+/// Pair records per generation (`TG_PAIR_RECORDS`), id 0 unused. Pairs
 /// with the same entries share a record.
 pub const PAIR_RECORDS_PER_SLOT: u32 = 65_536;
 /// Port-set lines per generation (`TG_PORT_SETS`).

@@ -66,7 +66,7 @@ fn lookup_v6_packed(slot: u8, p: &Packet) -> u64 {
 
 /// The strides longer than /64 in use, longest first, in the hash map.
 #[inline(always)]
-fn lookup_v6_long(slot: u8, strides: u32, p: &Packet) -> u64 {
+fn lookup_v6_long(slot: u8, strides: u32, p: &Packet) -> Option<ListEntry> {
     let mut i = V6_STRIDES;
     while i > TABLE_STRIDES {
         i -= 1;
@@ -80,11 +80,11 @@ fn lookup_v6_long(slot: u8, strides: u32, p: &Packet) -> u64 {
             };
             // SAFETY: the value is copied out before the map can change it.
             if let Some(e) = unsafe { LIST_V6.get(&key) } {
-                return pack(Some(*e));
+                return Some(*e);
             }
         }
     }
-    0
+    None
 }
 
 #[inline(always)]
@@ -125,7 +125,7 @@ fn lookup_v6(slot: u8, p: &Packet) -> Option<ListEntry> {
     // copies the whole address to mask it) runs only when some generation
     // holds them.
     if meta.v6_strides >> TABLE_STRIDES != 0
-        && let Some(e) = unpack(lookup_v6_long(slot, meta.v6_strides, p))
+        && let Some(e) = lookup_v6_long(slot, meta.v6_strides, p)
     {
         return Some(e);
     }

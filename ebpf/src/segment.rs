@@ -7,17 +7,17 @@ use aya_ebpf::{
 };
 use tierguard_common::{
     Reason,
-    decide::{Decision, NO_ID, Tables, classify, set_entry},
+    decide::{Decision, NO_ID, Tables, classify},
     limiter::LimitOutcome,
     maps::{Counter, Direction, ListEntry},
     packet::Packet,
     segment::{
         FLOW_CLOSING, FLOW_STAT_CREATED, FLOW_STAT_INSERT_FAILED, FLOW_STAT_REPLIES, FlowKey,
         FlowValue, PAIR_CLASSES, PAIR_RECORDS_PER_SLOT, PORT_BLOCKS_PER_SLOT,
-        PORT_SET_LINES_PER_SLOT, PORT_TABLES_PER_SLOT, PortEntry, SEG_ENABLED, SegMeta, SlotAddrV4,
-        SlotAddrV6, ZONE_L1_BLOCK, ZONE_LONGER, ZONE_V4_BLOCKS_PER_SLOT, ZONE_V4_L1_SIZE,
-        ZONE_WORLD, closes_flow, flow_alive, flow_key, opens_flow, pair_position, trie_prefix_len,
-        zone_pair_index,
+        PORT_SET_LINES_PER_SLOT, PORT_TABLES_PER_SLOT, PortEntry, PortSet, SEG_ENABLED, SegMeta,
+        SlotAddrV4, SlotAddrV6, ZONE_L1_BLOCK, ZONE_LONGER, ZONE_V4_BLOCKS_PER_SLOT,
+        ZONE_V4_L1_SIZE, ZONE_WORLD, closes_flow, flow_alive, flow_key, opens_flow, pair_position,
+        trie_prefix_len, zone_pair_index,
     },
 };
 
@@ -180,8 +180,11 @@ impl Tables for KernelTables {
     }
 
     #[inline(always)]
-    fn port_set_entry(&self, first: u32, port: u16) -> PortEntry {
-        port_set_entry(self.slot, first, port)
+    fn port_set(&self, line: u32) -> Option<&PortSet> {
+        if line >= PORT_SET_LINES_PER_SLOT {
+            return None;
+        }
+        PORT_SETS.get(u32::from(self.slot) * PORT_SET_LINES_PER_SLOT + line)
     }
 
     #[inline(always)]
@@ -257,17 +260,6 @@ fn classify_packed(slot: u8, p: &Packet) -> u64 {
     };
     let (src, dst, entry) = classify(&t, p);
     (u64::from(src) << 48) | (u64::from(dst) << 32) | u64::from(entry)
-}
-
-#[inline(always)]
-fn port_set_entry(slot: u8, first: u32, port: u16) -> PortEntry {
-    let base = u32::from(slot) * PORT_SET_LINES_PER_SLOT;
-    set_entry(first, port, |line| {
-        if line >= PORT_SET_LINES_PER_SLOT {
-            return None;
-        }
-        PORT_SETS.get(base + line)
-    })
 }
 
 #[inline(always)]

@@ -223,41 +223,31 @@ pub(super) fn delete(ebpf: &mut Ebpf, w: &WrittenSegmentation) {
     if let Ok(mut t) = trie::<SlotAddrV6, u32>(ebpf, names::FAILSAFE_V6) {
         w.failsafe_v6.iter().for_each(|k| drop(t.remove(k)));
     }
-    if let Ok(mut a) = array::<u32>(ebpf, names::ZONE_V4_L1) {
-        w.zone_l1.iter().for_each(|i| drop(a.set(*i, 0, 0)));
-    }
-    if let Ok(mut a) = array::<ZoneBlock>(ebpf, names::ZONE_V4_BLOCKS) {
-        w.zone_blocks
-            .iter()
-            .for_each(|i| drop(a.set(*i, ZoneBlock::EMPTY, 0)));
-    }
-    if let Ok(mut a) = array::<u32>(ebpf, names::FAILSAFE_PORTS) {
-        w.failsafe_ports.iter().for_each(|i| drop(a.set(*i, 0, 0)));
-    }
-    if let Ok(mut a) = array::<PortTable>(ebpf, names::PORT_TABLES) {
-        w.port_tables
-            .iter()
-            .for_each(|i| drop(a.set(*i, PortTable::EMPTY, 0)));
-    }
-    if let Ok(mut a) = array::<PortTable>(ebpf, names::PORT_BLOCKS) {
-        w.port_blocks
-            .iter()
-            .for_each(|i| drop(a.set(*i, PortTable::EMPTY, 0)));
-    }
-    if let Ok(mut a) = array::<PairLine>(ebpf, names::PAIR_MATRIX) {
-        w.pair_lines
-            .iter()
-            .for_each(|i| drop(a.set(*i, PairLine::EMPTY, 0)));
-    }
-    if let Ok(mut a) = array::<PairClasses>(ebpf, names::PAIR_RECORDS) {
-        w.pair_records
-            .iter()
-            .for_each(|i| drop(a.set(*i, PairClasses::default(), 0)));
-    }
-    if let Ok(mut a) = array::<PortSet>(ebpf, names::PORT_SETS) {
-        w.port_sets
-            .iter()
-            .for_each(|i| drop(a.set(*i, PortSet::EMPTY, 0)));
+    clear_array(ebpf, names::ZONE_V4_L1, &w.zone_l1, 0u32);
+    clear_array(
+        ebpf,
+        names::ZONE_V4_BLOCKS,
+        &w.zone_blocks,
+        ZoneBlock::EMPTY,
+    );
+    clear_array(ebpf, names::FAILSAFE_PORTS, &w.failsafe_ports, 0u32);
+    clear_array(ebpf, names::PORT_TABLES, &w.port_tables, PortTable::EMPTY);
+    clear_array(ebpf, names::PORT_BLOCKS, &w.port_blocks, PortTable::EMPTY);
+    clear_array(ebpf, names::PAIR_MATRIX, &w.pair_lines, PairLine::EMPTY);
+    clear_array(
+        ebpf,
+        names::PAIR_RECORDS,
+        &w.pair_records,
+        PairClasses::default(),
+    );
+    clear_array(ebpf, names::PORT_SETS, &w.port_sets, PortSet::EMPTY);
+}
+
+/// Sets the `indexes` of array `name` back to `empty`; best effort, as
+/// `delete`.
+fn clear_array<T: aya::Pod>(ebpf: &mut Ebpf, name: &'static str, indexes: &[u32], empty: T) {
+    if let Ok(mut a) = array::<T>(ebpf, name) {
+        indexes.iter().for_each(|i| drop(a.set(*i, empty, 0)));
     }
 }
 

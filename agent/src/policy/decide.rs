@@ -11,7 +11,7 @@ use tierguard_common::{
     maps::{Direction, ListEntry},
     packet::Packet,
     reason::Reason,
-    segment::{FlowKey, PortEntry},
+    segment::{FlowKey, PortEntry, PortSet},
 };
 
 use super::CompiledPolicy;
@@ -56,9 +56,8 @@ impl Tables for UserTables<'_> {
         self.0.segmentation.pair_entry(record, class)
     }
 
-    fn port_set_entry(&self, first: u32, port: u16) -> PortEntry {
-        let sets = &self.0.segmentation.port_sets;
-        decide::set_entry(first, port, |i| sets.get(i as usize))
+    fn port_set(&self, line: u32) -> Option<&PortSet> {
+        self.0.segmentation.port_sets.get(line as usize)
     }
 
     fn port_table(&self, table: u32, hi: u8) -> PortEntry {

@@ -18,7 +18,7 @@ use tierguard_common::{
     },
     prefix::{
         V6_STRIDES, expand, mask, resolve_v4, slash24, stride_bit, stride_for, stride_len, v6_bits,
-        v6_bucket, v6_probe, v6_table_find, v6_top64, wins,
+        v6_bucket, v6_place, v6_table_find, v6_top64, wins,
     },
 };
 
@@ -419,23 +419,6 @@ fn v6_run_start(homes: impl Iterator<Item = u32>, bits: u32) -> u32 {
     0
 }
 
-/// Puts `slot` in the first free slot of its probe sequence in `table` (one
-/// generation's `2^bits` buckets); false if the `V6_MAX_PROBES` buckets are full.
-fn v6_place(table: &mut HashMap<u32, V6Bucket>, slot: V6Slot, bits: u32) -> bool {
-    let home = v6_bucket(slot.key, slot.len, bits);
-    for p in 0..V6_MAX_PROBES {
-        // A bucket added here has room, so it is filled: none stays empty.
-        let b = table
-            .entry(v6_probe(home, p, bits))
-            .or_insert(V6Bucket::EMPTY);
-        if let Some(free) = b.slots.iter_mut().find(|s| s.len == 0) {
-            *free = slot;
-            return true;
-        }
-    }
-    false
-}
-
 /// FNV-1a over a canonical rendering of what is enforced: equal policies hash
 /// equal whatever their comments, order of keys or list files. The node's
 /// own addresses are left out, so one policy has one hash on every node.
@@ -516,6 +499,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
+    use tierguard_common::prefix::v6_probe;
 
     fn compile(text: &str) -> CompiledPolicy {
         let c = Config::load_str(text, "t.toml", Path::new(".")).unwrap();

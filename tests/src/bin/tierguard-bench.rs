@@ -496,22 +496,19 @@ fn render(rows: &[Row], loads: &[(Family, usize, Duration, Duration)]) -> String
         }
     }
     for r in rows {
-        let extra = r.denied_events - r.denied;
-        let _ = writeln!(
-            s,
-            "| {} with {} prefixes: denied with events on and sampling saying no within 10 ns of events off | {extra:+.1} ns | {} |",
-            r.family.name(),
-            r.prefixes,
-            yes(extra <= 10.0)
-        );
-        let held = r.denied_source_held - r.denied;
-        let _ = writeln!(
-            s,
-            "| {} with {} prefixes: denied with events on and a source's budget saying no within 10 ns of events off | {held:+.1} ns | {} |",
-            r.family.name(),
-            r.prefixes,
-            yes(held <= 10.0)
-        );
+        for (what, cost) in [
+            ("sampling saying no", r.denied_events),
+            ("a source's budget saying no", r.denied_source_held),
+        ] {
+            let extra = cost - r.denied;
+            let _ = writeln!(
+                s,
+                "| {} with {} prefixes: denied with events on and {what} within 10 ns of events off | {extra:+.1} ns | {} |",
+                r.family.name(),
+                r.prefixes,
+                yes(extra <= 10.0)
+            );
+        }
     }
     for family in [Family::V4, Family::V6] {
         let at = |n: usize| rows.iter().find(|r| r.family == family && r.prefixes == n);
