@@ -260,6 +260,9 @@ pub struct V6Slot {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<V6Slot>() == 16);
+// `V6Slot::tail` reads the fields after `key` as one little-endian word, as
+// the kernel (bpfel) and the agent on the same node both do.
+const _: () = assert!(cfg!(target_endian = "little"));
 
 impl V6Slot {
     pub const EMPTY: V6Slot = V6Slot {
@@ -279,6 +282,26 @@ impl V6Slot {
             list_id: e.list_id,
             orig_len: e.orig_len,
             _pad: [0; 3],
+        }
+    }
+
+    /// The slot's second word, `len` in its low byte, then `action`,
+    /// `list_id` and `orig_len` (see [`V6Slot::entry_of_tail`]): one load
+    /// where the fields would be four, for the branch-free bucket scan.
+    #[inline(always)]
+    pub fn tail(&self) -> u64 {
+        // SAFETY: the struct is 16 bytes, 8-aligned (its first field is a
+        // u64), and bytes 8..16 are plain integers (`_pad` included).
+        unsafe { core::ptr::read((self as *const V6Slot).cast::<u64>().add(1)) }
+    }
+
+    /// The entry of a slot whose [`V6Slot::tail`] is `tail`.
+    #[inline(always)]
+    pub const fn entry_of_tail(tail: u64) -> ListEntry {
+        ListEntry {
+            action: (tail >> 8) as u8,
+            list_id: (tail >> 16) as u16,
+            orig_len: (tail >> 32) as u8,
         }
     }
 

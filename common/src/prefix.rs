@@ -14,7 +14,7 @@
 
 use crate::maps::{
     CODE_ENTRY, CODE_LONGER, DirectCode, ListAction, ListEntry, V6_BUCKET_BITS, V6_MAX_PROBES,
-    V6_SLOTS_PER_BUCKET, V6Bucket,
+    V6_SLOTS_PER_BUCKET, V6Bucket, V6Slot,
 };
 
 pub const STRIDE_BITS: u8 = 8;
@@ -211,24 +211,60 @@ pub fn v6_table_find<'a>(
     let mut p = 0;
     while p < V6_MAX_PROBES {
         let b = bucket(v6_probe(home, p, bits))?;
-        let mut room = false;
+        // Without a branch per slot: which slot holds the key, and whether
+        // one is empty, are random from packet to packet, so branches on
+        // them were mispredicted once the bucket arrived from memory, and
+        // the miss's latency could not overlap anything (docs/design/
+        // map-layout.md, "Bucket scan"). `hit` collects the matching slot's
+        // tail (its low byte, the stride, is not 0), `room` whether a slot
+        // is empty.
+        let mut hit = 0u64;
+        let mut room = 0u64;
         let mut s = 0;
         while s < V6_SLOTS_PER_BUCKET {
             let slot = &b.slots[s];
-            if slot.len == stride && slot.key == key {
-                return Some(slot.entry());
-            }
-            if slot.len == 0 {
-                room = true;
-            }
+            let tail = slot.tail();
+            let differs = (slot.key ^ key) | ((tail ^ stride as u64) & 0xff);
+            hit |= tail & is_zero(differs).wrapping_neg();
+            room |= is_zero(tail & 0xff);
             s += 1;
         }
-        if room {
+        if hit != 0 {
+            return Some(V6Slot::entry_of_tail(hit));
+        }
+        if room != 0 {
             return None;
         }
         p += 1;
     }
     None
+}
+
+/// 1 if `x` is 0, else 0, computed without a branch: the top bit of
+/// `x | -x` is set exactly when `x` is not 0. The negation goes through
+/// [`opaque`], or LLVM would see the idiom, turn it back into a compare,
+/// and the BPF backend (which has no set-on-condition instruction) into a
+/// branch.
+#[inline(always)]
+pub fn is_zero(x: u64) -> u64 {
+    1 ^ ((x | opaque(x.wrapping_neg())) >> 63)
+}
+
+/// `x`, through an empty inline-assembly statement in the kernel build: no
+/// instruction, but the compiler cannot know what it returns.
+#[inline(always)]
+pub fn opaque(x: u64) -> u64 {
+    #[cfg(target_arch = "bpf")]
+    {
+        let mut x = x;
+        // SAFETY: an empty statement; it reads and writes only `x`'s register.
+        unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack)) };
+        x
+    }
+    #[cfg(not(target_arch = "bpf"))]
+    {
+        x
+    }
 }
 
 /// Puts `slot` in the first free slot of its probe sequence in `table` (one
@@ -237,7 +273,7 @@ pub fn v6_table_find<'a>(
 #[cfg(not(target_arch = "bpf"))]
 pub fn v6_place(
     table: &mut std::collections::HashMap<u32, V6Bucket>,
-    slot: crate::maps::V6Slot,
+    slot: V6Slot,
     bits: u32,
 ) -> bool {
     let home = v6_bucket(slot.key, slot.len, bits);
@@ -533,6 +569,55 @@ mod tests {
             find(leak(vec![(v6_probe(home, 1, B), with_key)]), key, 48),
             None
         );
+    }
+
+    #[test]
+    fn is_zero_without_a_branch_is_exact() {
+        for x in [
+            0u64,
+            1,
+            2,
+            0xff,
+            1 << 63,
+            (1 << 63) + 1,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            assert_eq!(is_zero(x), u64::from(x == 0), "{x:#x}");
+        }
+    }
+
+    #[test]
+    fn v6_find_returns_the_whole_entry_from_any_slot() {
+        use crate::maps::V6Slot;
+        let key = 0x2001_0db8_00ff_0000u64;
+        let e = ListEntry {
+            list_id: 0xbeef,
+            action: ListAction::Deny as u8,
+            orig_len: 47,
+        };
+        let slot = V6Slot::new(key, 48, e);
+        assert_eq!(V6Slot::entry_of_tail(slot.tail()), e);
+        assert_eq!(slot.tail() & 0xff, 48, "the stride is the low byte");
+        let home = v6_bucket(key, 48, V6_BUCKET_BITS);
+        // Neighbours share the key at another stride, or the stride with
+        // another key: only the exact pair matches, wherever it sits.
+        let decoys = [
+            V6Slot::new(key, 56, entry(1, ListAction::Allow, 56)),
+            V6Slot::new(key ^ 1 << 16, 48, entry(2, ListAction::Allow, 48)),
+            V6Slot::new(key ^ 1 << 63, 48, entry(3, ListAction::Allow, 48)),
+        ];
+        for at in 0..V6_SLOTS_PER_BUCKET {
+            let mut b = V6Bucket::EMPTY;
+            let mut d = decoys.iter();
+            for (i, s) in b.slots.iter_mut().enumerate() {
+                *s = if i == at { slot } else { *d.next().unwrap() };
+            }
+            let got = v6_table_find(key, 48, V6_BUCKET_BITS, |i| (i == home).then_some(&b));
+            assert_eq!(got, Some(e), "entry in slot {at}");
+            let absent = v6_table_find(key, 40, V6_BUCKET_BITS, |i| (i == home).then_some(&b));
+            assert_eq!(absent, None, "slot {at}, other stride");
+        }
     }
 
     #[test]

@@ -30,6 +30,8 @@ use tierguard_common::segment::{
 /// Allocate hash entries on insert: memory follows the configured lists, not
 /// the capacity. Lookups cost the same either way.
 const BPF_F_NO_PREALLOC: u32 = 1;
+/// Page-aligns an array's values (see docs/design/map-layout.md, "Alignment").
+const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 /// Programs the dispatcher tail-calls. Replacing an entry is how a new agent
 /// installs its enforcement program without touching the interface.
@@ -55,9 +57,10 @@ pub static LIST_V4: HashMap<PrefixKeyV4, ListEntry> =
 /// table, 64-byte buckets of four slots, `V6_BUCKETS` per generation (slot 0
 /// buckets, then slot 1), of which a generation uses the first
 /// `2^PolicyMeta::v6_bucket_bits`. A lookup reads one cache line per probe,
-/// usually one.
+/// usually one: `BPF_F_MMAPABLE` page-aligns the values, so buckets are
+/// line-aligned.
 #[map(name = "TG_V6_TABLE")]
-pub static V6_TABLE: Array<V6Bucket> = Array::pinned(2 * V6_BUCKETS, 0);
+pub static V6_TABLE: Array<V6Bucket> = Array::pinned(2 * V6_BUCKETS, BPF_F_MMAPABLE);
 
 /// IPv6 prefixes stored at strides longer than /64, keyed by (slot, stride,
 /// masked address).
@@ -142,9 +145,10 @@ pub static PAIR_MATRIX: Array<PairLine> = Array::pinned(2 * PAIR_LINES_PER_SLOT,
 #[map(name = "TG_PAIR_RECORDS")]
 pub static PAIR_RECORDS: Array<PairClasses> = Array::pinned(2 * PAIR_RECORDS_PER_SLOT, 0);
 
-/// Port sets: rule sets with few port runs, a line (or a few) each.
+/// Port sets: rule sets with few port runs, a line (or a few) each;
+/// line-aligned (`BPF_F_MMAPABLE`), as they are scanned whole.
 #[map(name = "TG_PORT_SETS")]
-pub static PORT_SETS: Array<PortSet> = Array::pinned(2 * PORT_SET_LINES_PER_SLOT, 0);
+pub static PORT_SETS: Array<PortSet> = Array::pinned(2 * PORT_SET_LINES_PER_SLOT, BPF_F_MMAPABLE);
 
 /// Port tables (by the port's high byte), slot 0's then slot 1's.
 #[map(name = "TG_PORT_TABLES")]
