@@ -225,7 +225,9 @@ pub fn v6_table_find<'a>(
             let slot = &b.slots[s];
             let tail = slot.tail();
             let differs = (slot.key ^ key) | ((tail ^ stride as u64) & 0xff);
-            hit |= tail & is_zero(differs).wrapping_neg();
+            // The mask through `opaque` too: knowing it is 0 or all ones,
+            // LLVM would make the AND a select, i.e. a branch again.
+            hit |= tail & opaque(is_zero(differs).wrapping_neg());
             room |= is_zero(tail & 0xff);
             s += 1;
         }
@@ -569,6 +571,16 @@ mod tests {
             find(leak(vec![(v6_probe(home, 1, B), with_key)]), key, 48),
             None
         );
+    }
+
+    #[test]
+    fn the_packets_one_load_top_equals_the_byte_by_byte_one() {
+        let mut p = crate::packet::Packet::EMPTY;
+        p.src = [
+            0x20, 0x01, 0x0d, 0xb8, 0x80, 0x7f, 0xff, 0x01, 9, 9, 9, 9, 9, 9, 9, 9,
+        ];
+        assert_eq!(p.src_top64(), v6_top(&p.src));
+        assert_eq!(p.src_top64(), 0x2001_0db8_807f_ff01);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use tierguard_common::{
     packet::Packet,
     prefix::{
         V6_STRIDES, mask, resolve_v4, slash24, stride_bit, stride_len, v6_bits, v6_mask64,
-        v6_table_find, v6_top,
+        v6_table_find,
     },
 };
 
@@ -130,16 +130,20 @@ fn lookup_v6(slot: u8, p: &Packet) -> Option<ListEntry> {
         return Some(e);
     }
     let mut i = TABLE_STRIDES;
-    let top = v6_top(&p.src);
+    let top = p.src_top64();
     let base = u32::from(slot) * V6_BUCKETS;
     // The generation uses the first 2^bits buckets of its slot (a small list
     // a small, cache-resident part); 0 or an out-of-range value reads as the
     // full size, and the mask keeps every index within the slot whatever
     // the meta holds. Read once per packet, without a branch (see `v6_bits`).
     let bits = v6_bits(meta.v6_bucket_bits);
-    while i > 0 {
+    // The table's strides not yet looked at: the loop ends after the
+    // shortest in use, not at /8 (a passed packet goes through them all).
+    let mut rest = meta.v6_strides & ((1 << TABLE_STRIDES) - 1);
+    while i > 0 && rest != 0 {
         i -= 1;
-        if meta.v6_strides & (1 << i) != 0 {
+        if rest & (1 << i) != 0 {
+            rest ^= 1 << i;
             let len = stride_len(i);
             let found = v6_table_find(v6_mask64(top, len), len, bits, |b| {
                 V6_TABLE.get(base + (b & (V6_BUCKETS - 1)))
