@@ -254,3 +254,169 @@ fn an_adopting_agent_writes_a_full_size_ipv6_table_until_its_program_is_installe
     assert!(!second.v6_table_widened());
     assert_eq!(live_meta(pins.path()).1.v6_bucket_bits, V6_MIN_BUCKET_BITS);
 }
+
+/// An upgrade that recreates a map: until the new agent's programs are
+/// installed, the earlier agent's programs enforce the earlier generation
+/// whole (its own copy of the recreated map and the shared maps agree);
+/// after `install` the new generation is enforced, and the handover's
+/// traces are gone.
+#[test]
+fn until_install_the_earlier_programs_enforce_their_own_generation_whole() {
+    use tierguard_common::build::{udp, v6_frame};
+    use tierguard_common::maps::{DirectBlock, V4_DIRECT_BLOCKS, V4_DIRECT_PER_BLOCK, V6Bucket};
+    use tierguard_common::packet::PROTO_UDP;
+    // The block of the IPv4 direct table (shared by both versions) that
+    // holds 10.9.0.0/24, in `slot`.
+    let v4_block = |pins: &Path, slot: u32| {
+        let m = aya::maps::MapData::from_pin(pins.join(names::V4_DIRECT)).unwrap();
+        let a: aya::maps::Array<_, DirectBlock> =
+            aya::maps::Array::try_from(aya::maps::Map::from_map_data(m).unwrap()).unwrap();
+        let block = slot * V4_DIRECT_BLOCKS + 0x0a_09_00 / V4_DIRECT_PER_BLOCK;
+        a.get(&block, 0).unwrap()
+    };
+    let deny = |cidr: &str| {
+        let toml = format!("[[lists]]\nname = \"d\"\naction = \"deny\"\ncidrs = [\"{cidr}\"]\n");
+        CompiledPolicy::compile(
+            &Config::load_str(&toml, "test.toml", Path::new(".")).unwrap(),
+            &[],
+        )
+        .unwrap()
+    };
+    let from = |third: u8| {
+        v6_frame(
+            [
+                0x20, 0x01, 0x0d, 0xb8, 0, third, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1,
+            ],
+            [0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+            PROTO_UDP,
+            &udp(1, 2, 0),
+        )
+    };
+    let (a, b) = (from(7), from(8));
+    // Through the dispatcher: whichever enforcement program is installed.
+    let run =
+        |dp: &mut Datapath, frame: &[u8]| dp.test_run(programs::DISPATCH, frame, 1).unwrap().action;
+    let pins = PinDir::new("upgrade-handover");
+    let mut earlier = Datapath::load(pins.path()).unwrap();
+    earlier
+        .apply(&deny("2001:db8:7::/48\", \"10.9.0.0/24"))
+        .unwrap();
+    earlier.install().unwrap();
+    assert_eq!(run(&mut earlier, &a), XDP_DROP);
+    assert_eq!(run(&mut earlier, &b), XDP_PASS);
+    let (earlier_slot, _) = live_meta(pins.path());
+    assert_ne!(v4_block(pins.path(), earlier_slot), DirectBlock::EMPTY);
+
+    // What an earlier version would have pinned: the IPv6 table without
+    // the flag this version creates it with. `earlier`'s programs keep
+    // their own table (with the earlier generation in it).
+    let table = pins.path().join(names::V6_TABLE);
+    std::fs::remove_file(&table).unwrap();
+    let entries = 2 * tierguard_common::maps::V6_BUCKETS;
+    pin_map(
+        &table,
+        "array",
+        4,
+        std::mem::size_of::<V6Bucket>(),
+        entries,
+        names::V6_TABLE,
+    );
+
+    let mut later = Datapath::load(pins.path()).unwrap();
+    assert!(later.adopted());
+    let r: Vec<_> = later.recreated().iter().map(|r| r.map.as_str()).collect();
+    assert_eq!(r, [names::V6_TABLE]);
+    assert!(pins.path().join("handover_active_slot").exists());
+    later.apply(&deny("2001:db8:8::/48")).unwrap();
+    assert_eq!(
+        run(&mut earlier, &a),
+        XDP_DROP,
+        "before install, the earlier generation is enforced whole"
+    );
+    assert_eq!(run(&mut earlier, &b), XDP_PASS);
+    assert_eq!(
+        later
+            .apply(&deny("2001:db8:9::/48"))
+            .unwrap_err()
+            .to_string(),
+        "a second policy transaction before install: during an upgrade's handover it would \
+         overwrite the generation the earlier agent's programs still read"
+    );
+    assert_eq!(
+        run(&mut earlier, &a),
+        XDP_DROP,
+        "the refusal changed nothing"
+    );
+
+    later.install().unwrap();
+    for dp in [&mut earlier, &mut later] {
+        assert_eq!(run(dp, &a), XDP_PASS, "the new generation, once installed");
+        assert_eq!(run(dp, &b), XDP_DROP);
+    }
+    assert!(!pins.path().join("handover_active_slot").exists());
+    let (slot, meta) = live_meta(pins.path());
+    assert_ne!(
+        slot, earlier_slot,
+        "the new generation went to the other slot"
+    );
+    assert_eq!(meta.generation, 2);
+    // The earlier generation was deleted from the shared maps once replaced.
+    assert_eq!(v4_block(pins.path(), earlier_slot), DirectBlock::EMPTY);
+    // An ordinary restart later: no handover.
+    drop(later);
+    let mut again = Datapath::load(pins.path()).unwrap();
+    assert!(again.recreated().is_empty());
+    assert!(!pins.path().join("handover_active_slot").exists());
+    again.apply(&deny("2001:db8:7::/48")).unwrap();
+    assert_eq!(run(&mut again, &a), XDP_DROP);
+}
+
+/// An agent that stops between load and install during a handover leaves
+/// the earlier programs on their own active-slot map: the next agent takes
+/// the handover up where it was.
+#[test]
+fn an_interrupted_handover_is_taken_up_by_the_next_agent() {
+    let pins = PinDir::new("upgrade-handover-again");
+    let mut earlier = loaded(pins.path());
+    earlier.install().unwrap();
+    let (earlier_slot, _) = live_meta(pins.path());
+    let run = |dp: &mut Datapath, port: u16| {
+        dp.test_run(programs::DISPATCH, &syn_to(port), 1)
+            .unwrap()
+            .action
+    };
+    assert_eq!(run(&mut earlier, 443), XDP_PASS);
+    pin_map(
+        &pins.path().join("TG_RETIRED_BY_THIS_VERSION"),
+        "array",
+        4,
+        4,
+        1,
+        "TG_RETIRED",
+    );
+
+    let stopped = Datapath::load(pins.path()).unwrap();
+    assert_eq!(stopped.retired(), ["TG_RETIRED_BY_THIS_VERSION"]);
+    drop(stopped);
+    assert!(pins.path().join("handover_active_slot").exists());
+
+    // Nothing differs any more, but the earlier programs still run. The
+    // next policy has no rule: 443 is denied too.
+    let mut next = Datapath::load(pins.path()).unwrap();
+    assert!(next.recreated().is_empty() && next.retired().is_empty());
+    let no_rule = POLICY.split("[[rules]]").next().unwrap();
+    let config = Config::load_str(no_rule, "test.toml", Path::new(".")).unwrap();
+    next.apply(&CompiledPolicy::compile(&config, &[]).unwrap())
+        .unwrap();
+    let (slot, _) = live_meta(pins.path());
+    assert_ne!(slot, earlier_slot, "written into the other slot");
+    assert_eq!(
+        run(&mut earlier, 443),
+        XDP_PASS,
+        "the earlier generation, whole"
+    );
+    assert_eq!(run(&mut earlier, 22), XDP_DROP);
+    next.install().unwrap();
+    assert!(!pins.path().join("handover_active_slot").exists());
+    assert_eq!(run(&mut next, 443), XDP_DROP, "the next generation");
+}

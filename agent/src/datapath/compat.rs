@@ -8,7 +8,8 @@
 //! object's definition; a map that differs is unpinned so that the load
 //! creates it afresh. Its state (counters, flows, blocks) starts empty; the
 //! old programs keep their reference to the old map and keep enforcing until
-//! the new program is installed, so there is no gap.
+//! the new program is installed, on a generation of their own
+//! (`handover.rs`), so there is no gap.
 
 use std::path::Path;
 

@@ -63,6 +63,16 @@ pub enum DatapathError {
         iface: String,
         source: aya::programs::links::LinkError,
     },
+    #[error("cannot hand over from the earlier agent's programs ({path}): {source}")]
+    Handover {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "a second policy transaction before install: during an upgrade's handover it would \
+         overwrite the generation the earlier agent's programs still read"
+    )]
+    HandoverPending,
     #[error("cannot count the possible CPUs: {0}")]
     Cpus(std::io::Error),
     #[error("map {map} is missing from the eBPF object")]

@@ -10,6 +10,7 @@ mod egress;
 mod error;
 mod events;
 mod flows;
+mod handover;
 mod limit_tables;
 mod map_access;
 mod segment_tables;
@@ -64,6 +65,13 @@ pub struct Datapath {
     /// for an earlier agent's program, though the policy needs fewer
     /// buckets (see `apply`).
     v6_widened: bool,
+    /// During an upgrade that recreated or retired maps, the slot the
+    /// earlier agent's programs read through their own active-slot map,
+    /// until `install` (see `handover.rs`).
+    handover: Option<u8>,
+    /// That slot's generation, to delete once the earlier programs are
+    /// replaced.
+    handover_sweep: Option<u8>,
 }
 
 impl Datapath {
@@ -107,7 +115,15 @@ impl Datapath {
                  it is created afresh and its state starts empty"
             );
         }
-        let adopted = pin_dir.join(names::ACTIVE_SLOT).exists();
+        let handover = handover::begin(pin_dir, !recreated.is_empty() || !retired.is_empty())?;
+        if let Some(slot) = handover {
+            tracing::info!(
+                slot,
+                "maps changed layout: the earlier agent's programs keep their generation (slot \
+                 {slot}) until this agent's are installed"
+            );
+        }
+        let adopted = handover.is_some() || pin_dir.join(names::ACTIVE_SLOT).exists();
         bump_memlock_rlimit();
         // aya-log's level defaults to "everything" in the object: set it at
         // every load, off unless asked.
@@ -147,7 +163,17 @@ impl Datapath {
             rule_ids_in_use: 0,
             installed: false,
             v6_widened: false,
+            handover,
+            handover_sweep: None,
         };
+        if let Some(slot) = handover {
+            // This load's active-slot map is new (0), or left by a load that
+            // did not finish the handover: it starts where the earlier
+            // programs are, so the first transaction writes the other slot.
+            map_access::array::<u32>(&mut dp.ebpf, names::ACTIVE_SLOT)?
+                .set(0, u32::from(slot), 0)
+                .map_err(map_access::map_err(names::ACTIVE_SLOT))?;
+        }
         if adopted {
             // A crash between writing and switching can leave a half-written
             // inactive generation; clear it before the next transaction.
@@ -182,6 +208,12 @@ impl Datapath {
             .map_err(|source| DatapathError::Install { map: name, source })?;
         self.install_egress()?;
         self.installed = true;
+        if self.handover.take().is_some() {
+            handover::end(&self.pin_dir)?;
+            if let Some(slot) = self.handover_sweep.take() {
+                tables::delete_replaced_generation(&mut self.ebpf, slot)?;
+            }
+        }
         Ok(())
     }
 

@@ -60,6 +60,13 @@ pub(super) fn live_generation(ebpf: &Ebpf) -> Result<u64> {
 }
 
 /// Deletes every entry of the inactive slot (left by a crash mid-transaction).
+/// Deletes the generation in `slot` that an earlier agent's programs read
+/// until a moment ago (`install` after a handover).
+pub(super) fn delete_replaced_generation(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
+    std::thread::sleep(GRACE);
+    sweep_slot(ebpf, slot)
+}
+
 pub(super) fn clear_inactive(ebpf: &mut Ebpf) -> Result<()> {
     let inactive = 1 - active_slot(ebpf)?;
     sweep_slot(ebpf, inactive)
@@ -134,6 +141,11 @@ impl Datapath {
     /// Writes `policy` into the inactive slot as `generation`, switches to
     /// it and deletes the old one.
     fn transact(&mut self, policy: &CompiledPolicy, generation: u64) -> Result<()> {
+        if self.handover.is_some() && self.live.is_some() {
+            // This agent's generation is in the other slot already; a second
+            // one would go into the slot the earlier programs still read.
+            return Err(DatapathError::HandoverPending);
+        }
         let ebpf = &mut self.ebpf;
         let old = active_slot(ebpf)?;
         let new = 1 - old;
@@ -145,6 +157,9 @@ impl Datapath {
         // program reads right, until `compact_v6_table`.
         let widen = self.adopted
             && !self.installed
+            // During a handover the earlier programs never read this
+            // generation (handover.rs).
+            && self.handover.is_none()
             && !policy.v6_buckets.is_empty()
             && v6_bits(policy.v6_bucket_bits) < V6_BUCKET_BITS;
         let wide = if widen {
@@ -208,6 +223,8 @@ impl Datapath {
             Some(previous) => delete(&mut self.ebpf, &previous),
             // Maps this load created: the old slot was never written.
             None if !self.adopted => {}
+            // The earlier programs still read it: deleted at `install`.
+            None if self.handover.is_some() => self.handover_sweep = Some(old),
             // Written by an earlier agent (or nothing): find it by slot. The
             // scan reads every array entry of the slot (786,432 map lookups),
             // so it is done only here and in `clear_inactive`.

@@ -1,0 +1,69 @@
+//! Upgrades that recreate or retire maps: until this agent's programs are
+//! installed, the earlier agent's programs keep enforcing, and they read
+//! their own copies of the recreated maps (the old layout) beside the maps
+//! both versions share. Were the first transaction to switch the shared
+//! active slot, they would read the new generation from the shared maps and
+//! the previous one (or nothing) from their own: a mix of two policies,
+//! until `install`.
+//!
+//! So such a load sets the pinned `TG_ACTIVE_SLOT` aside under another name
+//! (the earlier programs keep reading it, and the slot it names stays as it
+//! is), and creates a new one that starts at the same slot: this agent's
+//! first transaction writes the other slot and switches only the new map,
+//! which only its own programs read. `install` hands over to them in one
+//! write; the earlier generation is deleted after that. See
+//! docs/design/pinning-and-restarts.md, "Handover".
+
+use std::path::Path;
+
+use aya::maps::{Array, Map, MapData};
+use tierguard_common::maps::names;
+
+use super::map_access::map_err;
+use super::{DatapathError, Result};
+
+/// Where the earlier programs' active-slot map is kept during a handover.
+/// Not `TG_…`: retired-map cleanup must leave it alone.
+pub const PIN: &str = "handover_active_slot";
+
+/// The slot the running (earlier) programs read, if this load must keep them
+/// on their own active-slot map: when `layout_changed` (maps were recreated
+/// or retired), or when a handover that an earlier load began was not
+/// finished (the agent stopped between load and install).
+pub fn begin(pin_dir: &Path, layout_changed: bool) -> Result<Option<u8>> {
+    let held = pin_dir.join(PIN);
+    if held.exists() {
+        return read_slot(&held).map(Some);
+    }
+    let active = pin_dir.join(names::ACTIVE_SLOT);
+    if !layout_changed || !active.exists() {
+        return Ok(None);
+    }
+    let slot = read_slot(&active)?;
+    std::fs::rename(&active, &held).map_err(|source| DatapathError::Handover {
+        path: held.clone(),
+        source,
+    })?;
+    Ok(Some(slot))
+}
+
+/// After `install`: the earlier programs are gone; their active-slot map is
+/// freed with its pin.
+pub fn end(pin_dir: &Path) -> Result<()> {
+    let held = pin_dir.join(PIN);
+    match std::fs::remove_file(&held) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(DatapathError::Handover {
+            path: held,
+            source: e,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn read_slot(path: &Path) -> Result<u8> {
+    let name = names::ACTIVE_SLOT;
+    let data = MapData::from_pin(path).map_err(map_err(name))?;
+    let slots: Array<_, u32> =
+        Array::try_from(Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))?;
+    Ok((slots.get(&0, 0).map_err(map_err(name))? & 1) as u8)
+}
