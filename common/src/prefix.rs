@@ -252,14 +252,16 @@ pub fn is_zero(x: u64) -> u64 {
     1 ^ ((x | opaque(x.wrapping_neg())) >> 63)
 }
 
-/// `x`, through an empty inline-assembly statement in the kernel build: no
-/// instruction, but the compiler cannot know what it returns.
+/// `x`, through an inline-assembly register move in the kernel build: one
+/// instruction, whose result the compiler cannot see through. (An empty
+/// statement would be no instruction at all, but it leaves two line-info
+/// records at one offset, which the kernel refuses.)
 #[inline(always)]
 pub fn opaque(x: u64) -> u64 {
     #[cfg(target_arch = "bpf")]
     {
         let mut x = x;
-        // SAFETY: an empty statement; it reads and writes only `x`'s register.
+        // SAFETY: moves a register to itself; touches nothing else.
         unsafe { core::arch::asm!("{0} = {0}", inout(reg) x, options(pure, nomem, nostack)) };
         x
     }
