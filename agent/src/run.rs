@@ -13,7 +13,7 @@ use crate::audit::{self, AuditLog};
 use crate::check::{interface_errors, load};
 use crate::cli::RunArgs;
 use crate::config::{Config, ConfigErrors};
-use crate::datapath::{Datapath, SamplerReader, StatsReader};
+use crate::datapath::{Datapath, LoadOptions, SamplerReader, StatsReader};
 use crate::events::{self, Context};
 use crate::metrics::{self, Metrics, PolicyNames, limits::LimitMetrics};
 use crate::policy::CompiledPolicy;
@@ -167,9 +167,7 @@ fn start_flow_sweeper(pin_dir: &std::path::Path, metrics: &Metrics) {
             return;
         }
     };
-    metrics
-        .flow_capacity
-        .set(crate::datapath::FlowSweeper::CAPACITY as i64);
+    metrics.flow_capacity.set(i64::from(sweeper.capacity()));
     let (flows, expired, evictions) = (
         metrics.flows.clone(),
         metrics.flows_expired.clone(),
@@ -300,7 +298,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     };
 
-    let mut datapath = match Datapath::load_opts(&config.agent.pin_path, 1, args.kernel_debug) {
+    let options = LoadOptions {
+        kernel_debug: args.kernel_debug,
+        flow_capacity: config.agent.flow_capacity,
+        ..LoadOptions::default()
+    };
+    let mut datapath = match Datapath::load_opts(&config.agent.pin_path, &options) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {}", error_chain(&e));
@@ -744,6 +747,7 @@ fn reload(
             old.metrics_address != new.metrics_address,
         ),
         ("pin_path", old.pin_path != new.pin_path),
+        ("flow_capacity", old.flow_capacity != new.flow_capacity),
     ] {
         if changed {
             tracing::warn!(

@@ -58,21 +58,24 @@ impl Estate {
     fn config(&self, dir: &Path, pins: &Path, body: &str) -> PathBuf {
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("policy.toml");
-        let text = format!(
-            "{}\n[agent]\ninterfaces = [\"{}\", \"{}\", \"{}\"]\npin_path = \"{}\"\n\n{}{}",
+        // `mode` goes at the top, `flow_capacity` into [agent], the rest
+        // after the zones.
+        let lines = |keep: &dyn Fn(&str) -> bool| {
             body.lines()
-                .filter(|l| l.starts_with("mode"))
+                .filter(|l| keep(l))
                 .collect::<Vec<_>>()
-                .join("\n"),
+                .join("\n")
+        };
+        let text = format!(
+            "{}\n[agent]\ninterfaces = [\"{}\", \"{}\", \"{}\"]\npin_path = \"{}\"\n{}\n\n{}{}",
+            lines(&|l| l.starts_with("mode")),
             self.edge.node_if,
             self.dmz.node_if,
             self.bastion.node_if,
             pins.display(),
+            lines(&|l| l.starts_with("flow_capacity")),
             self.zones(),
-            body.lines()
-                .filter(|l| !l.starts_with("mode"))
-                .collect::<Vec<_>>()
-                .join("\n"),
+            lines(&|l| !l.starts_with("mode") && !l.starts_with("flow_capacity")),
         );
         std::fs::write(&path, text).unwrap();
         path
@@ -424,7 +427,8 @@ fn replies_stop_passing_once_their_flow_has_expired() {
     let estate = Estate::new("tgsd", 235);
     let pins = PinDir::new("seg-expiry");
     let dir = tmpdir("expiry");
-    let body = format!("{RULES}\n[flows]\nudp_timeout = \"2s\"\n");
+    // A smaller flow table than the default, as `[agent] flow_capacity`.
+    let body = format!("flow_capacity = 65536\n{RULES}\n[flows]\nudp_timeout = \"2s\"\n");
     let config = estate.config(&dir, pins.path(), &body);
     let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
     let edge = &estate.edge;
@@ -456,7 +460,15 @@ fn replies_stop_passing_once_their_flow_has_expired() {
         counter(m, "tierguard_flows_expired_total") >= 1.0
     });
     let m = agent.scrape();
-    assert_eq!(counter(&m, "tierguard_flow_table_capacity"), 262_144.0);
+    assert_eq!(counter(&m, "tierguard_flow_table_capacity"), 65_536.0);
+    let flows =
+        aya::maps::MapInfo::from_pin(pins.path().join(tierguard_common::maps::names::FLOWS))
+            .unwrap();
+    assert_eq!(
+        flows.max_entries(),
+        65_536,
+        "the table was created at that size"
+    );
     assert_eq!(counter(&m, "tierguard_flow_evictions_total"), 0.0, "{m}");
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use tierguard::{
     config::Config,
-    datapath::{Datapath, XDP_DROP, XDP_PASS},
+    datapath::{Datapath, LoadOptions, XDP_DROP, XDP_PASS},
     policy::CompiledPolicy,
 };
 use tierguard_common::{
@@ -419,4 +419,40 @@ fn an_interrupted_handover_is_taken_up_by_the_next_agent() {
     next.install().unwrap();
     assert!(!pins.path().join("handover_active_slot").exists());
     assert_eq!(run(&mut next, 443), XDP_DROP, "the next generation");
+}
+
+/// `[agent] flow_capacity` changed between two runs: the flow table is
+/// created afresh at the new size, through the same handover as an upgrade.
+#[test]
+fn a_new_flow_capacity_recreates_the_flow_table_at_that_size() {
+    let pins = PinDir::new("upgrade-flowcap");
+    let mut first = loaded(pins.path());
+    first.install().unwrap();
+    check_enforcement(&mut first);
+    assert_eq!(flows(pins.path()), 1);
+    drop(first);
+
+    let options = LoadOptions {
+        flow_capacity: 4096,
+        ..LoadOptions::default()
+    };
+    let mut second = Datapath::load_opts(pins.path(), &options).unwrap();
+    let r = second.recreated();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].map, names::FLOWS);
+    assert_eq!(
+        (r[0].was.max_entries, r[0].now.max_entries),
+        (tierguard_common::segment::FLOW_CAPACITY, 4096)
+    );
+    let info = aya::maps::MapInfo::from_pin(pins.path().join(names::FLOWS)).unwrap();
+    assert_eq!(info.max_entries(), 4096);
+    assert_eq!(flows(pins.path()), 0, "a recreated table starts empty");
+    let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
+    second
+        .apply(&CompiledPolicy::compile(&config, &[]).unwrap())
+        .unwrap();
+    second.install().unwrap();
+    assert!(!pins.path().join("handover_active_slot").exists());
+    check_enforcement(&mut second);
+    assert_eq!(flows(pins.path()), 1);
 }

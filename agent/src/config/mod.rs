@@ -29,6 +29,7 @@ pub use segmentation::{
     zone_id, zone_ids,
 };
 use tierguard_common::maps::{ListAction, MAX_LISTS};
+use tierguard_common::segment::FLOW_CAPACITY;
 pub use values::{
     MAX_DURATION, MIN_DURATION, Ranges, duration_text_secs, format_ranges, merge_ranges,
 };
@@ -40,6 +41,11 @@ pub const EMBEDDED_NAME: &str = "<embedded default>";
 pub const DEFAULT_METRICS_ADDRESS: &str = "0.0.0.0:9642";
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/tierguard";
 pub const DEFAULT_ADMIN_SOCKET: &str = "/run/tierguard/admin.sock";
+/// Bounds of `[agent] flow_capacity`. Below the minimum, a few busy CPUs'
+/// LRU lists would evict live flows; above the maximum the table alone takes
+/// about 450 MiB of kernel memory (about 112 bytes a flow).
+pub const MIN_FLOW_CAPACITY: u32 = 1024;
+pub const MAX_FLOW_CAPACITY: u32 = 4 * 1024 * 1024;
 /// Longest accepted list or interface name; names appear in metric labels.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -100,6 +106,7 @@ struct RawAgent {
     pin_path: Option<Spanned<String>>,
     audit_log: Option<Spanned<String>>,
     admin_socket: Option<Spanned<String>>,
+    flow_capacity: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +309,8 @@ pub struct AgentConfig {
     pub audit_log: Option<PathBuf>,
     /// The admin API's Unix socket.
     pub admin_socket: PathBuf,
+    /// Flows the flow table holds (`TG_FLOWS`' capacity, fixed at load).
+    pub flow_capacity: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -511,6 +520,24 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
             PathBuf::from(text)
         }
     };
+    let flow_capacity = match &raw.flow_capacity {
+        None => FLOW_CAPACITY,
+        Some(v) => {
+            let n = *v.get_ref();
+            if (i64::from(MIN_FLOW_CAPACITY)..=i64::from(MAX_FLOW_CAPACITY)).contains(&n) {
+                n as u32
+            } else {
+                errors.push(src.error_span(
+                    &v.span(),
+                    format!(
+                        "agent.flow_capacity = {n} is out of range: expected \
+                         {MIN_FLOW_CAPACITY} to {MAX_FLOW_CAPACITY} flows"
+                    ),
+                ));
+                FLOW_CAPACITY
+            }
+        }
+    };
     AgentConfig {
         interfaces,
         xdp_mode: raw.xdp_mode,
@@ -518,6 +545,7 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
         pin_path,
         audit_log,
         admin_socket,
+        flow_capacity,
     }
 }
 

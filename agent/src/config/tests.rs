@@ -163,6 +163,29 @@ fn bad_xdp_mode_and_relative_pin_path_are_refused() {
 }
 
 #[test]
+fn flow_capacity_defaults_and_is_bounded() {
+    let c = load("").unwrap();
+    assert_eq!(
+        c.agent.flow_capacity,
+        tierguard_common::segment::FLOW_CAPACITY
+    );
+    for ok in [MIN_FLOW_CAPACITY, 65_536, 100_000, MAX_FLOW_CAPACITY] {
+        let c = load(&format!("[agent]\nflow_capacity = {ok}\n")).unwrap();
+        assert_eq!(c.agent.flow_capacity, ok);
+    }
+    for bad in ["1023", "0", "-5", "4194305", "9999999999"] {
+        let e = only_error(&format!("[agent]\nflow_capacity = {bad}\n"));
+        assert_eq!((e.line, e.column), (2, 17), "{bad}: {e}");
+        assert_eq!(
+            e.message,
+            format!("agent.flow_capacity = {bad} is out of range: expected 1024 to 4194304 flows")
+        );
+    }
+    let e = only_error("[agent]\nflow_capacity = \"big\"\n");
+    assert_eq!(e.line, 2, "{e}");
+}
+
+#[test]
 fn list_files_in_both_formats_load_and_bad_lines_name_the_file() {
     let dir = std::env::temp_dir().join(format!("tg-config-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

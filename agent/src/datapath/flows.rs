@@ -9,7 +9,7 @@ use std::path::Path;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use tierguard_common::{
     maps::names,
-    segment::{FLOW_CAPACITY, FLOW_STAT_CREATED, FlowKey, FlowValue, SegMeta, flow_alive},
+    segment::{FLOW_STAT_CREATED, FlowKey, FlowValue, SegMeta, flow_alive},
 };
 
 use super::map_access::{map_err, pinned};
@@ -36,6 +36,7 @@ pub struct FlowSweeper {
     meta: Array<MapData, SegMeta>,
     active: Array<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
+    capacity: u32,
 }
 
 impl FlowSweeper {
@@ -45,10 +46,16 @@ impl FlowSweeper {
             meta: pinned(pin_dir, names::SEG_META)?,
             active: pinned(pin_dir, names::ACTIVE_SLOT)?,
             stats: pinned(pin_dir, names::FLOW_STATS)?,
+            capacity: aya::maps::MapInfo::from_pin(pin_dir.join(names::FLOWS))
+                .map_err(map_err(names::FLOWS))?
+                .max_entries(),
         })
     }
 
-    pub const CAPACITY: u64 = FLOW_CAPACITY as u64;
+    /// Flows the table holds: its capacity as created (`[agent] flow_capacity`).
+    pub fn capacity(&self) -> u32 {
+        self.capacity
+    }
 
     /// Frees the flows the live generation's timeouts have expired.
     pub fn sweep(&mut self) -> Result<FlowSweep> {

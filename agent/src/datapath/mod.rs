@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 
 use aya::{Ebpf, EbpfLoader, programs::Xdp};
 use tierguard_common::maps::{PROG_INGRESS, names, programs};
+use tierguard_common::segment::FLOW_CAPACITY;
 
 pub use attach::{AttachMode, Attachment, ifindex};
 pub use blocks::{Block, BlockTable};
@@ -39,6 +40,29 @@ pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DI
 
 /// bpffs magic number (statfs f_type).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// What a load can be asked for beyond the object's definitions.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    /// Entries of the benchmark's source table (the agent uses 1: the table
+    /// is unused outside the benchmark).
+    pub bench_sources: u32,
+    /// Turns the kernel's aya-log records on (debug level: drops and
+    /// audits; `take_kernel_logger` reads them).
+    pub kernel_debug: bool,
+    /// The flow table's capacity (`[agent] flow_capacity`).
+    pub flow_capacity: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> LoadOptions {
+        LoadOptions {
+            bench_sources: 1,
+            kernel_debug: false,
+            flow_capacity: FLOW_CAPACITY,
+        }
+    }
+}
 
 /// The loaded programs and maps of one agent.
 pub struct Datapath {
@@ -84,18 +108,33 @@ impl Datapath {
     /// As `load`, with the benchmark's source table sized to `bench_sources`
     /// (the agent uses 1: the table is unused outside the benchmark).
     pub fn load_with(pin_dir: &Path, bench_sources: u32) -> Result<Datapath> {
-        Datapath::load_opts(pin_dir, bench_sources, false)
+        Datapath::load_opts(
+            pin_dir,
+            &LoadOptions {
+                bench_sources,
+                ..LoadOptions::default()
+            },
+        )
     }
 
-    /// As `load_with`; `kernel_debug` turns the kernel's aya-log records on
-    /// (debug level: drops and audits; `take_kernel_logger` reads them).
-    pub fn load_opts(pin_dir: &Path, bench_sources: u32, kernel_debug: bool) -> Result<Datapath> {
+    /// As `load`, with `options`.
+    pub fn load_opts(pin_dir: &Path, options: &LoadOptions) -> Result<Datapath> {
+        let LoadOptions {
+            bench_sources,
+            kernel_debug,
+            flow_capacity,
+        } = *options;
         let missing = caps::missing();
         if !missing.is_empty() {
             return Err(DatapathError::MissingCapabilities(missing.join(", ")));
         }
         ensure_pin_dir(pin_dir)?;
-        let overrides = [(names::BENCH_SOURCES, bench_sources.max(1))];
+        // Capacities fixed at load; a pinned map of another capacity is
+        // recreated (compat.rs), as after an upgrade that resized it.
+        let overrides = [
+            (names::BENCH_SOURCES, bench_sources.max(1)),
+            (names::FLOWS, flow_capacity),
+        ];
         let layouts = compat::object_layouts(EBPF_OBJECT, &overrides);
         let recreated = compat::set_aside_incompatible(pin_dir, &layouts);
         let retired = compat::unpin_retired(pin_dir, &layouts);
@@ -131,6 +170,7 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(pin_dir)
             .map_max_entries(overrides[0].0, overrides[0].1)
+            .map_max_entries(overrides[1].0, overrides[1].1)
             .override_global(KERNEL_LOG_LEVEL, &log_level, true)
             .load(EBPF_OBJECT)
             .map_err(|e| {

@@ -240,6 +240,7 @@ fn config(nets: Vec<IpNetwork>) -> Config {
             pin_path: PathBuf::new(),
             audit_log: None,
             admin_socket: PathBuf::new(),
+            flow_capacity: tierguard_common::segment::FLOW_CAPACITY,
         },
         lists: vec![List {
             name: "bench".into(),
