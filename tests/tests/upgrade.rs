@@ -456,3 +456,36 @@ fn a_new_flow_capacity_recreates_the_flow_table_at_that_size() {
     check_enforcement(&mut second);
     assert_eq!(flows(pins.path()), 1);
 }
+
+/// A `handover_active_slot` pin that no program reads (its agent stopped
+/// right after install, or a rollback never finished the handover) names no
+/// live generation: the next load removes it and switches as usual.
+#[test]
+fn a_handover_pin_no_program_reads_is_removed() {
+    let pins = PinDir::new("upgrade-handover-stale");
+    let mut first = loaded(pins.path());
+    first.install().unwrap();
+    let (slot, _) = live_meta(pins.path());
+    drop(first);
+    // Naming the other slot: taken for a pending handover, it would make
+    // the next generation go over the one the installed programs read.
+    let stale = pins.path().join("handover_active_slot");
+    pin_map(&stale, "array", 4, 4, 1, "TG_ACTIVE_SLOT");
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&stale)
+        .args(["key", "0", "0", "0", "0", "value"])
+        .arg((1 - slot).to_string())
+        .args(["0", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+
+    let mut next = loaded(pins.path());
+    assert!(!stale.exists(), "removed at load");
+    let (new_slot, meta) = live_meta(pins.path());
+    assert_ne!(new_slot, slot, "an ordinary switch to the other slot");
+    assert_eq!(meta.generation, 2);
+    next.install().unwrap();
+    check_enforcement(&mut next);
+}

@@ -29,11 +29,19 @@ pub const PIN: &str = "handover_active_slot";
 /// The slot the running (earlier) programs read, if this load must keep them
 /// on their own active-slot map: when `layout_changed` (maps were recreated
 /// or retired), or when a handover that an earlier load began was not
-/// finished (the agent stopped between load and install).
+/// finished (the agent stopped between load and install: a loaded program
+/// still uses the renamed map; a pin no program uses is removed).
 pub fn begin(pin_dir: &Path, layout_changed: bool) -> Result<Option<u8>> {
     let held = pin_dir.join(PIN);
     if held.exists() {
-        return read_slot(&held).map(Some);
+        if still_read(&held) {
+            return read_slot(&held).map(Some);
+        }
+        // Left by an agent that stopped between `install` and `end`, or by
+        // a handover a rollback to an earlier version never finished: no
+        // program reads it, so it names no live generation.
+        tracing::info!(pin = %held.display(), "no program reads this pin: removed");
+        end(pin_dir)?;
     }
     let active = pin_dir.join(names::ACTIVE_SLOT);
     if !layout_changed || !active.exists() {
@@ -58,6 +66,19 @@ pub fn end(pin_dir: &Path) -> Result<()> {
         }),
         _ => Ok(()),
     }
+}
+
+/// Whether a loaded program uses the map pinned at `path`: the earlier
+/// programs still enforce. If the kernel cannot tell, they are assumed to.
+fn still_read(path: &Path) -> bool {
+    let Ok(id) = aya::maps::MapInfo::from_pin(path).map(|m| m.id()) else {
+        return true;
+    };
+    aya::programs::loaded_programs().any(|p| {
+        p.ok()
+            .and_then(|p| p.map_ids().ok().flatten())
+            .is_none_or(|ids| ids.contains(&id))
+    })
 }
 
 fn read_slot(path: &Path) -> Result<u8> {
