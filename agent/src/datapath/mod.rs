@@ -158,8 +158,8 @@ impl Datapath {
         if let Some(slot) = handover {
             tracing::info!(
                 slot,
-                "maps changed layout: the earlier agent's programs keep their generation (slot \
-                 {slot}) until this agent's are installed"
+                "handover: the earlier agent's programs keep their generation (slot {slot}) \
+                 until this agent's are installed"
             );
         }
         let adopted = handover.is_some() || pin_dir.join(names::ACTIVE_SLOT).exists();
