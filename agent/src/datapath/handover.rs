@@ -69,7 +69,8 @@ pub fn end(pin_dir: &Path) -> Result<()> {
 }
 
 /// Whether a loaded program uses the map pinned at `path`: the earlier
-/// programs still enforce. If the kernel cannot tell, they are assumed to.
+/// programs still enforce. If the kernel cannot tell (listing programs
+/// needs CAP_SYS_ADMIN), they are assumed to.
 fn still_read(path: &Path) -> bool {
     let Ok(id) = aya::maps::MapInfo::from_pin(path).map(|m| m.id()) else {
         return true;
