@@ -340,15 +340,6 @@ pub async fn run(args: RunArgs) -> ExitCode {
         abandon(datapath, adopted);
         return ExitCode::FAILURE;
     }
-    // Over an earlier agent's pins, its program read the generation until
-    // `install`, so the IPv6 list table was written at the full size; ours
-    // reads the size from the generation: write it at the size it needs.
-    if let Err(e) = datapath.compact_v6_table(&policy) {
-        tracing::warn!(
-            error = %error_chain(&e),
-            "cannot rewrite the IPv6 list table at its policy's size; the full-size one stays (correct, slower for passed IPv6 packets)"
-        );
-    }
     let shared = Arc::new(Shared {
         metrics: Metrics::new(),
         stats: Mutex::new(None),

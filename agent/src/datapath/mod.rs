@@ -83,19 +83,10 @@ pub struct Datapath {
     slot_table: Option<Vec<(u32, u32)>>,
     /// Rule ids the live policy uses (0: unknown, as after a restart).
     rule_ids_in_use: usize,
-    /// This agent's programs are in the program arrays (`install`).
-    installed: bool,
-    /// The live generation's IPv6 bucket table was written at its full size
-    /// for an earlier agent's program, though the policy needs fewer
-    /// buckets (see `apply`).
-    v6_widened: bool,
     /// During an upgrade that recreated or retired maps, the slot the
     /// earlier agent's programs read through their own active-slot map,
     /// until `install` (see `handover.rs`).
     handover: Option<u8>,
-    /// That slot's generation, to delete once the earlier programs are
-    /// replaced.
-    handover_sweep: Option<u8>,
 }
 
 impl Datapath {
@@ -201,10 +192,7 @@ impl Datapath {
             retired,
             slot_table: None,
             rule_ids_in_use: 0,
-            installed: false,
-            v6_widened: false,
             handover,
-            handover_sweep: None,
         };
         if let Some(slot) = handover {
             // This load's active-slot map is new (0), or left by a load that
@@ -247,10 +235,10 @@ impl Datapath {
             .set(PROG_INGRESS, &fd, 0)
             .map_err(|source| DatapathError::Install { map: name, source })?;
         self.install_egress()?;
-        self.installed = true;
-        if self.handover.take().is_some() {
+        if let Some(slot) = self.handover.take() {
             handover::end(&self.pin_dir)?;
-            if let Some(slot) = self.handover_sweep.take() {
+            // The earlier programs' generation, once this agent's replaced it.
+            if self.live.is_some() {
                 tables::delete_replaced_generation(&mut self.ebpf, slot)?;
             }
         }
@@ -284,15 +272,6 @@ impl Datapath {
     /// The live policy generation (0 before the first apply).
     pub fn generation(&self) -> Result<u64> {
         tables::live_generation(&self.ebpf)
-    }
-
-    /// Whether the live generation's IPv6 bucket table was written at its
-    /// full size because an earlier agent's program could read it (an
-    /// adopted datapath before `install`): `compact_v6_table` writes it at
-    /// the size it needs, which costs a passed IPv6 packet less
-    /// (docs/design/map-layout.md, "Upgrades").
-    pub fn v6_table_widened(&self) -> bool {
-        self.v6_widened
     }
 
     pub fn attachments(&self) -> &[Attachment] {

@@ -10,8 +10,8 @@ use aya::{
 };
 use tierguard_common::maps::{
     Counter, DirectBlock, DirectCode, LIST_NAME_LEN, ListEntry, MAX_LISTS, PolicyMeta, PrefixKeyV4,
-    PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKET_BITS, V6_BUCKETS,
-    V6_TABLE_MAX_STRIDE, V6Bucket, names,
+    PrefixKeyV6, V4_CODES_PER_SLOT, V4_DIRECT_BLOCKS, V6_BUCKETS, V6_TABLE_MAX_STRIDE, V6Bucket,
+    names,
 };
 use tierguard_common::prefix::v6_bits;
 use tierguard_common::segment::MAX_RULES;
@@ -117,87 +117,34 @@ fn sweep<K: aya::Pod>(
 }
 
 impl Datapath {
-    /// Applies `policy` as one transaction and returns its generation number.
-    /// On error the live policy is untouched and nothing of the new one remains.
+    /// Applies `policy` as one transaction and returns its generation number:
+    /// writes it into the inactive slot, switches to it and deletes the old
+    /// one. On error the live policy is untouched and nothing of the new one
+    /// remains.
     pub fn apply(&mut self, policy: &CompiledPolicy) -> Result<u64> {
-        let generation = live_generation(&self.ebpf)? + 1;
-        self.transact(policy, generation)?;
-        Ok(generation)
-    }
-
-    /// Writes the live policy again with its IPv6 bucket table at the size
-    /// it needs, where `apply` wrote it at the full size for an earlier
-    /// agent's program (`v6_table_widened`); call it after `install`. The
-    /// same transaction as `apply`, under the same generation number: the
-    /// policy is unchanged, only its layout is.
-    pub fn compact_v6_table(&mut self, policy: &CompiledPolicy) -> Result<()> {
-        if !self.v6_widened || !self.installed {
-            return Ok(());
-        }
-        let generation = live_generation(&self.ebpf)?;
-        self.transact(policy, generation)
-    }
-
-    /// Writes `policy` into the inactive slot as `generation`, switches to
-    /// it and deletes the old one.
-    fn transact(&mut self, policy: &CompiledPolicy, generation: u64) -> Result<()> {
         if self.handover.is_some() && self.live.is_some() {
             // This agent's generation is in the other slot already; a second
             // one would go into the slot the earlier programs still read.
             return Err(DatapathError::HandoverPending);
         }
         let ebpf = &mut self.ebpf;
+        let generation = live_generation(ebpf)? + 1;
         let old = active_slot(ebpf)?;
         let new = 1 - old;
 
-        // Until `install`, an adopted datapath's packets run an earlier
-        // agent's program, which may read every generation's IPv6 table at
-        // its full size (agents before `PolicyMeta::v6_bucket_bits`): a
-        // smaller table is then written at the full size, which every
-        // program reads right, until `compact_v6_table`.
-        let widen = self.adopted
-            && !self.installed
-            // During a handover the earlier programs never read this
-            // generation (handover.rs).
-            && self.handover.is_none()
-            && !policy.v6_buckets.is_empty()
-            && v6_bits(policy.v6_bucket_bits) < V6_BUCKET_BITS;
-        let wide = if widen {
-            match policy.v6_table_at(V6_BUCKET_BITS) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    // Not seen: fewer entries than the full size holds.
-                    tracing::warn!(error = %e, "cannot place the IPv6 table at its full size; it is written at the policy's size");
-                    None
-                }
-            }
-        } else {
-            None
-        };
-        let v6 = match &wide {
-            Some(t) => V6Table {
-                buckets: t,
-                bits: V6_BUCKET_BITS,
-            },
-            None => V6Table {
-                buckets: &policy.v6_buckets,
-                bits: v6_bits(policy.v6_bucket_bits),
-            },
-        };
-
         let mut written = Written {
             blocks: Vec::with_capacity(policy.v4_blocks.len()),
-            v6_buckets: Vec::with_capacity(v6.buckets.len()),
+            v6_buckets: Vec::with_capacity(policy.v6_buckets.len()),
             v4: Vec::with_capacity(policy.v4_long.len()),
             v6: Vec::with_capacity(policy.v6_long),
             segmentation: WrittenSegmentation::default(),
         };
-        if let Err(e) = write_generation(ebpf, policy, &v6, new, &mut written) {
+        if let Err(e) = write_generation(ebpf, policy, new, &mut written) {
             delete(ebpf, &written);
             return Err(e);
         }
         let meta = PolicyMeta {
-            v6_bucket_bits: v6.bits,
+            v6_bucket_bits: v6_bits(policy.v6_bucket_bits),
             v6_strides: policy.v6_strides,
             generation,
         };
@@ -224,14 +171,13 @@ impl Datapath {
             // Maps this load created: the old slot was never written.
             None if !self.adopted => {}
             // The earlier programs still read it: deleted at `install`.
-            None if self.handover.is_some() => self.handover_sweep = Some(old),
+            None if self.handover.is_some() => {}
             // Written by an earlier agent (or nothing): find it by slot. The
             // scan reads every array entry of the slot (786,432 map lookups),
             // so it is done only here and in `clear_inactive`.
             None => sweep_slot(&mut self.ebpf, old)?,
         }
         self.live = Some(written);
-        self.v6_widened = wide.is_some();
         reset_renamed_list_counters(&mut self.ebpf, policy)?;
         let scan = if self.rule_ids_in_use == 0 {
             // Unknown after a restart: ids an earlier agent used may be anywhere.
@@ -242,7 +188,7 @@ impl Datapath {
         reset_renamed_rule_counters(&mut self.ebpf, policy, scan)?;
         self.rule_ids_in_use = policy.segmentation.rules.len().max(1);
         limit_tables::reset_renamed(&mut self.ebpf, &policy.limits, stateful)?;
-        Ok(())
+        Ok(generation)
     }
 }
 
@@ -342,18 +288,9 @@ pub(super) fn zero_per_cpu() -> Result<PerCpuValues<Counter>> {
     PerCpuValues::try_from(vec![Counter::default(); n]).map_err(DatapathError::Cpus)
 }
 
-/// The IPv6 bucket table a generation is written with: the policy's own, or
-/// the same entries placed at another size.
-struct V6Table<'a> {
-    buckets: &'a std::collections::BTreeMap<u32, V6Bucket>,
-    /// In `1..=V6_BUCKET_BITS`: every bucket index is below `2^bits`.
-    bits: u32,
-}
-
 fn write_generation(
     ebpf: &mut Ebpf,
     policy: &CompiledPolicy,
-    v6_table: &V6Table<'_>,
     slot: u8,
     written: &mut Written,
 ) -> Result<()> {
@@ -385,8 +322,7 @@ fn write_generation(
     // so a slot holds no bucket of an earlier generation when it is written
     // again, whatever size that one had.
     let mut table: Array<_, V6Bucket> = array(ebpf, names::V6_TABLE)?;
-    for (&bucket, b) in v6_table.buckets {
-        debug_assert!(bucket < 1 << v6_table.bits);
+    for (&bucket, b) in &policy.v6_buckets {
         let i = u32::from(slot) * V6_BUCKETS + bucket;
         table.set(i, *b, 0).map_err(map_err(names::V6_TABLE))?;
         written.v6_buckets.push(i);

@@ -238,8 +238,8 @@ impl CompiledPolicy {
     }
 
     /// This policy's bucket table placed in `2^bits` buckets instead of its
-    /// own `2^v6_bucket_bits`: for a generation that a program reading
-    /// another size may see (`Datapath::apply`).
+    /// own `2^v6_bucket_bits`, as agents before the size field placed every
+    /// table at the full size (for tests of how programs read such tables).
     pub fn v6_table_at(&self, bits: u32) -> Result<BTreeMap<u32, V6Bucket>, String> {
         v6_table(&self.v6_short(), bits)
     }
