@@ -459,6 +459,33 @@ fn valid_interface_name(name: &str) -> bool {
     !(name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', ' ', '\0']))
 }
 
+/// An integer setting `key` within `range` (`unit` ends the error's text),
+/// or `default` when it is absent or out of range (then with an error at
+/// the value).
+fn int_in_range(
+    src: &Source,
+    v: &Option<Spanned<i64>>,
+    key: &str,
+    range: std::ops::RangeInclusive<u64>,
+    unit: &str,
+    default: u64,
+    errors: &mut Vec<ConfigError>,
+) -> u64 {
+    let Some(v) = v else { return default };
+    let n = *v.get_ref();
+    match u64::try_from(n) {
+        Ok(n) if range.contains(&n) => n,
+        _ => {
+            let (min, max) = (range.start(), range.end());
+            errors.push(src.error_span(
+                &v.span(),
+                format!("{key} = {n} is out of range: expected {min} to {max}{unit}"),
+            ));
+            default
+        }
+    }
+}
+
 fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) -> AgentConfig {
     let mut interfaces: Vec<String> = Vec::new();
     for i in &raw.interfaces {
@@ -520,24 +547,15 @@ fn validate_agent(src: &Source, raw: RawAgent, errors: &mut Vec<ConfigError>) ->
             PathBuf::from(text)
         }
     };
-    let flow_capacity = match &raw.flow_capacity {
-        None => FLOW_CAPACITY,
-        Some(v) => {
-            let n = *v.get_ref();
-            if (i64::from(MIN_FLOW_CAPACITY)..=i64::from(MAX_FLOW_CAPACITY)).contains(&n) {
-                n as u32
-            } else {
-                errors.push(src.error_span(
-                    &v.span(),
-                    format!(
-                        "agent.flow_capacity = {n} is out of range: expected \
-                         {MIN_FLOW_CAPACITY} to {MAX_FLOW_CAPACITY} flows"
-                    ),
-                ));
-                FLOW_CAPACITY
-            }
-        }
-    };
+    let flow_capacity = int_in_range(
+        src,
+        &raw.flow_capacity,
+        "agent.flow_capacity",
+        u64::from(MIN_FLOW_CAPACITY)..=u64::from(MAX_FLOW_CAPACITY),
+        " flows",
+        u64::from(FLOW_CAPACITY),
+        errors,
+    ) as u32;
     AgentConfig {
         interfaces,
         xdp_mode: raw.xdp_mode,
@@ -557,17 +575,16 @@ fn validate_events(
 ) -> EventsConfig {
     let d = EventsConfig::default();
     let max_rate = tierguard_common::event::MAX_RATE;
-    let mut num = |v: &Option<Spanned<i64>>, what: &str, min: u64, max: u64, default: u64| -> u64 {
-        let Some(v) = v else { return default };
-        let n = *v.get_ref();
-        if n < min as i64 || n as u64 > max {
-            errors.push(src.error_span(
-                &v.span(),
-                format!("events.{what} = {n} is out of range: expected {min} to {max}"),
-            ));
-            return default;
-        }
-        n as u64
+    let mut num = |v: &Option<Spanned<i64>>, what: &str, min: u64, max: u64, default: u64| {
+        int_in_range(
+            src,
+            v,
+            &format!("events.{what}"),
+            min..=max,
+            "",
+            default,
+            errors,
+        )
     };
     let rate_per_reason = num(
         &raw.rate_per_reason,

@@ -16,10 +16,10 @@
 
 use std::path::Path;
 
-use aya::maps::{Array, Map, MapData};
+use aya::maps::{Array, MapData};
 use tierguard_common::maps::names;
 
-use super::map_access::map_err;
+use super::map_access::{map_err, pinned};
 use super::{DatapathError, Result};
 
 /// Where the earlier programs' active-slot map is kept during a handover.
@@ -35,7 +35,7 @@ pub fn begin(pin_dir: &Path, layout_changed: bool) -> Result<Option<u8>> {
     let held = pin_dir.join(PIN);
     if held.exists() {
         if still_read(&held) {
-            return read_slot(&held).map(Some);
+            return slot_in(pin_dir, PIN).map(Some);
         }
         // Left by an agent that stopped between `install` and `end`, or by
         // a handover a rollback to an earlier version never finished: no
@@ -47,7 +47,7 @@ pub fn begin(pin_dir: &Path, layout_changed: bool) -> Result<Option<u8>> {
     if !layout_changed || !active.exists() {
         return Ok(None);
     }
-    let slot = read_slot(&active)?;
+    let slot = slot_in(pin_dir, names::ACTIVE_SLOT)?;
     std::fs::rename(&active, &held).map_err(|source| DatapathError::Handover {
         path: held.clone(),
         source,
@@ -82,10 +82,8 @@ fn still_read(path: &Path) -> bool {
     })
 }
 
-fn read_slot(path: &Path) -> Result<u8> {
-    let name = names::ACTIVE_SLOT;
-    let data = MapData::from_pin(path).map_err(map_err(name))?;
-    let slots: Array<_, u32> =
-        Array::try_from(Map::from_map_data(data).map_err(map_err(name))?).map_err(map_err(name))?;
+/// The slot an active-slot map pinned under `pin_dir` as `name` holds.
+fn slot_in(pin_dir: &Path, name: &'static str) -> Result<u8> {
+    let slots: Array<MapData, u32> = pinned(pin_dir, name)?;
     Ok((slots.get(&0, 0).map_err(map_err(name))? & 1) as u8)
 }

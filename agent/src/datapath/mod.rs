@@ -158,19 +158,22 @@ impl Datapath {
         // aya-log's level defaults to "everything" in the object: set it at
         // every load, off unless asked.
         let log_level: u8 = if kernel_debug { KERNEL_DEBUG_LEVEL } else { 0 };
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(pin_dir)
-            .map_max_entries(overrides[0].0, overrides[0].1)
-            .map_max_entries(overrides[1].0, overrides[1].1)
-            .override_global(KERNEL_LOG_LEVEL, &log_level, true)
-            .load(EBPF_OBJECT)
-            .map_err(|e| {
-                if is_permission_error(&e) {
-                    DatapathError::PermissionDenied(e)
-                } else {
-                    DatapathError::Load(e)
-                }
-            })?;
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(pin_dir).override_global(
+            KERNEL_LOG_LEVEL,
+            &log_level,
+            true,
+        );
+        for (name, entries) in overrides {
+            loader.map_max_entries(name, entries);
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT).map_err(|e| {
+            if is_permission_error(&e) {
+                DatapathError::PermissionDenied(e)
+            } else {
+                DatapathError::Load(e)
+            }
+        })?;
         let loaded = load_xdp(&mut ebpf, programs::DISPATCH)
             .and_then(|()| load_xdp(&mut ebpf, programs::INGRESS))
             .and_then(|()| egress::load_tc(&mut ebpf, programs::EGRESS_DISPATCH))
