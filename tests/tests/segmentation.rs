@@ -473,3 +473,51 @@ fn replies_stop_passing_once_their_flow_has_expired() {
     drop(agent);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A restart with another `[agent] flow_capacity` recreates the flow table;
+/// the flows live before it are copied over, so an exchange that began under
+/// the first agent gets its answers under the second.
+#[test]
+fn a_flow_capacity_change_keeps_the_live_flows() {
+    let estate = Estate::new("tgsf", 238);
+    let pins = PinDir::new("seg-carry");
+    let dir = tmpdir("carry");
+    let config = estate.config(&dir, pins.path(), RULES);
+    let cfg = config.to_str().unwrap().to_string();
+    let first = Agent::start(&["--config", &cfg, "--persist"], free_addr());
+    let edge = &estate.edge;
+    let sock = UdpSocket::bind(format!("{}:0", edge.node_v4())).unwrap();
+    let port = sock.local_addr().unwrap().port();
+    // The query opens a flow (core → edge on 5353 is allowed).
+    sock.send_to(b"query", format!("{}:5353", edge.peer_v4()))
+        .unwrap();
+    first.wait_for("the query's flow", |m| {
+        counter(m, "tierguard_flows_created_total") >= 1.0
+    });
+    assert!(first.stop().success());
+
+    let config = estate.config(
+        &dir,
+        pins.path(),
+        &format!("flow_capacity = 65536\n{RULES}"),
+    );
+    let second = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    assert!(
+        second.log().contains("live flows copied over"),
+        "{}",
+        second.log()
+    );
+    let established = |m: &str| packets(m, &edge.node_if, "ingress", "pass", "established");
+    let denied = |m: &str| packets(m, &edge.node_if, "ingress", "drop", "default_deny");
+    // The answer passes as established; the same packet to a port with no
+    // flow behind it is denied.
+    let before = second.scrape();
+    edge.hping("--udp", 5353, port, 1, &edge.node_v4());
+    edge.hping("--udp", 5353, port.wrapping_add(1), 1, &edge.node_v4());
+    let after = second.scrape();
+    assert_eq!(established(&after) - established(&before), 1.0, "{after}");
+    assert_eq!(denied(&after) - denied(&before), 1.0, "{after}");
+    assert_eq!(counter(&after, "tierguard_flow_table_capacity"), 65_536.0);
+    drop(second);
+    let _ = std::fs::remove_dir_all(dir);
+}

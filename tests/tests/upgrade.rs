@@ -8,13 +8,14 @@ use std::process::Command;
 
 use tierguard::{
     config::Config,
-    datapath::{Datapath, LoadOptions, XDP_DROP, XDP_PASS},
+    datapath::{Datapath, LoadOptions, TC_DROP, TC_PASS, XDP_DROP, XDP_PASS},
     policy::CompiledPolicy,
 };
 use tierguard_common::{
     build::{tcp, v4_frame},
     maps::{names, programs},
-    packet::{PROTO_TCP, TCP_SYN},
+    packet::{PROTO_TCP, TCP_ACK, TCP_SYN},
+    segment::{FlowKey, FlowValue},
 };
 use tierguard_tests::pins::PinDir;
 
@@ -71,15 +72,44 @@ fn pin_map(path: &Path, kind: &str, key: usize, value: usize, entries: u32, name
     assert!(status.success(), "bpftool map create {name}");
 }
 
-fn flows(pins: &Path) -> usize {
+type FlowTable = aya::maps::HashMap<aya::maps::MapData, FlowKey, FlowValue>;
+
+fn flow_table(pins: &Path) -> FlowTable {
     let map = aya::maps::MapData::from_pin(pins.join(names::FLOWS)).unwrap();
-    let map = aya::maps::Map::from_map_data(map).unwrap();
-    let table: aya::maps::HashMap<
-        _,
-        tierguard_common::segment::FlowKey,
-        tierguard_common::segment::FlowValue,
-    > = aya::maps::HashMap::try_from(map).unwrap();
-    table.keys().count()
+    aya::maps::HashMap::try_from(aya::maps::Map::from_map_data(map).unwrap()).unwrap()
+}
+
+fn flows(pins: &Path) -> usize {
+    flow_table(pins).keys().count()
+}
+
+/// The source ports of the pinned table's flows, sorted.
+fn flow_ports(pins: &Path) -> Vec<u16> {
+    let mut ports: Vec<u16> = flow_table(pins).keys().map(|k| k.unwrap().sport).collect();
+    ports.sort();
+    ports
+}
+
+/// A flow from edge to core:443 from source port `sport`, last seen at `seen`.
+fn flow(sport: u16, seen: u64) -> (FlowKey, FlowValue) {
+    let mut src = [0; 16];
+    src[..4].copy_from_slice(&[10, 10, 0, 5]);
+    let mut dst = [0; 16];
+    dst[..4].copy_from_slice(&[10, 30, 0, 9]);
+    let key = FlowKey {
+        src,
+        dst,
+        sport,
+        dport: 443,
+        proto: PROTO_TCP,
+        family: 4,
+        _pad: [0; 2],
+    };
+    let value = FlowValue {
+        last_seen_ns: seen,
+        ..FlowValue::default()
+    };
+    (key, value)
 }
 
 #[test]
@@ -382,14 +412,16 @@ fn an_interrupted_handover_is_taken_up_by_the_next_agent() {
 }
 
 /// `[agent] flow_capacity` changed between two runs: the flow table is
-/// created afresh at the new size, through the same handover as an upgrade.
+/// created afresh at the new size, through the same handover as an upgrade,
+/// and the live flows are copied over (at load, and at install those the
+/// earlier programs opened meanwhile), so established connections go on.
 #[test]
-fn a_new_flow_capacity_recreates_the_flow_table_at_that_size() {
+fn a_new_flow_capacity_recreates_the_flow_table_and_carries_its_flows() {
     let pins = PinDir::new("upgrade-flowcap");
     let mut first = loaded(pins.path());
     first.install().unwrap();
     check_enforcement(&mut first);
-    assert_eq!(flows(pins.path()), 1);
+    assert_eq!(flow_ports(pins.path()), vec![40000]);
     drop(first);
 
     let options = LoadOptions {
@@ -406,15 +438,103 @@ fn a_new_flow_capacity_recreates_the_flow_table_at_that_size() {
     );
     let info = aya::maps::MapInfo::from_pin(pins.path().join(names::FLOWS)).unwrap();
     assert_eq!(info.max_entries(), 4096);
-    assert_eq!(flows(pins.path()), 0, "a recreated table starts empty");
+    assert_eq!(flow_ports(pins.path()), vec![40000], "copied at load");
+    // Until install the earlier programs enforce, and open flows in their
+    // own table.
+    let syn = v4_frame(
+        [10, 10, 0, 5],
+        [10, 30, 0, 9],
+        PROTO_TCP,
+        &tcp(40001, 443, TCP_SYN, 0),
+    );
+    assert_eq!(
+        second.test_run(programs::DISPATCH, &syn, 1).unwrap().action,
+        XDP_PASS
+    );
+    assert_eq!(flow_ports(pins.path()), vec![40000]);
     let config = Config::load_str(POLICY, "test.toml", Path::new(".")).unwrap();
     second
         .apply(&CompiledPolicy::compile(&config, &[]).unwrap())
         .unwrap();
     second.install().unwrap();
     assert!(!pins.path().join("handover_active_slot").exists());
+    assert_eq!(
+        flow_ports(pins.path()),
+        vec![40000, 40001],
+        "copied at install"
+    );
+    // The replies of both flows pass the new egress program as established;
+    // a reply with no flow behind it is judged by the rules (default deny).
+    for (port, want) in [(40000, TC_PASS), (40001, TC_PASS), (40002, TC_DROP)] {
+        let reply = v4_frame(
+            [10, 30, 0, 9],
+            [10, 10, 0, 5],
+            PROTO_TCP,
+            &tcp(443, port, TCP_SYN | TCP_ACK, 0),
+        );
+        assert_eq!(
+            second.test_run(programs::EGRESS, &reply, 1).unwrap().action,
+            want,
+            "reply to port {port}"
+        );
+    }
     check_enforcement(&mut second);
-    assert_eq!(flows(pins.path()), 1);
+}
+
+/// A smaller flow table than the flows live: the most recently seen are
+/// copied, the rest left behind.
+#[test]
+fn a_smaller_flow_table_keeps_the_most_recently_seen_flows() {
+    let pins = PinDir::new("upgrade-flowcap-shrink");
+    let mut first = loaded(pins.path());
+    first.install().unwrap();
+    drop(first);
+    {
+        let mut table = flow_table(pins.path());
+        for (port, seen) in [(1, 1_000u64), (2, 3_000), (3, 2_000)] {
+            let (k, v) = flow(port, seen);
+            table.insert(k, v, 0).unwrap();
+        }
+    }
+    let options = LoadOptions {
+        flow_capacity: 2,
+        ..LoadOptions::default()
+    };
+    let mut second = Datapath::load_opts(pins.path(), &options).unwrap();
+    assert_eq!(flow_ports(pins.path()), vec![2, 3]);
+    let table = flow_table(pins.path());
+    assert_eq!(table.get(&flow(2, 0).0, 0).unwrap().last_seen_ns, 3_000);
+    assert_eq!(table.get(&flow(3, 0).0, 0).unwrap().last_seen_ns, 2_000);
+    second.install().unwrap();
+    assert_eq!(flow_ports(pins.path()), vec![2, 3]);
+}
+
+/// A flow table of another layout (here a larger value) cannot be read as
+/// this version's: it is recreated empty, and the load goes on.
+#[test]
+fn a_flow_table_of_another_layout_is_not_copied() {
+    let pins = PinDir::new("upgrade-flow-layout");
+    let mut first = loaded(pins.path());
+    first.install().unwrap();
+    drop(first);
+    let path = pins.path().join(names::FLOWS);
+    std::fs::remove_file(&path).unwrap();
+    pin_map(&path, "lru_hash", 40, 24, 1024, "TG_FLOWS");
+    let status = Command::new("bpftool")
+        .args(["map", "update", "pinned"])
+        .arg(&path)
+        .arg("key")
+        .args(std::iter::repeat_n("1", 40))
+        .arg("value")
+        .args(std::iter::repeat_n("1", 24))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut second = loaded(pins.path());
+    assert_eq!(second.recreated()[0].map, names::FLOWS);
+    assert!(flow_ports(pins.path()).is_empty());
+    second.install().unwrap();
+    check_enforcement(&mut second);
 }
 
 /// A `handover_active_slot` pin that no program reads (its agent stopped

@@ -6,7 +6,8 @@
 //! verifier (the agent could not start) or, worse, read a layout they were
 //! not built for. So before loading, every pinned map is compared with the
 //! object's definition; a map that differs is unpinned so that the load
-//! creates it afresh. Its state (counters, flows, blocks) starts empty; the
+//! creates it afresh. Its state (counters, flows, blocks) starts empty, but
+//! for a flow table that only changed capacity (`flows.rs`, `FlowCarry`); the
 //! old programs keep their reference to the old map and keep enforcing until
 //! the new program is installed, on a generation of their own
 //! (`handover.rs`), so there is no gap.

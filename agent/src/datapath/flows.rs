@@ -3,17 +3,94 @@
 //! new ones) and measures the table for metrics. Evictions are derived:
 //! every entry the kernel created is either still there, expired and freed
 //! by this sweeper, or evicted by the LRU.
+//!
+//! When a load recreates the table at another capacity, [`FlowCarry`] copies
+//! the live flows over, so established connections outlive the change.
 
 use std::path::Path;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray},
+};
 use tierguard_common::{
     maps::names,
     segment::{FLOW_STAT_CREATED, FlowKey, FlowValue, SegMeta, flow_alive},
 };
 
-use super::map_access::{map_err, pinned};
+use super::compat::Layout;
+use super::map_access::{self, map_err, pinned};
 use super::{Result, clock::coarse_now_ns};
+
+/// The flow table an earlier load pinned, held open while this load
+/// recreates it at another capacity: its flows are copied into the new
+/// table once at load and again at install (flows the earlier programs
+/// opened meanwhile). See docs/design/flows.md, "Capacity changes".
+pub struct FlowCarry {
+    old: HashMap<MapData, FlowKey, FlowValue>,
+}
+
+/// What one copy did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Flows copied into the new table.
+    pub copied: u64,
+    /// Flows left behind: the new table is smaller than what the old held
+    /// (the least recently seen are left), or the kernel refused them.
+    pub left: u64,
+}
+
+impl FlowCarry {
+    /// The pinned flow table, if it is about to be recreated (`wanted`
+    /// differs) with only its capacity changed. Any other difference is a
+    /// new layout whose flows cannot be read as this version's: those start
+    /// empty, as every recreated map's state does. A change to what
+    /// `FlowKey` or `FlowValue` mean must therefore also change their size or
+    /// the map's flags.
+    pub fn open(pin_dir: &Path, wanted: &[(String, Layout)]) -> Option<FlowCarry> {
+        let now = wanted.iter().find(|(n, _)| n == names::FLOWS)?.1;
+        let path = pin_dir.join(names::FLOWS);
+        let info = MapInfo::from_pin(&path).ok()?;
+        let same_kind = info.map_type().is_ok_and(|t| t as u32 == now.map_type)
+            && info.key_size() == now.key_size
+            && info.value_size() == now.value_size
+            && info.map_flags() == now.flags;
+        if !same_kind || info.max_entries() == now.max_entries {
+            return None;
+        }
+        let old = pinned(pin_dir, names::FLOWS).ok()?;
+        Some(FlowCarry { old })
+    }
+
+    /// Copies the old table's flows into this load's table, most recently
+    /// seen first and at most as many as it holds; a flow already there is
+    /// left as it is.
+    pub fn copy_into(&self, ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Carried> {
+        let capacity = MapInfo::from_pin(pin_dir.join(names::FLOWS))
+            .map_err(map_err(names::FLOWS))?
+            .max_entries();
+        let mut new = map_access::hash::<FlowKey, FlowValue>(ebpf, names::FLOWS)?;
+        // An entry evicted while we iterate ends the walk early at worst.
+        let mut flows: Vec<(FlowKey, FlowValue)> = self.old.iter().map_while(|e| e.ok()).collect();
+        flows.sort_by_key(|(_, v)| std::cmp::Reverse(v.last_seen_ns));
+        let mut out = Carried::default();
+        for (i, (k, v)) in flows.iter().enumerate() {
+            if i >= capacity as usize {
+                out.left += 1;
+                continue;
+            }
+            match new.insert(k, v, BPF_NOEXIST) {
+                Ok(()) => out.copied += 1,
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(_) => out.left += 1,
+            }
+        }
+        Ok(out)
+    }
+}
+
+const BPF_NOEXIST: u64 = 1;
 
 /// What one sweep found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

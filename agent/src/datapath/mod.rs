@@ -87,6 +87,9 @@ pub struct Datapath {
     /// earlier agent's programs read through their own active-slot map,
     /// until `install` (see `handover.rs`).
     handover: Option<u8>,
+    /// The flow table this load recreated at another capacity, until its
+    /// flows are copied over for the last time at `install`.
+    flow_carry: Option<flows::FlowCarry>,
 }
 
 impl Datapath {
@@ -127,6 +130,8 @@ impl Datapath {
             (names::FLOWS, flow_capacity),
         ];
         let layouts = compat::object_layouts(EBPF_OBJECT, &overrides);
+        // Opened before its pin is removed below.
+        let flow_carry = flows::FlowCarry::open(pin_dir, &layouts);
         let recreated = compat::set_aside_incompatible(pin_dir, &layouts);
         let retired = compat::unpin_retired(pin_dir, &layouts);
         for map in &retired {
@@ -137,12 +142,18 @@ impl Datapath {
             );
         }
         for r in &recreated {
+            let carried = r.map == names::FLOWS && flow_carry.is_some();
             tracing::warn!(
                 map = %r.map,
                 was = %r.was,
                 now = %r.now,
                 "a pinned map has another layout than this agent's programs need (an upgrade): \
-                 it is created afresh and its state starts empty"
+                 it is created afresh and {}",
+                if carried {
+                    "its live flows are copied over"
+                } else {
+                    "its state starts empty"
+                }
             );
         }
         let handover = handover::begin(pin_dir, !recreated.is_empty() || !retired.is_empty())?;
@@ -196,7 +207,9 @@ impl Datapath {
             slot_table: None,
             rule_ids_in_use: 0,
             handover,
+            flow_carry,
         };
+        dp.carry_flows("load");
         if let Some(slot) = handover {
             // This load's active-slot map is new (0), or left by a load that
             // did not finish the handover: it starts where the earlier
@@ -245,7 +258,41 @@ impl Datapath {
                 tables::delete_replaced_generation(&mut self.ebpf, slot)?;
             }
         }
+        // The earlier programs are replaced: the flows they opened since the
+        // load are the last to copy.
+        self.carry_flows("install");
+        self.flow_carry = None;
         Ok(())
+    }
+
+    /// Copies the live flows of the flow table this load recreated (another
+    /// capacity) into the new one. A failure is logged, not fatal: the flows
+    /// left behind are judged by the rules again, as before carrying existed.
+    fn carry_flows(&mut self, stage: &'static str) {
+        let Some(carry) = &self.flow_carry else {
+            return;
+        };
+        match carry.copy_into(&mut self.ebpf, &self.pin_dir) {
+            Ok(c) if c.left > 0 => tracing::warn!(
+                stage,
+                copied = c.copied,
+                left = c.left,
+                "flow table recreated at another capacity: live flows copied over; those left \
+                 behind (the least recently seen, beyond the new capacity) are judged by the \
+                 rules again"
+            ),
+            Ok(c) => tracing::info!(
+                stage,
+                copied = c.copied,
+                "flow table recreated at another capacity: live flows copied over"
+            ),
+            Err(e) => tracing::warn!(
+                stage,
+                error = %e,
+                "cannot copy the live flows into the recreated flow table: their next packets \
+                 are judged by the rules again"
+            ),
+        }
     }
 
     pub fn pin_dir(&self) -> &Path {
@@ -258,7 +305,8 @@ impl Datapath {
     }
 
     /// Pinned maps an earlier version left with another layout, which this
-    /// load created afresh (their state started empty).
+    /// load created afresh (their state started empty, but for the flows of
+    /// a flow table that only changed capacity).
     pub fn recreated(&self) -> &[Recreated] {
         &self.recreated
     }
