@@ -77,6 +77,9 @@ pub mod programs {
     pub const BASELINE: &str = "tierguard_baseline";
     /// Benchmark only: ingress with rotating source addresses.
     pub const BENCH_INGRESS: &str = "tierguard_bench_ingress";
+    /// Benchmark only: `BENCH_INGRESS` with a new source port each time the
+    /// rotation goes round (every packet a new flow's).
+    pub const BENCH_INGRESS_NEW: &str = "tierguard_bench_ingress_new";
     /// Benchmark only: the rotation alone, subtracted from `BENCH_INGRESS`.
     pub const BENCH_BASELINE: &str = "tierguard_bench_baseline";
     /// TC classifier on clsact egress; tail-calls `EGRESS` like `DISPATCH`.

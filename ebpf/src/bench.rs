@@ -21,6 +21,14 @@ static BENCH_CURSOR: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
 /// program for the verifier to walk.
 #[inline(always)]
 pub fn next_source() -> Option<[u8; 16]> {
+    next_source_and_round().map(|(s, _)| s)
+}
+
+/// The next source, and how many times the rotation went round before it:
+/// a port that changes with every round makes every (source, port) pair new
+/// for 65,536 rounds.
+#[inline(always)]
+pub fn next_source_and_round() -> Option<([u8; 16], u16)> {
     let cursor = BENCH_CURSOR.get_ptr_mut(0)?;
     // SAFETY: per-CPU value, no concurrent writer on this CPU.
     let i = unsafe {
@@ -28,5 +36,6 @@ pub fn next_source() -> Option<[u8; 16]> {
         *cursor = i.wrapping_add(1);
         i
     };
-    BENCH_SOURCES.get(i % BENCH_SOURCES_CAPACITY).copied()
+    let source = BENCH_SOURCES.get(i % BENCH_SOURCES_CAPACITY).copied()?;
+    Some((source, (i / BENCH_SOURCES_CAPACITY) as u16))
 }

@@ -96,6 +96,8 @@ enum Override {
     None,
     Src([u8; 16]),
     Dst([u8; 16]),
+    /// A source address and a source port.
+    SrcPort([u8; 16], u16),
 }
 
 /// The enforcement path, shared by both directions.
@@ -129,6 +131,10 @@ fn enforce_with<C: EbpfContext>(
             Override::None => {}
             Override::Src(a) => p.src = a,
             Override::Dst(a) => p.dst = a,
+            Override::SrcPort(a, port) => {
+                p.src = a;
+                p.sport = port;
+            }
         }
         let d = decide_packet(dir, slot, &p, meta, ifindex);
         // Checked here, not in the callee: a call costs more than the check.
@@ -199,6 +205,27 @@ pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
         ifindex,
         Direction::Ingress,
         Override::Src(src),
+    ) {
+        Verdict::Drop => xdp_action::XDP_DROP,
+        Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
+    }
+}
+
+/// Benchmark only: as `tierguard_bench_ingress`, with a source port that
+/// changes each time the rotation goes round, so that every packet is a
+/// new flow's (for 65,536 rounds).
+#[xdp]
+pub fn tierguard_bench_ingress_new(ctx: XdpContext) -> u32 {
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let Some((src, round)) = bench::next_source_and_round() else {
+        return xdp_action::XDP_PASS;
+    };
+    match enforce_with(
+        &ctx,
+        &PacketBytes::xdp(&ctx),
+        ifindex,
+        Direction::Ingress,
+        Override::SrcPort(src, round),
     ) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,

@@ -634,6 +634,7 @@ fn the_benchmark_programs_pass_the_verifier() {
     let frame = v6_frame(OTHER6, NODE6, PROTO_UDP, &udp(1, 2, 0));
     for prog in [
         programs::BENCH_INGRESS,
+        programs::BENCH_INGRESS_NEW,
         programs::BENCH_BASELINE,
         programs::BENCH_EGRESS,
         programs::BENCH_EGRESS_BASELINE,

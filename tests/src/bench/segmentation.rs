@@ -27,9 +27,11 @@ use super::{fill_sources, median_ns, to16};
 const NODE: [u8; 4] = [10, 0, 0, 1];
 const SERVICE_PORT: u16 = 443;
 const CLIENT_PORT: u16 = 40000;
-/// The two packets measured in each direction.
-const NEW_CONNECTION: &str = "new connection (SYN, rule allows, flow written)";
+/// The packets measured in each direction.
+const NEW_CONNECTION: &str = "new connection, tuple seen before (SYN, rule allows, flow rewritten)";
 const ESTABLISHED: &str = "established (reply of a live flow)";
+/// Ingress only: a SYN whose tuple the table has never held.
+const NEW_TUPLE: &str = "new connection, new tuple (SYN, rule allows, flow inserted)";
 
 pub struct SegRow {
     pub zones: usize,
@@ -166,10 +168,15 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
     let mut rows = Vec::new();
     let mut row = |dp: &mut Datapath, dir: &'static str, packet: &'static str, frame: &[u8]| {
         let (empty, rotation, cost) = if dir == "ingress" {
+            let prog = if packet == NEW_TUPLE {
+                programs::BENCH_INGRESS_NEW
+            } else {
+                programs::BENCH_INGRESS
+            };
             (
                 median_ns(dp, programs::BASELINE, frame, XDP_PASS),
                 median_ns(dp, programs::BENCH_BASELINE, frame, XDP_PASS),
-                median_ns(dp, programs::BENCH_INGRESS, frame, XDP_PASS),
+                median_ns(dp, prog, frame, XDP_PASS),
             )
         } else {
             (
@@ -232,6 +239,16 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         &tcp(SERVICE_PORT, CLIENT_PORT, TCP_ACK, 0),
     );
     row(&mut dp, "egress", ESTABLISHED, &ack);
+    // Last, as it fills the table with millions of flows: every SYN is a new
+    // tuple's, so each is an insert, and once the table is full each insert
+    // evicts the least recently used flow.
+    let syn = v4_frame(
+        any,
+        node4,
+        PROTO_TCP,
+        &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0),
+    );
+    row(&mut dp, "ingress", NEW_TUPLE, &syn);
     drop(dp);
     drop(pins);
     rows
@@ -306,7 +323,12 @@ pub fn render(s: &mut String, rows: &[SegRow]) {
          the /16; the trie only for /24s that hold longer prefixes); a rule with two array reads for the zone \
          pair and one for its port set (or one or two of a port table), whatever the number of rules; the \
          flow table is the only hash lookup (docs/design/segmentation.md). \
-         The new-connection rows include writing the flow (the rotation revisits sources, so after the first \
-         32,768 packets the write refreshes an existing flow).\n"
+         The new-connection rows include writing the flow. With a tuple seen before, the rotation revisits \
+         sources, so after the first 32,768 packets the write rewrites a flow the table holds (a retransmitted \
+         SYN, or a client reusing its port). With a new tuple (ingress, a source port that changes each time \
+         the rotation goes round), every packet inserts a flow into the LRU table, and once its 262,144 flows \
+         are taken every insert evicts one: the cost of a flood of new connections, which the kernel's LRU \
+         locks and lists and the random lines of a 28 MiB table make several times that of a rewrite \
+         (docs/design/flows.md).\n"
     );
 }
