@@ -195,19 +195,9 @@ fn decide_packet(
 /// rotating table, so one BPF_PROG_TEST_RUN covers many keys.
 #[xdp]
 pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
-    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some(src) = bench::next_source() else {
-        return xdp_action::XDP_PASS;
-    };
-    match enforce_with(
-        &ctx,
-        &PacketBytes::xdp(&ctx),
-        ifindex,
-        Direction::Ingress,
-        Override::Src(src),
-    ) {
-        Verdict::Drop => xdp_action::XDP_DROP,
-        Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
+    match bench::next_source() {
+        Some(src) => bench_ingress(&ctx, Override::Src(src)),
+        None => xdp_action::XDP_PASS,
     }
 }
 
@@ -216,16 +206,22 @@ pub fn tierguard_bench_ingress(ctx: XdpContext) -> u32 {
 /// new flow's (for 65,536 rounds).
 #[xdp]
 pub fn tierguard_bench_ingress_new(ctx: XdpContext) -> u32 {
+    match bench::next_source_and_round() {
+        Some((src, round)) => bench_ingress(&ctx, Override::SrcPort(src, round)),
+        None => xdp_action::XDP_PASS,
+    }
+}
+
+/// The ingress path with the benchmark's override, as an XDP action.
+#[inline(always)]
+fn bench_ingress(ctx: &XdpContext, over: Override) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    let Some((src, round)) = bench::next_source_and_round() else {
-        return xdp_action::XDP_PASS;
-    };
     match enforce_with(
-        &ctx,
-        &PacketBytes::xdp(&ctx),
+        ctx,
+        &PacketBytes::xdp(ctx),
         ifindex,
         Direction::Ingress,
-        Override::SrcPort(src, round),
+        over,
     ) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,

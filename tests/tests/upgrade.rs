@@ -34,11 +34,16 @@ fn loaded(pins: &Path) -> Datapath {
 }
 
 fn syn_to(port: u16) -> Vec<u8> {
+    syn(40000, port)
+}
+
+/// A SYN from edge port `sport` to core port `dport`.
+fn syn(sport: u16, dport: u16) -> Vec<u8> {
     v4_frame(
         [10, 10, 0, 5],
         [10, 30, 0, 9],
         PROTO_TCP,
-        &tcp(40000, port, TCP_SYN, 0),
+        &tcp(sport, dport, TCP_SYN, 0),
     )
 }
 
@@ -441,14 +446,11 @@ fn a_new_flow_capacity_recreates_the_flow_table_and_carries_its_flows() {
     assert_eq!(flow_ports(pins.path()), vec![40000], "copied at load");
     // Until install the earlier programs enforce, and open flows in their
     // own table.
-    let syn = v4_frame(
-        [10, 10, 0, 5],
-        [10, 30, 0, 9],
-        PROTO_TCP,
-        &tcp(40001, 443, TCP_SYN, 0),
-    );
     assert_eq!(
-        second.test_run(programs::DISPATCH, &syn, 1).unwrap().action,
+        second
+            .test_run(programs::DISPATCH, &syn(40001, 443), 1)
+            .unwrap()
+            .action,
         XDP_PASS
     );
     assert_eq!(flow_ports(pins.path()), vec![40000]);

@@ -196,13 +196,13 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
         });
     };
     // Ingress: tiers connect to core:443 (the source rotates).
-    let syn = v4_frame(
+    let syn_in = v4_frame(
         any,
         node4,
         PROTO_TCP,
         &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0),
     );
-    row(&mut dp, "ingress", NEW_CONNECTION, &syn);
+    row(&mut dp, "ingress", NEW_CONNECTION, &syn_in);
     // Ingress replies: core connected to each tier's 443 earlier.
     flows(
         &mut dp,
@@ -242,13 +242,7 @@ pub fn measure(zones: usize, rules: usize) -> Vec<SegRow> {
     // Last, as it fills the table with millions of flows: every SYN is a new
     // tuple's, so each is an insert, and once the table is full each insert
     // evicts the least recently used flow.
-    let syn = v4_frame(
-        any,
-        node4,
-        PROTO_TCP,
-        &tcp(CLIENT_PORT, SERVICE_PORT, TCP_SYN, 0),
-    );
-    row(&mut dp, "ingress", NEW_TUPLE, &syn);
+    row(&mut dp, "ingress", NEW_TUPLE, &syn_in);
     drop(dp);
     drop(pins);
     rows
