@@ -62,23 +62,23 @@ impl FlowCarry {
         Some(FlowCarry { old })
     }
 
-    /// Copies the old table's flows into this load's table, most recently
-    /// seen first and at most as many as it holds; a flow already there is
-    /// left as it is.
+    /// Copies the old table's most recently seen flows into this load's
+    /// table, at most as many as it holds; a flow already there is left as
+    /// it is. They go in oldest first: should the LRU evict while they go in
+    /// (it may before the table is full, as free entries sit in per-CPU
+    /// lists), it evicts what went in first, the oldest.
     pub fn copy_into(&self, ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Carried> {
         let capacity = MapInfo::from_pin(pin_dir.join(names::FLOWS))
             .map_err(map_err(names::FLOWS))?
-            .max_entries();
+            .max_entries() as usize;
         let mut new = map_access::hash::<FlowKey, FlowValue>(ebpf, names::FLOWS)?;
         // An entry evicted while we iterate ends the walk early at worst.
         let mut flows: Vec<(FlowKey, FlowValue)> = self.old.iter().map_while(|e| e.ok()).collect();
-        flows.sort_by_key(|(_, v)| std::cmp::Reverse(v.last_seen_ns));
+        flows.sort_by_key(|(_, v)| v.last_seen_ns);
         let mut out = Carried::default();
-        for (i, (k, v)) in flows.iter().enumerate() {
-            if i >= capacity as usize {
-                out.left += 1;
-                continue;
-            }
+        let kept = flows.len().saturating_sub(capacity);
+        out.left += kept as u64;
+        for (k, v) in &flows[kept..] {
             match new.insert(k, v, BPF_NOEXIST) {
                 Ok(()) => out.copied += 1,
                 Err(MapError::SyscallError(e))
