@@ -85,15 +85,8 @@ pub fn set_aside_incompatible(pin_dir: &Path, wanted: &[(String, Layout)]) -> Ve
         if !path.exists() {
             continue;
         }
-        let Ok(info) = MapInfo::from_pin(&path) else {
+        let Some(was) = pinned_layout(&path) else {
             continue;
-        };
-        let was = Layout {
-            map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
-            key_size: info.key_size(),
-            value_size: info.value_size(),
-            max_entries: info.max_entries(),
-            flags: info.map_flags(),
         };
         if was != *now && std::fs::remove_file(&path).is_ok() {
             out.push(Recreated {
@@ -104,6 +97,18 @@ pub fn set_aside_incompatible(pin_dir: &Path, wanted: &[(String, Layout)]) -> Ve
         }
     }
     out
+}
+
+/// The layout of the map pinned at `path`, if it can be read.
+pub fn pinned_layout(path: &Path) -> Option<Layout> {
+    let info = MapInfo::from_pin(path).ok()?;
+    Some(Layout {
+        map_type: info.map_type().map_or(u32::MAX, |t| t as u32),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        flags: info.map_flags(),
+    })
 }
 
 /// Unpins every map under `pin_dir` named as this agent names its maps

@@ -11,14 +11,14 @@ use std::path::Path;
 
 use aya::{
     Ebpf,
-    maps::{Array, HashMap, MapData, MapError, MapInfo, PerCpuArray},
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray},
 };
 use tierguard_common::{
     maps::names,
     segment::{FLOW_STAT_CREATED, FlowKey, FlowValue, SegMeta, flow_alive},
 };
 
-use super::compat::Layout;
+use super::compat::{Layout, pinned_layout};
 use super::map_access::{self, map_err, pinned};
 use super::{Result, clock::coarse_now_ns};
 
@@ -28,6 +28,8 @@ use super::{Result, clock::coarse_now_ns};
 /// opened meanwhile). See docs/design/flows.md, "Capacity changes".
 pub struct FlowCarry {
     old: HashMap<MapData, FlowKey, FlowValue>,
+    /// The new table's capacity.
+    capacity: u32,
 }
 
 /// What one copy did.
@@ -49,17 +51,20 @@ impl FlowCarry {
     /// the map's flags.
     pub fn open(pin_dir: &Path, wanted: &[(String, Layout)]) -> Option<FlowCarry> {
         let now = wanted.iter().find(|(n, _)| n == names::FLOWS)?.1;
-        let path = pin_dir.join(names::FLOWS);
-        let info = MapInfo::from_pin(&path).ok()?;
-        let same_kind = info.map_type().is_ok_and(|t| t as u32 == now.map_type)
-            && info.key_size() == now.key_size
-            && info.value_size() == now.value_size
-            && info.map_flags() == now.flags;
-        if !same_kind || info.max_entries() == now.max_entries {
+        let was = pinned_layout(&pin_dir.join(names::FLOWS))?;
+        let capacity_only = was.max_entries != now.max_entries
+            && Layout {
+                max_entries: now.max_entries,
+                ..was
+            } == now;
+        if !capacity_only {
             return None;
         }
         let old = pinned(pin_dir, names::FLOWS).ok()?;
-        Some(FlowCarry { old })
+        Some(FlowCarry {
+            old,
+            capacity: now.max_entries,
+        })
     }
 
     /// Copies the old table's most recently seen flows into this load's
@@ -67,16 +72,13 @@ impl FlowCarry {
     /// it is. They go in oldest first: should the LRU evict while they go in
     /// (it may before the table is full, as free entries sit in per-CPU
     /// lists), it evicts what went in first, the oldest.
-    pub fn copy_into(&self, ebpf: &mut Ebpf, pin_dir: &Path) -> Result<Carried> {
-        let capacity = MapInfo::from_pin(pin_dir.join(names::FLOWS))
-            .map_err(map_err(names::FLOWS))?
-            .max_entries() as usize;
+    pub fn copy_into(&self, ebpf: &mut Ebpf) -> Result<Carried> {
         let mut new = map_access::hash::<FlowKey, FlowValue>(ebpf, names::FLOWS)?;
         // An entry evicted while we iterate ends the walk early at worst.
         let mut flows: Vec<(FlowKey, FlowValue)> = self.old.iter().map_while(|e| e.ok()).collect();
         flows.sort_by_key(|(_, v)| v.last_seen_ns);
         let mut out = Carried::default();
-        let kept = flows.len().saturating_sub(capacity);
+        let kept = flows.len().saturating_sub(self.capacity as usize);
         out.left += kept as u64;
         for (k, v) in &flows[kept..] {
             match new.insert(k, v, BPF_NOEXIST) {

@@ -272,7 +272,7 @@ impl Datapath {
         let Some(carry) = &self.flow_carry else {
             return;
         };
-        match carry.copy_into(&mut self.ebpf, &self.pin_dir) {
+        match carry.copy_into(&mut self.ebpf) {
             Ok(c) if c.left > 0 => tracing::warn!(
                 stage,
                 copied = c.copied,

@@ -59,7 +59,6 @@ pub(super) fn live_generation(ebpf: &Ebpf) -> Result<u64> {
     Ok(m.get(&slot, 0).map_err(map_err(name))?.generation)
 }
 
-/// Deletes every entry of the inactive slot (left by a crash mid-transaction).
 /// Deletes the generation in `slot` that an earlier agent's programs read
 /// until a moment ago (`install` after a handover).
 pub(super) fn delete_replaced_generation(ebpf: &mut Ebpf, slot: u8) -> Result<()> {
@@ -67,6 +66,7 @@ pub(super) fn delete_replaced_generation(ebpf: &mut Ebpf, slot: u8) -> Result<()
     sweep_slot(ebpf, slot)
 }
 
+/// Deletes every entry of the inactive slot (left by a crash mid-transaction).
 pub(super) fn clear_inactive(ebpf: &mut Ebpf) -> Result<()> {
     let inactive = 1 - active_slot(ebpf)?;
     sweep_slot(ebpf, inactive)
