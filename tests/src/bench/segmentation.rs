@@ -321,8 +321,8 @@ pub fn render(s: &mut String, rows: &[SegRow]) {
          sources, so after the first 32,768 packets the write rewrites a flow the table holds (a retransmitted \
          SYN, or a client reusing its port). With a new tuple (ingress, a source port that changes each time \
          the rotation goes round), every packet inserts a flow into the LRU table, and once its 262,144 flows \
-         are taken every insert evicts one: the cost of a flood of new connections, which the kernel's LRU \
-         locks and lists and the random lines of a 28 MiB table make several times that of a rewrite \
-         (docs/design/flows.md).\n"
+         are taken every insert evicts one: the cost of a flood of new connections, which the kernel LRU's \
+         locked free lists and bucket updates make several times that of a rewrite, whatever the table's \
+         size (docs/design/flows.md).\n"
     );
 }
