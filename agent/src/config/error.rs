@@ -15,16 +15,51 @@ pub struct ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (file, message) = (one_line(&self.file), one_line(&self.message));
         if self.line == 0 {
-            write!(f, "{}: {}", self.file, self.message)
+            write!(f, "{file}: {message}")
         } else {
-            write!(
-                f,
-                "{}:{}:{}: {}",
-                self.file, self.line, self.column, self.message
-            )
+            write!(f, "{file}:{}:{}: {message}", self.line, self.column)
         }
     }
+}
+
+/// `s` with control characters and invisible format characters escaped
+/// (`\n`, `\u{0}`, `\u{feff}`...): messages quote names and list lines as
+/// written, and each error must stay one line that prints nothing a
+/// terminal would interpret.
+pub fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
+    if !s.contains(hidden) {
+        return s.into();
+    }
+    s.chars()
+        .map(|c| {
+            if hidden(c) {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect::<String>()
+        .into()
+}
+
+/// Longest value quoted whole in a message; longer ones are cut (a list
+/// file line can be megabytes long).
+const MAX_QUOTED: usize = 64;
+
+/// `s` for quoting in a message: whole if short, else its start and its length.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    let n = s.chars().count();
+    if n <= MAX_QUOTED {
+        return s.into();
+    }
+    let start: String = s.chars().take(MAX_QUOTED - 16).collect();
+    format!("{start}... ({n} characters)").into()
 }
 
 /// Every problem found; a config is refused if there is at least one.
@@ -116,5 +151,30 @@ mod tests {
             message: "bad".into(),
         };
         assert_eq!(e.to_string(), "p.toml: bad");
+    }
+
+    #[test]
+    fn control_characters_are_escaped_so_an_error_stays_one_line() {
+        let e = ConfigError {
+            file: "lists/x\n.txt".into(),
+            line: 2,
+            column: 1,
+            message: "'1.2.3.4\0' is not an IP address or CIDR; name 'a\nb\u{1b}[31m\u{202e}'"
+                .into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "lists/x\\n.txt:2:1: '1.2.3.4\\u{0}' is not an IP address or CIDR; name 'a\\nb\\u{1b}[31m\\u{202e}'"
+        );
+        assert_eq!(one_line("plain é ü"), "plain é ü");
+    }
+
+    #[test]
+    fn long_values_are_clipped() {
+        assert_eq!(clip(&"a".repeat(64)), "a".repeat(64));
+        assert_eq!(
+            clip(&"1".repeat(5_000_000)),
+            format!("{}... (5000000 characters)", "1".repeat(48))
+        );
     }
 }

@@ -393,7 +393,7 @@ pub(super) fn validate_zones(
         }
         let mut files = Vec::new();
         for f in &r.files {
-            let (path, lines) = read_prefix_file(src, f, base, "zone", errors);
+            let (path, lines) = read_prefix_file(src, f, base, "zone", &name, errors);
             let file = path.display().to_string();
             for l in lines {
                 let at = Origin {
