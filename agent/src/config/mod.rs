@@ -348,7 +348,7 @@ impl Config {
 
     /// Loads and validates config text named `name`; list files resolve against `base`.
     pub fn load_str(text: &str, name: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let src = Source { name, text };
+        let src = Source::new(name, text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             ConfigErrors(vec![src.error_at(offset, e.message().trim().to_string())])
@@ -1008,7 +1008,7 @@ fn validate_lists(
     }
     for r in raw {
         let name = r.name.get_ref().clone();
-        let (line, column) = line_col(src.text, r.name.span().start);
+        let (line, column) = src.line_col(r.name.span().start);
         let origin = Origin {
             file: src.name.to_string(),
             line,

@@ -12,8 +12,8 @@ use toml::Spanned;
 
 use super::values::{IntOrStr, Ranges, ZoneNames, parse_duration, parse_ranges};
 use super::{
-    ConfigError, Origin, Source, duplicate_name, invalid_name, line_col, parse_prefix,
-    read_prefix_file, valid_name,
+    ConfigError, Origin, Source, duplicate_name, invalid_name, parse_prefix, read_prefix_file,
+    valid_name,
 };
 
 // ---- the file as written ----
@@ -319,7 +319,7 @@ pub(super) fn validate_flows(
 }
 
 fn origin_of(src: &Source, offset: usize) -> Origin {
-    let (line, column) = line_col(src.text, offset);
+    let (line, column) = src.line_col(offset);
     Origin {
         file: src.name.to_string(),
         line,
@@ -432,6 +432,8 @@ pub(super) fn validate_rules(
     // The exact match of each rule, to refuse two rules that match the same
     // packets with different actions.
     let mut matches: HashMap<(Vec<u16>, Vec<u16>, Protocol, Ranges), usize> = HashMap::new();
+    // Each name's first line: a search of the rules so far was quadratic.
+    let mut first_lines: HashMap<String, usize> = HashMap::new();
     for r in raw {
         let before = errors.len();
         let name = r.name.get_ref().clone();
@@ -439,11 +441,13 @@ pub(super) fn validate_rules(
         if !valid_name(&name) {
             errors.push(src.error_span(&r.name.span(), invalid_name("rule", &name)));
         }
-        if let Some(first) = rules.iter().find(|x| x.name == name) {
-            errors.push(src.error_span(
-                &r.name.span(),
-                duplicate_name("rule", &name, first.origin.line),
-            ));
+        match first_lines.get(&name) {
+            Some(&line) => {
+                errors.push(src.error_span(&r.name.span(), duplicate_name("rule", &name, line)));
+            }
+            None => {
+                first_lines.insert(name.clone(), origin.line);
+            }
         }
         let from = zone_refs(src, zones, &name, "from", &r.from, errors);
         let to = zone_refs(src, zones, &name, "to", &r.to, errors);

@@ -235,3 +235,31 @@ fn a_webhook_token_file_that_is_a_device_is_refused() {
         ]
     );
 }
+
+#[test]
+fn the_largest_rule_set_loads_and_one_more_is_refused_with_the_limit() {
+    // Placing each rule counted lines from the start of the text and
+    // searched the rules so far for its name: 65,535 rules took minutes.
+    let rules = |n: usize| -> String {
+        let mut t = String::from("[[zones]]\nname = \"a\"\ncidrs = [\"10.0.0.0/8\"]\n");
+        for i in 0..n {
+            t += &format!(
+                "[[rules]]\nname = \"r{i}\"\nfrom = \"world\"\nto = \"a\"\nprotocol = \"tcp\"\nports = [{}]\naction = \"allow\"\n",
+                i % 65536
+            );
+        }
+        t
+    };
+    let host = Vec::new();
+    let c = Config::load_str(&rules(65_535), "p.toml", Path::new("/nonexistent")).unwrap();
+    assert_eq!(c.rules[65_534].origin.line, 5 + 7 * 65_534);
+    assert!(crate::policy::CompiledPolicy::compile(&c, &host).is_ok());
+    let c = Config::load_str(&rules(65_536), "p.toml", Path::new("/nonexistent")).unwrap();
+    let e = crate::policy::CompiledPolicy::compile(&c, &host)
+        .err()
+        .unwrap();
+    assert_eq!(
+        e.to_string(),
+        "p.toml: 65536 rules; at most 65535 fit: 1 too many"
+    );
+}
