@@ -13,6 +13,7 @@ use super::{ConfigError, Origin, Source, invalid_name, parse_prefix, valid_name}
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [failsafe] table")]
 pub(super) struct RawFailsafe {
     #[serde(default)]
     management: Vec<Spanned<String>>,
@@ -29,6 +30,7 @@ pub(super) struct RawFailsafe {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[failsafe.allow]] table")]
 pub(super) struct RawFailsafeAllow {
     name: Spanned<String>,
     protocol: Spanned<String>,

@@ -29,6 +29,7 @@ fn shown(v: &IntOrStr) -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[limits]] table")]
 pub(super) struct RawLimit {
     name: Spanned<String>,
     #[serde(default)]

@@ -59,6 +59,9 @@ pub const MAX_NAME_LEN: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Each Raw table says what it is in type errors (`failsafe = 1`:
+// "expected the [failsafe] table"), not its Rust name (`struct RawFailsafe`).
+#[serde(expecting = "a policy (TOML tables)")]
 struct RawConfig {
     mode: Option<Spanned<String>>,
     #[serde(default)]
@@ -82,6 +85,7 @@ struct RawConfig {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [events] table")]
 struct RawEvents {
     enabled: Option<bool>,
     rate_per_reason: Option<Spanned<i64>>,
@@ -103,6 +107,7 @@ struct RawEvents {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [agent] table")]
 struct RawAgent {
     #[serde(default)]
     interfaces: Vec<Spanned<String>>,
@@ -117,6 +122,7 @@ struct RawAgent {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[lists]] table")]
 struct RawList {
     name: Spanned<String>,
     action: ActionSetting,

@@ -20,6 +20,7 @@ use super::{
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [segmentation] table")]
 pub(super) struct RawSegmentation {
     default: Option<Spanned<String>>,
     intra_zone: Option<Spanned<String>>,
@@ -27,6 +28,7 @@ pub(super) struct RawSegmentation {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [flows] table")]
 pub(super) struct RawFlows {
     tcp_timeout: Option<Spanned<IntOrStr>>,
     tcp_closing_timeout: Option<Spanned<IntOrStr>>,
@@ -36,6 +38,7 @@ pub(super) struct RawFlows {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[zones]] table")]
 pub(super) struct RawZone {
     name: Spanned<String>,
     #[serde(default)]
@@ -48,6 +51,7 @@ pub(super) struct RawZone {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[rules]] table")]
 pub(super) struct RawRule {
     name: Spanned<String>,
     from: Spanned<ZoneNames>,

@@ -263,3 +263,64 @@ fn the_largest_rule_set_loads_and_one_more_is_refused_with_the_limit() {
         "p.toml: 65536 rules; at most 65535 fit: 1 too many"
     );
 }
+
+#[test]
+fn a_value_where_a_table_belongs_names_the_table() {
+    for (text, place, want) in [
+        (
+            "zones = [1]",
+            "1:10",
+            "invalid type: integer `1`, expected a [[zones]] table",
+        ),
+        (
+            "rules = [\"a\"]",
+            "1:10",
+            "invalid type: string \"a\", expected a [[rules]] table",
+        ),
+        (
+            "failsafe = 1",
+            "1:12",
+            "invalid type: integer `1`, expected the [failsafe] table",
+        ),
+        (
+            "[failsafe]\nallow = [1]",
+            "2:10",
+            "invalid type: integer `1`, expected a [[failsafe.allow]] table",
+        ),
+        (
+            "limits = [true]",
+            "1:11",
+            "invalid type: boolean `true`, expected a [[limits]] table",
+        ),
+        (
+            "segmentation = 1",
+            "1:16",
+            "invalid type: integer `1`, expected the [segmentation] table",
+        ),
+        (
+            "flows = \"x\"",
+            "1:9",
+            "invalid type: string \"x\", expected the [flows] table",
+        ),
+        (
+            "events = 1",
+            "1:10",
+            "invalid type: integer `1`, expected the [events] table",
+        ),
+        (
+            "agent = 5",
+            "1:9",
+            "invalid type: integer `5`, expected the [agent] table",
+        ),
+        (
+            "lists = [1]",
+            "1:10",
+            "invalid type: integer `1`, expected a [[lists]] table",
+        ),
+    ] {
+        assert_eq!(
+            errors(text, Path::new("/nonexistent")),
+            [format!("p.toml:{place}: {want}")]
+        );
+    }
+}
