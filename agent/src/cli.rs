@@ -201,8 +201,12 @@ pub struct RunArgs {
     /// agent takes over without a gap in enforcement.
     #[arg(long)]
     pub persist: bool,
-    /// Seconds between checks of the config file for changes (0: only SIGHUP).
-    #[arg(long, value_name = "SECONDS", default_value_t = 2)]
+    /// Seconds between checks of the config file for changes, 0 to 86400
+    /// (0: only SIGHUP).
+    // Bounded: the timer adds the interval to the current instant, which
+    // overflows (a panic, in the running agent) for values near u64::MAX.
+    #[arg(long, value_name = "SECONDS", default_value_t = 2,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_WATCH_INTERVAL))]
     pub watch_interval: u64,
     /// Kernel debug logging (aya-log): every drop and audit the kernel
     /// decides is logged by the agent (target `kernel`). Costs a log record
@@ -210,6 +214,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub kernel_debug: bool,
 }
+
+/// Longest `--watch-interval`: a day.
+pub const MAX_WATCH_INTERVAL: u64 = 86_400;
 
 #[derive(Debug, Args)]
 pub struct CheckArgs {

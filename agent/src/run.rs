@@ -264,11 +264,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config_text = args
-        .config
-        .config
-        .as_ref()
-        .and_then(|p| std::fs::read(p).ok());
+    let config_text = args.config.config.as_deref().and_then(read_watched);
     let (config, policy) = match prepare(&args) {
         Ok(p) => p,
         Err(e) => {
@@ -661,7 +657,7 @@ async fn event_loop(
             _ = tick.tick() => {
                 let hosts = crate::policy::host_addresses();
                 let files_changed = watch_path.as_ref().and_then(|p| {
-                    let now = std::fs::read(p).ok();
+                    let now = read_watched(p);
                     let lists_now = file_stamps(&list_files);
                     if now.is_some() && now != last_text {
                         last_text = now;
@@ -689,6 +685,14 @@ async fn event_loop(
             last_lists = file_stamps(&list_files);
         }
     }
+}
+
+/// The watched config file's bytes, read as a load would read them: a FIFO
+/// or a device put in its place must not stall the event loop (which also
+/// answers SIGTERM), and is then skipped like an unreadable file.
+fn read_watched(path: &std::path::Path) -> Option<Vec<u8>> {
+    use crate::config::files::{MAX_CONFIG_BYTES, read_bounded};
+    read_bounded(path, MAX_CONFIG_BYTES).ok()
 }
 
 /// Size and modification time of each file (None where it cannot be read).
@@ -834,4 +838,30 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watcher_skips_a_config_that_became_a_fifo_or_a_device() {
+        // std::fs::read blocked on a FIFO's open and never ended on
+        // /dev/zero, stalling the event loop (and with it SIGTERM).
+        let dir = std::env::temp_dir().join(format!("tg-watch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("p.toml");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        assert_eq!(read_watched(&fifo), None);
+        assert_eq!(read_watched(std::path::Path::new("/dev/zero")), None);
+        std::fs::remove_file(&fifo).unwrap();
+        std::fs::write(&fifo, "mode = \"audit\"\n").unwrap();
+        assert_eq!(
+            read_watched(&fifo).as_deref(),
+            Some(&b"mode = \"audit\"\n"[..])
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

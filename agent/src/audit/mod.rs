@@ -15,6 +15,7 @@ use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::config::files::{ReadError, read_bounded};
 
 /// `prev` of the first line of a chain.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -41,7 +42,7 @@ pub struct AuditLog {
 impl AuditLog {
     /// Opens `path`, continuing the chain of its last line (or starting one).
     pub fn open(path: &Path) -> Result<AuditLog, String> {
-        let (prev, seq) = match std::fs::read_to_string(path) {
+        let (prev, seq) = match read_log(path) {
             Ok(text) => match text.lines().rev().find(|l| !l.trim().is_empty()) {
                 Some(last) => {
                     let v: Value = serde_json::from_str(last).map_err(|e| {
@@ -57,7 +58,9 @@ impl AuditLog {
                 }
                 None => (GENESIS.to_string(), 0),
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (GENESIS.to_string(), 0),
+            Err(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                (GENESIS.to_string(), 0)
+            }
             Err(e) => return Err(format!("cannot read audit log {}: {e}", path.display())),
         };
         Ok(AuditLog {
@@ -223,8 +226,20 @@ pub fn verify(text: &str) -> Result<usize, Break> {
 }
 
 /// `tierguard audit verify FILE`.
+/// An audit log's text. It must be a regular file: `/dev/zero` or a FIFO
+/// would never end. It has no size cap: it grows for the life of the node.
+fn read_log(path: &Path) -> Result<String, ReadError> {
+    let bytes = read_bounded(path, u64::MAX)?;
+    String::from_utf8(bytes).map_err(|_| {
+        ReadError::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "stream did not contain valid UTF-8",
+        ))
+    })
+}
+
 pub fn verify_file(path: &Path) -> std::process::ExitCode {
-    let text = match std::fs::read_to_string(path) {
+    let text = match read_log(path) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("error: cannot read {}: {e}", path.display());
@@ -261,6 +276,19 @@ mod tests {
         let p = std::env::temp_dir().join(format!("tg-audit-{name}-{}", std::process::id()));
         let _ = std::fs::remove_file(&p);
         p
+    }
+
+    #[test]
+    fn an_audit_log_that_is_a_device_is_refused_not_read() {
+        // `audit_log = "/dev/zero"` made the agent read without end at start.
+        let e = AuditLog::open(Path::new("/dev/zero")).err().unwrap();
+        assert_eq!(
+            e,
+            "cannot read audit log /dev/zero: it is a character device, not a regular file"
+        );
+        // A missing file starts a chain.
+        let p = tmp("fresh");
+        assert!(AuditLog::open(&p).is_ok());
     }
 
     #[test]

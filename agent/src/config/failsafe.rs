@@ -9,10 +9,11 @@ use tierguard_common::segment::MAX_FAILSAFE;
 use toml::Spanned;
 
 use super::values::{IntOrStr, Ranges, parse_ranges};
-use super::{ConfigError, Origin, Source, invalid_name, line_col, parse_prefix, valid_name};
+use super::{ConfigError, Origin, Source, invalid_name, parse_prefix, valid_name};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [failsafe] table")]
 pub(super) struct RawFailsafe {
     #[serde(default)]
     management: Vec<Spanned<String>>,
@@ -29,6 +30,7 @@ pub(super) struct RawFailsafe {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[failsafe.allow]] table")]
 pub(super) struct RawFailsafeAllow {
     name: Spanned<String>,
     protocol: Spanned<String>,
@@ -192,7 +194,7 @@ pub(super) fn validate_failsafe(
     let builtin = f.builtin_count();
     for (n, r) in raw.allow.into_iter().enumerate() {
         let name = r.name.get_ref().clone();
-        let (line, column) = line_col(src.text, r.name.span().start);
+        let (line, column) = src.line_col(r.name.span().start);
         if builtin + n == MAX_FAILSAFE as usize {
             errors.push(src.error_span(
                 &r.name.span(),

@@ -13,7 +13,7 @@ use tierguard_common::packet::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP};
 use tierguard_common::segment::{ZONE_HOST, ZONE_WORLD};
 
 use super::values::{IntOrStr, parse_duration, parse_ranges};
-use super::{ConfigError, Origin, Source, line_col, valid_interface_name, valid_name};
+use super::{ConfigError, Origin, Source, valid_interface_name, valid_name};
 
 /// Smallest bit burst: one full Ethernet frame (1518 bytes), so that every
 /// frame can pass.
@@ -29,6 +29,7 @@ fn shown(v: &IntOrStr) -> String {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[limits]] table")]
 pub(super) struct RawLimit {
     name: Spanned<String>,
     #[serde(default)]
@@ -296,7 +297,7 @@ fn validate_limit(
     let before = errors.len();
     let name = r.name.get_ref().clone();
     let at_name = r.name.span();
-    let (line, column) = line_col(src.text, at_name.start);
+    let (line, column) = src.line_col(at_name.start);
     let origin = Origin {
         file: src.name.to_string(),
         line,

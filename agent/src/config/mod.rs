@@ -5,6 +5,7 @@
 
 mod error;
 mod failsafe;
+pub mod files;
 mod limits;
 mod prefixes;
 mod segmentation;
@@ -46,6 +47,11 @@ pub const DEFAULT_ADMIN_SOCKET: &str = "/run/tierguard/admin.sock";
 /// about 450 MiB of kernel memory (about 112 bytes a flow).
 pub const MIN_FLOW_CAPACITY: u32 = 1024;
 pub const MAX_FLOW_CAPACITY: u32 = 4 * 1024 * 1024;
+/// Bad lines of one list or zone file reported one by one; the rest are
+/// counted in one more error. A file of the wrong kind (a binary, an HTML
+/// error page) would otherwise bury the output, the reload log line and
+/// the audit record under a million errors.
+pub const MAX_FILE_ERRORS: usize = 100;
 /// Longest accepted list or interface name; names appear in metric labels.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -53,6 +59,9 @@ pub const MAX_NAME_LEN: usize = 64;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+// Each Raw table says what it is in type errors (`failsafe = 1`:
+// "expected the [failsafe] table"), not its Rust name (`struct RawFailsafe`).
+#[serde(expecting = "a policy (TOML tables)")]
 struct RawConfig {
     mode: Option<Spanned<String>>,
     #[serde(default)]
@@ -76,6 +85,7 @@ struct RawConfig {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [events] table")]
 struct RawEvents {
     enabled: Option<bool>,
     rate_per_reason: Option<Spanned<i64>>,
@@ -97,6 +107,7 @@ struct RawEvents {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [agent] table")]
 struct RawAgent {
     #[serde(default)]
     interfaces: Vec<Spanned<String>>,
@@ -111,6 +122,7 @@ struct RawAgent {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[lists]] table")]
 struct RawList {
     name: Spanned<String>,
     action: ActionSetting,
@@ -330,14 +342,7 @@ impl Config {
     /// Loads and validates a config file. List files are relative to it.
     pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         let name = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                file: name.clone(),
-                line: 0,
-                column: 0,
-                message: format!("cannot read config: {e}"),
-            }])
-        })?;
+        let text = read_config_text(path).map_err(|e| ConfigErrors(vec![e]))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Config::load_str(&text, &name, &base)
     }
@@ -349,7 +354,7 @@ impl Config {
 
     /// Loads and validates config text named `name`; list files resolve against `base`.
     pub fn load_str(text: &str, name: &str, base: &Path) -> Result<Config, ConfigErrors> {
-        let src = Source { name, text };
+        let src = Source::new(name, text);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
             ConfigErrors(vec![src.error_at(offset, e.message().trim().to_string())])
@@ -411,40 +416,87 @@ fn valid_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
-/// Reads a prefix file a `kind` ("list", "zone") names, relative to `base`:
-/// its prefixes with where each is written. An unreadable file is an error
-/// at its name in the config, each bad line an error at that line of the file.
+/// Reads a config file as text: a regular file of at most
+/// [`files::MAX_CONFIG_BYTES`], in UTF-8 (a leading byte order mark dropped).
+pub fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    let name = path.display().to_string();
+    let bytes = files::read_bounded(path, files::MAX_CONFIG_BYTES).map_err(|e| ConfigError {
+        file: name.clone(),
+        line: 0,
+        column: 0,
+        message: format!("cannot read config: {e}"),
+    })?;
+    files::decode_text(bytes).map_err(|e| ConfigError {
+        file: name,
+        line: e.line,
+        column: e.column,
+        message: format!("cannot read config: {e}"),
+    })
+}
+
+/// Reads a prefix file that the `kind` ("list", "zone") named `owner` lists,
+/// relative to `base`: its prefixes with where each is written. An
+/// unreadable file is an error at its name in the config, a file that is
+/// not UTF-8 or a bad line an error at that place of the file.
 fn read_prefix_file(
     src: &Source,
     f: &Spanned<String>,
     base: &Path,
     kind: &str,
+    owner: &str,
     errors: &mut Vec<ConfigError>,
 ) -> (PathBuf, Vec<prefixes::ListLine>) {
     let path = base.join(f.get_ref());
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            let (lines, line_errors) = parse_list_entries(&text);
-            errors.extend(line_errors.into_iter().map(|e| ConfigError {
-                file: path.display().to_string(),
-                line: e.line,
-                column: e.column,
-                message: e.message,
-            }));
-            (path, lines)
-        }
+    let shown = path.display().to_string();
+    let bytes = match files::read_bounded(&path, files::MAX_LIST_FILE_BYTES) {
+        Ok(b) => b,
         Err(e) => {
             errors.push(src.error_span(
                 &f.span(),
-                format!("cannot read {kind} file '{}': {e}", path.display()),
+                format!("{kind} '{owner}': cannot read {kind} file '{shown}': {e}"),
             ));
-            (path, Vec::new())
+            return (path, Vec::new());
         }
+    };
+    let text = match files::decode_text(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            errors.push(ConfigError {
+                file: shown,
+                line: e.line,
+                column: e.column,
+                message: format!("{kind} '{owner}': {e}"),
+            });
+            return (path, Vec::new());
+        }
+    };
+    let (lines, line_errors) = parse_list_entries(&text);
+    let more = line_errors.len().saturating_sub(MAX_FILE_ERRORS);
+    errors.extend(
+        line_errors
+            .into_iter()
+            .take(MAX_FILE_ERRORS)
+            .map(|e| ConfigError {
+                file: shown.clone(),
+                line: e.line,
+                column: e.column,
+                message: e.message,
+            }),
+    );
+    if more > 0 {
+        errors.push(ConfigError {
+            file: shown,
+            line: 0,
+            column: 0,
+            message: format!("{more} more bad lines not shown (the first {MAX_FILE_ERRORS} are)"),
+        });
     }
+    (path, lines)
 }
 
 /// The message for an invalid name of a `kind` ("list", "zone"...).
 fn invalid_name(kind: &str, name: &str) -> String {
+    let name = error::clip(name);
     format!(
         "{kind} name '{name}' must be 1 to {MAX_NAME_LEN} characters of letters, digits, '-', '_' or '.'"
     )
@@ -452,6 +504,7 @@ fn invalid_name(kind: &str, name: &str) -> String {
 
 /// The message for a name defined twice.
 fn duplicate_name(kind: &str, name: &str, first_line: usize) -> String {
+    let name = error::clip(name);
     format!("duplicate {kind} name '{name}' (first defined at line {first_line})")
 }
 
@@ -805,11 +858,20 @@ fn validate_webhook(
         (None, Some(f)) => {
             let path = base.join(f.get_ref());
             let shown = path.display().to_string();
-            match std::fs::read(&path) {
-                Err(e) => {
+            // A token is at most 8 KiB: 64 KiB leaves room for whitespace
+            // around it, and a device or FIFO named by mistake is refused.
+            match files::read_bounded(&path, 64 << 10) {
+                Err(files::ReadError::Io(e)) => {
                     errors.push(src.error_span(
                         &f.span(),
                         format!("cannot read webhook token file {shown}: {}", e.kind()),
+                    ));
+                    None
+                }
+                Err(e) => {
+                    errors.push(src.error_span(
+                        &f.span(),
+                        format!("cannot read webhook token file {shown}: {e}"),
                     ));
                     None
                 }
@@ -952,7 +1014,7 @@ fn validate_lists(
     }
     for r in raw {
         let name = r.name.get_ref().clone();
-        let (line, column) = line_col(src.text, r.name.span().start);
+        let (line, column) = src.line_col(r.name.span().start);
         let origin = Origin {
             file: src.name.to_string(),
             line,
@@ -976,7 +1038,7 @@ fn validate_lists(
         }
         let mut files = Vec::new();
         for f in &r.files {
-            let (path, lines) = read_prefix_file(src, f, base, "list", errors);
+            let (path, lines) = read_prefix_file(src, f, base, "list", &name, errors);
             prefixes.extend(lines.into_iter().map(|l| l.net));
             files.push(path);
         }
@@ -1004,5 +1066,7 @@ fn validate_lists(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_input;
 #[cfg(test)]
 mod tests_segmentation;

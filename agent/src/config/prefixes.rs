@@ -13,6 +13,14 @@ pub fn parse_prefix(s: &str) -> Result<IpNetwork, String> {
     if s.is_empty() {
         return Err("empty address".into());
     }
+    // The longest address or CIDR, ffff:...:255.255.255.255/128, is 49
+    // characters: a longer value is not one, and is not quoted whole.
+    if s.chars().count() > 64 {
+        return Err(format!(
+            "'{}' is too long to be an IP address or CIDR",
+            super::error::clip(s)
+        ));
+    }
     let net = if s.contains('/') {
         let (addr, len) = s.split_once('/').unwrap_or((s, ""));
         let addr: IpAddr = addr
@@ -80,7 +88,10 @@ pub fn parse_list_entries(text: &str) -> (Vec<ListLine>, Vec<LineError>) {
             errors.push(LineError {
                 line: i + 1,
                 column,
-                message: format!("expected one address or CIDR per line, found '{token}'"),
+                message: format!(
+                    "expected one address or CIDR per line, found '{}'",
+                    super::error::clip(token)
+                ),
             });
             continue;
         }
@@ -146,6 +157,15 @@ mod tests {
                 .contains("did you mean 10.1.2.0/24")
         );
         assert!(parse_prefix("").unwrap_err().contains("empty"));
+        assert_eq!(
+            parse_prefix(&"1".repeat(5_000_000)).unwrap_err(),
+            format!(
+                "'{}... (5000000 characters)' is too long to be an IP address or CIDR",
+                "1".repeat(48)
+            )
+        );
+        let longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255/128";
+        assert_eq!(parse_prefix(longest).unwrap().prefix(), 128);
         assert!(
             parse_prefix("banana")
                 .unwrap_err()

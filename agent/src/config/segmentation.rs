@@ -12,14 +12,15 @@ use toml::Spanned;
 
 use super::values::{IntOrStr, Ranges, ZoneNames, parse_duration, parse_ranges};
 use super::{
-    ConfigError, Origin, Source, duplicate_name, invalid_name, line_col, parse_prefix,
-    read_prefix_file, valid_name,
+    ConfigError, Origin, Source, duplicate_name, invalid_name, parse_prefix, read_prefix_file,
+    valid_name,
 };
 
 // ---- the file as written ----
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [segmentation] table")]
 pub(super) struct RawSegmentation {
     default: Option<Spanned<String>>,
     intra_zone: Option<Spanned<String>>,
@@ -27,6 +28,7 @@ pub(super) struct RawSegmentation {
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "the [flows] table")]
 pub(super) struct RawFlows {
     tcp_timeout: Option<Spanned<IntOrStr>>,
     tcp_closing_timeout: Option<Spanned<IntOrStr>>,
@@ -36,6 +38,7 @@ pub(super) struct RawFlows {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[zones]] table")]
 pub(super) struct RawZone {
     name: Spanned<String>,
     #[serde(default)]
@@ -48,6 +51,7 @@ pub(super) struct RawZone {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[serde(expecting = "a [[rules]] table")]
 pub(super) struct RawRule {
     name: Spanned<String>,
     from: Spanned<ZoneNames>,
@@ -319,7 +323,7 @@ pub(super) fn validate_flows(
 }
 
 fn origin_of(src: &Source, offset: usize) -> Origin {
-    let (line, column) = line_col(src.text, offset);
+    let (line, column) = src.line_col(offset);
     Origin {
         file: src.name.to_string(),
         line,
@@ -393,7 +397,7 @@ pub(super) fn validate_zones(
         }
         let mut files = Vec::new();
         for f in &r.files {
-            let (path, lines) = read_prefix_file(src, f, base, "zone", errors);
+            let (path, lines) = read_prefix_file(src, f, base, "zone", &name, errors);
             let file = path.display().to_string();
             for l in lines {
                 let at = Origin {
@@ -432,6 +436,8 @@ pub(super) fn validate_rules(
     // The exact match of each rule, to refuse two rules that match the same
     // packets with different actions.
     let mut matches: HashMap<(Vec<u16>, Vec<u16>, Protocol, Ranges), usize> = HashMap::new();
+    // Each name's first line: a search of the rules so far was quadratic.
+    let mut first_lines: HashMap<String, usize> = HashMap::new();
     for r in raw {
         let before = errors.len();
         let name = r.name.get_ref().clone();
@@ -439,11 +445,13 @@ pub(super) fn validate_rules(
         if !valid_name(&name) {
             errors.push(src.error_span(&r.name.span(), invalid_name("rule", &name)));
         }
-        if let Some(first) = rules.iter().find(|x| x.name == name) {
-            errors.push(src.error_span(
-                &r.name.span(),
-                duplicate_name("rule", &name, first.origin.line),
-            ));
+        match first_lines.get(&name) {
+            Some(&line) => {
+                errors.push(src.error_span(&r.name.span(), duplicate_name("rule", &name, line)));
+            }
+            None => {
+                first_lines.insert(name.clone(), origin.line);
+            }
         }
         let from = zone_refs(src, zones, &name, "from", &r.from, errors);
         let to = zone_refs(src, zones, &name, "to", &r.to, errors);
