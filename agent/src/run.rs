@@ -248,7 +248,7 @@ struct Signals {
 /// than none.
 struct Baseline {
     config_text: Option<Vec<u8>>,
-    list_stamps: Vec<Option<(u64, std::time::SystemTime)>>,
+    file_stamps: Vec<Option<(u64, std::time::SystemTime)>>,
 }
 
 pub async fn run(args: RunArgs) -> ExitCode {
@@ -275,13 +275,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let baseline = Baseline {
         config_text,
-        list_stamps: file_stamps(
-            &config
-                .lists
-                .iter()
-                .flat_map(|l| l.files.clone())
-                .collect::<Vec<_>>(),
-        ),
+        file_stamps: file_stamps(&config.data_files()),
     };
     let listener = match tokio::net::TcpListener::bind(config.agent.metrics_address).await {
         Ok(l) => l,
@@ -641,9 +635,10 @@ async fn event_loop(
         .clone()
         .filter(|_| args.watch_interval > 0);
     let mut last_text = baseline.config_text;
-    // List files are watched by size and modification time (they can be large).
-    let mut list_files: Vec<PathBuf> = config.lists.iter().flat_map(|l| l.files.clone()).collect();
-    let mut last_lists = baseline.list_stamps;
+    // List and zone files are watched by size and modification time (they
+    // can be large).
+    let mut data_files = config.data_files();
+    let mut last_stamps = baseline.file_stamps;
     let mut tick = tokio::time::interval(Duration::from_secs(args.watch_interval.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The node's addresses form the `host` zone: when they change (DHCP,
@@ -658,13 +653,13 @@ async fn event_loop(
                 let hosts = crate::policy::host_addresses();
                 let files_changed = watch_path.as_ref().and_then(|p| {
                     let now = read_watched(p);
-                    let lists_now = file_stamps(&list_files);
+                    let stamps_now = file_stamps(&data_files);
                     if now.is_some() && now != last_text {
                         last_text = now;
                         Some("config file changed")
-                    } else if lists_now != last_lists {
-                        last_lists = lists_now;
-                        Some("list file changed")
+                    } else if stamps_now != last_stamps {
+                        last_stamps = stamps_now;
+                        Some("list or zone file changed")
                     } else {
                         None
                     }
@@ -681,8 +676,8 @@ async fn event_loop(
             }
         };
         if let Some(files) = reload(args, config, datapath, shared, &mut live, trigger) {
-            list_files = files;
-            last_lists = file_stamps(&list_files);
+            data_files = files;
+            last_stamps = file_stamps(&data_files);
         }
     }
 }
@@ -707,7 +702,8 @@ fn file_stamps(files: &[PathBuf]) -> Vec<Option<(u64, std::time::SystemTime)>> {
         .collect()
 }
 
-/// Reloads the policy; returns the list files of the loaded config, to watch.
+/// Reloads the policy; returns the list and zone files of the loaded config,
+/// to watch.
 fn reload(
     args: &RunArgs,
     started_with: &Config,
@@ -732,7 +728,7 @@ fn reload(
             return None;
         }
     };
-    let files = config.lists.iter().flat_map(|l| l.files.clone()).collect();
+    let files = config.data_files();
     let (old, new) = (&started_with.agent, &config.agent);
     for (what, changed) in [
         ("interfaces", old.interfaces != new.interfaces),

@@ -587,6 +587,38 @@ fn reload_applies_valid_changes_and_refuses_invalid_ones() {
         !lab.ping(Some("192.0.2.9"), &lab.node_v4(), 1),
         "denied by the refreshed feed"
     );
+
+    // A zone file is watched the same way: an inventory that rewrites it
+    // changes the zone without a touch to the config or a signal.
+    std::fs::write(dir.join("core.txt"), "10.9.0.0/16\n").unwrap();
+    write_config(
+        &dir,
+        &lab.node_if,
+        pins.path(),
+        "[[lists]]\nname = \"feed\"\naction = \"deny\"\nfiles = [\"feed.txt\"]\n\n\
+         [segmentation]\ndefault = \"allow\"\n\n\
+         [[zones]]\nname = \"core\"\nfiles = [\"core.txt\"]\n",
+    );
+    agent.wait_for("generation 5", |m| {
+        sample(m, "tierguard_policy_generation") == Some(5.0)
+    });
+    std::thread::sleep(Duration::from_millis(1100)); // a new modification time
+    std::fs::write(dir.join("core.txt"), "10.9.0.0/16\n10.10.0.0/16\n").unwrap();
+    agent.wait_for("generation 6", |m| {
+        sample(m, "tierguard_policy_generation") == Some(6.0)
+    });
+    assert!(
+        agent
+            .log()
+            .lines()
+            .any(|l| l.contains("policy applied") && l.contains("list or zone file changed")),
+        "{}",
+        agent.log()
+    );
+    assert!(
+        !lab.ping(Some("192.0.2.9"), &lab.node_v4(), 1),
+        "the feed still denies"
+    );
     assert!(agent.stop().success());
     let _ = std::fs::remove_dir_all(dir);
 }

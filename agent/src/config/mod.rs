@@ -339,6 +339,14 @@ pub struct List {
 }
 
 impl Config {
+    /// The list and zone files the policy reads, in order: what the running
+    /// agent watches for changes besides the config itself.
+    pub fn data_files(&self) -> Vec<PathBuf> {
+        let lists = self.lists.iter().flat_map(|l| l.files.iter());
+        let zones = self.zones.iter().flat_map(|z| z.files.iter());
+        lists.chain(zones).cloned().collect()
+    }
+
     /// Loads and validates a config file. List files are relative to it.
     pub fn load_file(path: &Path) -> Result<Config, ConfigErrors> {
         let name = path.display().to_string();

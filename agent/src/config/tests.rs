@@ -210,6 +210,24 @@ fn list_files_in_both_formats_load_and_bad_lines_name_the_file() {
 }
 
 #[test]
+fn data_files_are_the_list_files_then_the_zone_files() {
+    let dir = std::env::temp_dir().join(format!("tg-config-data-files-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("a.txt"), "192.0.2.0/24\n").unwrap();
+    std::fs::write(dir.join("b.txt"), "198.51.100.0/24\n").unwrap();
+    std::fs::write(dir.join("core.txt"), "10.9.0.0/16\n").unwrap();
+    let text = "[[lists]]\nname = \"feeds\"\naction = \"deny\"\nfiles = [\"a.txt\", \"b.txt\"]\n\n\
+                [[zones]]\nname = \"core\"\nfiles = [\"core.txt\"]\n";
+    let c = Config::load_str(text, "p.toml", &dir).unwrap();
+    assert_eq!(
+        c.data_files(),
+        [dir.join("a.txt"), dir.join("b.txt"), dir.join("core.txt")]
+    );
+    assert_eq!(load("").unwrap().data_files(), Vec::<PathBuf>::new());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn events_default_off_and_parse() {
     let c = load("").unwrap();
     assert_eq!(c.events, EventsConfig::default());
