@@ -34,8 +34,9 @@ struct Limits {
     /// the audit log): idle clients without a bound could make reloads and
     /// the audit log fail.
     connections: usize,
-    /// Connections served at once from one address, so that one client
-    /// holding connections open cannot take every slot from the scrapers.
+    /// Connections served at once from one source (an IPv4 address, an
+    /// IPv6 /64), so that one client holding connections open cannot take
+    /// every slot from the scrapers.
     per_source: usize,
 }
 
@@ -92,6 +93,15 @@ impl Drop for Slot {
     }
 }
 
+/// The source a connection counts against: its IPv4 address, or its IPv6
+/// /64, which one host usually holds whole.
+fn source(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        v4 => v4,
+    }
+}
+
 /// Serves until the listener fails; each connection runs on its own task.
 /// Connections over the limits (`LIMITS`) are closed at once, unanswered.
 pub async fn serve(listener: TcpListener, endpoint: Arc<dyn Endpoint>) {
@@ -105,7 +115,7 @@ async fn serve_with(listener: TcpListener, endpoint: Arc<dyn Endpoint>, limits: 
     });
     loop {
         match listener.accept().await {
-            Ok((stream, peer)) => match Slots::take(&slots, peer.ip().to_canonical()) {
+            Ok((stream, peer)) => match Slots::take(&slots, source(peer.ip())) {
                 Ok(slot) => {
                     let endpoint = endpoint.clone();
                     tokio::spawn(async move {
@@ -381,6 +391,14 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(60), f)
             .await
             .expect("the server answers")
+    }
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_64s() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(source(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source(ip("2001:db8:1:2:3:4:5:6")), ip("2001:db8:1:2::"));
     }
 
     #[tokio::test]
