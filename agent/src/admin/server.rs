@@ -189,6 +189,13 @@ mod tests {
         socket
     }
 
+    /// Removes the socket and its directory.
+    fn stop(socket: Socket) {
+        let dir = socket.path().parent().unwrap().to_path_buf();
+        drop(socket);
+        let _ = std::fs::remove_dir(dir);
+    }
+
     /// Sends `raw`, then reads the response line (empty if none came).
     async fn exchange(path: &Path, raw: &[u8]) -> String {
         let s = UnixStream::connect(path).await.unwrap();
@@ -250,6 +257,7 @@ mod tests {
         // A client that never sends gets an answer once the read timeout passes.
         let line = guard(exchange(path, b"")).await;
         assert!(line.contains("no request within 1 s"), "{line}");
+        stop(socket);
     }
 
     #[tokio::test]
@@ -293,5 +301,6 @@ mod tests {
         })
         .await;
         assert!(got < 32 << 20, "cut short: {got} bytes");
+        stop(socket);
     }
 }
