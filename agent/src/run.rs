@@ -125,6 +125,10 @@ impl metrics::Endpoint for Shared {
     fn ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
     }
+
+    fn refused(&self, cause: &'static str) {
+        self.metrics.http_refused.with_label_values(&[cause]).inc();
+    }
 }
 
 /// Reads the kernel's aya-log records as they come (`--kernel-debug`).

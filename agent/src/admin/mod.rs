@@ -315,7 +315,8 @@ impl Admin {
     }
 
     fn unblock(&self, target: &str) -> Result<String, String> {
-        let net = parse_target(target)?;
+        // Not parse_target: a /0 cannot be blocked, so it is simply not blocked.
+        let net = parse_prefix(target)?;
         let now = coarse_now_ns();
         let mut book = self
             .book

@@ -35,6 +35,7 @@ pub struct Metrics {
     pub flow_capacity: IntGauge,
     pub flows_expired: IntCounter,
     pub flow_evictions: IntCounter,
+    pub http_refused: IntCounterVec,
 }
 
 /// Stages at which the agent can lose an event (`ring_full` is counted by the kernel).
@@ -141,6 +142,14 @@ impl Metrics {
             "Flows evicted by the LRU table before they expired (created, minus live, minus expired).",
         ))
         .expect("valid metric");
+        let http_refused = IntCounterVec::new(
+            opts(
+                "http_connections_refused_total",
+                "Connections to this server closed unanswered because too many were open, by cause (server_full, source_full).",
+            ),
+            &["cause"],
+        )
+        .expect("valid metric");
         let build = IntGaugeVec::new(
             opts("build_info", "1, labelled with the agent's version."),
             &["version"],
@@ -162,6 +171,7 @@ impl Metrics {
             Box::new(flow_capacity.clone()),
             Box::new(flows_expired.clone()),
             Box::new(flow_evictions.clone()),
+            Box::new(http_refused.clone()),
             Box::new(build),
         ] {
             registry.register(c).expect("metric names are unique");
@@ -171,6 +181,9 @@ impl Metrics {
         reloads.with_label_values(&["failure"]);
         for stage in EVENT_DROP_STAGES {
             events_dropped.with_label_values(&[stage]);
+        }
+        for cause in ["server_full", "source_full"] {
+            http_refused.with_label_values(&[cause]);
         }
         Metrics {
             registry,
@@ -188,6 +201,7 @@ impl Metrics {
             flow_capacity,
             flows_expired,
             flow_evictions,
+            http_refused,
         }
     }
 
