@@ -23,7 +23,7 @@ use crate::admin::protocol::BlockInfo;
 use crate::check::load;
 use crate::cli::{self, ExplainArgs, Proto};
 use crate::config::{Config, ConfigErrors};
-use crate::policy::{CompiledPolicy, host_addresses};
+use crate::policy::{CompiledPolicy, host_addresses_or_none};
 
 /// The answer, as printed (text or JSON).
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -456,7 +456,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         }
     };
     let loaded = load(&args.config)
-        .and_then(|c| CompiledPolicy::compile(&c, &host_addresses()).map(|p| (c, p)));
+        .and_then(|c| CompiledPolicy::compile(&c, &host_addresses_or_none()).map(|p| (c, p)));
     let (config, policy) = match loaded {
         Ok(x) => x,
         Err(ConfigErrors(errors)) => {

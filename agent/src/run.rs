@@ -235,8 +235,26 @@ fn prepare(args: &RunArgs) -> Result<(Config, CompiledPolicy), ConfigErrors> {
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    let policy = CompiledPolicy::compile(&config, &crate::policy::host_addresses())?;
+    let policy = compile_for_host(&config, crate::policy::host_addresses())?;
     Ok((config, policy))
+}
+
+/// Compiles the policy for the node's addresses. Without them the load is
+/// refused: an empty `host` zone would change what the policy allows (at
+/// start nothing is attached; on a reload the live policy stays).
+fn compile_for_host(
+    config: &Config,
+    hosts: std::io::Result<Vec<std::net::IpAddr>>,
+) -> Result<CompiledPolicy, ConfigErrors> {
+    let hosts = hosts.map_err(|e| {
+        ConfigErrors(vec![crate::config::ConfigError {
+            file: "node".into(),
+            line: 0,
+            column: 0,
+            message: format!("cannot list the node's addresses for the host zone: {e}"),
+        }])
+    })?;
+    CompiledPolicy::compile(config, &hosts)
 }
 
 /// The signals the agent acts on, installed before anything else so that a
@@ -647,14 +665,14 @@ async fn event_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The node's addresses form the `host` zone: when they change (DHCP,
     // an interface coming up) the zone tables are rewritten.
-    let mut last_hosts = crate::policy::host_addresses();
+    let mut last_hosts = crate::policy::host_addresses().unwrap_or_default();
     loop {
         let trigger = tokio::select! {
             _ = term.recv() => return ExitCode::SUCCESS,
             _ = int.recv() => return ExitCode::SUCCESS,
             _ = hup.recv() => "SIGHUP",
             _ = tick.tick() => {
-                let hosts = crate::policy::host_addresses();
+                let hosts = hosts_or_last(crate::policy::host_addresses(), &last_hosts);
                 let files_changed = watch_path.as_ref().and_then(|p| {
                     let now = read_watched(p);
                     let stamps_now = file_stamps(&data_files);
@@ -684,6 +702,19 @@ async fn event_loop(
             last_stamps = file_stamps(&data_files);
         }
     }
+}
+
+/// The node's addresses this tick, or the last known ones when the kernel
+/// did not answer (out of file descriptors, for one): a reload without
+/// them would empty the `host` zone.
+fn hosts_or_last(
+    now: std::io::Result<Vec<std::net::IpAddr>>,
+    last: &[std::net::IpAddr],
+) -> Vec<std::net::IpAddr> {
+    now.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot list the node's addresses; the host zone stays as it is");
+        last.to_vec()
+    })
 }
 
 /// The watched config file's bytes, read as a load would read them: a FIFO
@@ -843,6 +874,27 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn without_the_node_addresses_a_load_is_refused_and_the_watcher_keeps_the_last() {
+        let config = crate::config::Config::load_str(
+            "[[zones]]\nname = \"core\"\ncidrs = [\"10.9.0.0/16\"]\n",
+            "p.toml",
+            std::path::Path::new("/"),
+        )
+        .unwrap();
+        let emfile = || Err(std::io::Error::from_raw_os_error(libc::EMFILE));
+        let e = compile_for_host(&config, emfile()).unwrap_err();
+        assert_eq!(
+            e.to_string().trim_end(),
+            "node: cannot list the node's addresses for the host zone: Too many open files (os error 24)"
+        );
+        let hosts = vec![std::net::IpAddr::from([192, 0, 2, 7])];
+        assert!(compile_for_host(&config, Ok(hosts.clone())).is_ok());
+        assert_eq!(hosts_or_last(emfile(), &hosts), hosts);
+        let moved = vec![std::net::IpAddr::from([192, 0, 2, 8])];
+        assert_eq!(hosts_or_last(Ok(moved.clone()), &hosts), moved);
+    }
 
     #[test]
     fn the_watcher_skips_a_config_that_became_a_fifo_or_a_device() {

@@ -5,17 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// Every address of every interface of this node (loopback and link-local
 /// included: they are the node's too), sorted, each once; unspecified
-/// addresses are skipped. Empty, with a warning logged, if the kernel does
-/// not answer.
-pub fn host_addresses() -> Vec<IpAddr> {
+/// addresses are skipped. An error if the kernel does not answer (out of
+/// file descriptors, for one): the caller decides what an unknown host zone
+/// means, since an empty one would change what the policy allows.
+pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `head` with a list that we free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        tracing::warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot list the node's addresses; the host zone is empty"
-        );
-        return Vec::new();
+        return Err(std::io::Error::last_os_error());
     }
     let mut out = Vec::new();
     let mut cur = head;
@@ -49,7 +46,17 @@ pub fn host_addresses() -> Vec<IpAddr> {
     unsafe { libc::freeifaddrs(head) };
     out.sort_unstable();
     out.dedup();
-    out
+    Ok(out)
+}
+
+/// [`host_addresses`] for the commands that only read a policy (`check`,
+/// `explain`): without an answer they go on with an empty host zone, and
+/// say so.
+pub fn host_addresses_or_none() -> Vec<IpAddr> {
+    host_addresses().unwrap_or_else(|e| {
+        eprintln!("warning: cannot list the node's addresses ({e}); the host zone is empty");
+        Vec::new()
+    })
 }
 
 #[cfg(test)]
@@ -58,7 +65,7 @@ mod tests {
 
     #[test]
     fn lists_loopback_sorted_and_once() {
-        let a = host_addresses();
+        let a = host_addresses().unwrap();
         assert!(a.contains(&IpAddr::V4(Ipv4Addr::LOCALHOST)), "{a:?}");
         assert!(a.windows(2).all(|w| w[0] < w[1]), "{a:?}");
         assert!(a.iter().all(|a| !a.is_unspecified()));
