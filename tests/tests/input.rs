@@ -94,3 +94,56 @@ fn watch_interval_is_bounded() {
         stderr(&out)
     );
 }
+
+#[test]
+fn block_arguments_are_checked_before_the_agent_is_asked() {
+    // No agent behind this socket: a typo still gets its own error, not
+    // "cannot reach the agent".
+    let socket = "/nonexistent/tierguard-admin.sock";
+    let cases: [(&[&str], &str); 5] = [
+        (
+            &["block", "banana", "--for", "10m", "--reason", "INC-1"],
+            "error: 'banana' is not an IP address or CIDR",
+        ),
+        (
+            &["block", "0.0.0.0/0", "--for", "10m", "--reason", "INC-1"],
+            "error: '0.0.0.0/0' would block every source: block narrower prefixes, or use a deny list",
+        ),
+        (
+            &["block", "192.0.2.7", "--for", "soon", "--reason", "INC-1"],
+            "error: 'soon' is not a duration: expected seconds or a number with one unit, like 90s, 10m, 2h, 1d",
+        ),
+        (
+            &["block", "192.0.2.7", "--for", "10m", "--reason", " "],
+            "error: a reason is required (--reason TEXT): it is kept with the block and in the audit log",
+        ),
+        (
+            &["unblock", "192.0.2.7/33"],
+            "error: '192.0.2.7/33' is not a CIDR: prefix length must be 0 to 32",
+        ),
+    ];
+    for (args, want) in cases {
+        let mut args = args.to_vec();
+        args.extend(["--socket", socket]);
+        let out = run_cli(&args);
+        assert_refused(&out, 1, &[want]);
+    }
+    // Valid arguments go on to the socket.
+    let out = run_cli(&[
+        "block",
+        "192.0.2.7",
+        "--for",
+        "10m",
+        "--reason",
+        "INC-1",
+        "--socket",
+        socket,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out)
+            .starts_with("error: cannot reach the agent at /nonexistent/tierguard-admin.sock"),
+        "{}",
+        stderr(&out)
+    );
+}

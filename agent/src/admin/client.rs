@@ -1,6 +1,7 @@
 //! `tierguard block`, `unblock` and `blocks`: one request to the agent's
-//! admin socket, its answer printed. Exit 0 on success, 1 when the agent
-//! refused the request (the reason is printed), 2 when it could not be asked.
+//! admin socket, its answer printed. Exit 0 on success, 1 when the request
+//! is refused (by the checks here or by the agent; the reason is printed), 2
+//! when the agent could not be asked.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -66,7 +67,22 @@ fn print_message(r: &Response) {
     }
 }
 
+/// Checks the arguments as the agent will, before asking it: a typo gets its
+/// own error (exit 1, as the agent's refusal) even when no agent runs.
+fn precheck(checks: &[Result<(), String>]) -> Option<ExitCode> {
+    let e = checks.iter().find_map(|c| c.as_ref().err())?;
+    eprintln!("error: {e}");
+    Some(ExitCode::from(1))
+}
+
 pub fn block(a: &BlockArgs) -> ExitCode {
+    if let Some(code) = precheck(&[
+        super::parse_target(&a.target).map(drop),
+        super::parse_block_duration(&a.duration).map(drop),
+        super::check_reason(&a.reason),
+    ]) {
+        return code;
+    }
     let req = Request::Block {
         target: a.target.clone(),
         duration: a.duration.clone(),
@@ -76,6 +92,9 @@ pub fn block(a: &BlockArgs) -> ExitCode {
 }
 
 pub fn unblock(a: &UnblockArgs) -> ExitCode {
+    if let Some(code) = precheck(&[super::parse_prefix(&a.target).map(drop)]) {
+        return code;
+    }
     let req = Request::Unblock {
         target: a.target.clone(),
     };

@@ -82,7 +82,7 @@ fn reason_bytes(text: &str) -> [u8; BLOCK_REASON_LEN] {
 }
 
 /// Checks an admin block's reason: printable, at most `BLOCK_REASON_LEN` bytes.
-fn check_reason(r: &str) -> Result<(), String> {
+pub fn check_reason(r: &str) -> Result<(), String> {
     if r.trim().is_empty() {
         return Err(
             "a reason is required (--reason TEXT): it is kept with the block and in the audit log"
