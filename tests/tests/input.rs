@@ -96,9 +96,10 @@ fn watch_interval_is_bounded() {
 }
 
 #[test]
-fn block_arguments_are_checked_before_the_agent_is_asked() {
+fn block_arguments_are_checked_when_no_agent_answers() {
     // No agent behind this socket: a typo still gets its own error, not
-    // "cannot reach the agent".
+    // "cannot reach the agent". (A reachable agent checks them itself and
+    // audits the refusal: tests/tests/limits.rs.)
     let socket = "/nonexistent/tierguard-admin.sock";
     let cases: [(&[&str], &str); 5] = [
         (

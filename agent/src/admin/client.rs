@@ -1,7 +1,7 @@
 //! `tierguard block`, `unblock` and `blocks`: one request to the agent's
 //! admin socket, its answer printed. Exit 0 on success, 1 when the request
-//! is refused (by the checks here or by the agent; the reason is printed), 2
-//! when the agent could not be asked.
+//! is refused (by the agent, or by the checks here when no agent answers;
+//! the reason is printed), 2 when the agent could not be asked.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -67,38 +67,49 @@ fn print_message(r: &Response) {
     }
 }
 
-/// Checks the arguments as the agent will, before asking it: a typo gets its
-/// own error (exit 1, as the agent's refusal) even when no agent runs.
-fn precheck(checks: &[Result<(), String>]) -> Option<ExitCode> {
-    let e = checks.iter().find_map(|c| c.as_ref().err())?;
-    eprintln!("error: {e}");
-    Some(ExitCode::from(1))
+/// When the agent could not be asked, the arguments are checked here as the
+/// agent would have: a typo then gets its own error (exit 1, as the agent's
+/// refusal) rather than only "cannot reach the agent". A reachable agent
+/// checks them itself, so that a refused attempt is in its audit log.
+fn unreachable_or_invalid(
+    r: Result<Response, String>,
+    checks: impl FnOnce() -> Result<(), String>,
+) -> Result<Response, String> {
+    match r {
+        Err(unreachable) => match checks() {
+            Ok(()) => Err(unreachable),
+            Err(invalid) => Ok(Response {
+                ok: false,
+                error: Some(invalid),
+                ..Response::default()
+            }),
+        },
+        answered => answered,
+    }
 }
 
 pub fn block(a: &BlockArgs) -> ExitCode {
-    if let Some(code) = precheck(&[
-        super::parse_target(&a.target).map(drop),
-        super::parse_block_duration(&a.duration).map(drop),
-        super::check_reason(&a.reason),
-    ]) {
-        return code;
-    }
     let req = Request::Block {
         target: a.target.clone(),
         duration: a.duration.clone(),
         reason: a.reason.clone(),
     };
-    finish(request(&a.admin.socket, &req), print_message)
+    let r = unreachable_or_invalid(request(&a.admin.socket, &req), || {
+        super::parse_target(&a.target)?;
+        super::parse_block_duration(&a.duration)?;
+        super::check_reason(&a.reason)
+    });
+    finish(r, print_message)
 }
 
 pub fn unblock(a: &UnblockArgs) -> ExitCode {
-    if let Some(code) = precheck(&[super::parse_prefix(&a.target).map(drop)]) {
-        return code;
-    }
     let req = Request::Unblock {
         target: a.target.clone(),
     };
-    finish(request(&a.admin.socket, &req), print_message)
+    let r = unreachable_or_invalid(request(&a.admin.socket, &req), || {
+        super::parse_prefix(&a.target).map(drop)
+    });
+    finish(r, print_message)
 }
 
 pub fn blocks(a: &BlocksArgs) -> ExitCode {
