@@ -2,21 +2,14 @@
 //! binary as an operator runs it: each case ends with a clear error and a
 //! non-zero exit, never a hang or a panic. Needs no root and no namespace.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Output;
 
 use tierguard_tests::agent::run_cli;
+use tierguard_tests::mkfifo;
 
 fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tg-cli-input-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn mkfifo(path: &Path) {
-    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    tierguard_tests::tmpdir("cli-input", name)
 }
 
 fn stderr(out: &Output) -> String {
