@@ -1230,3 +1230,53 @@ action = "audit"
     let other = v4_frame(A4, NODE4, PROTO_TCP, &tcp(40002, 22, TCP_SYN, 0));
     f.expect(&other, Reason::DefaultDeny);
 }
+
+/// In `mode = "audit"` the kernel used to pass frames the parser refuses,
+/// counted as `audit`, where `explain` (and the policy reference) drop
+/// them.
+#[test]
+fn a_frame_the_parser_refuses_is_dropped_in_audit_mode_too() {
+    use tierguard::datapath::TC_DROP;
+    let mut f = fixture(
+        "audit-parse",
+        "mode = \"audit\"\n[segmentation]\ndefault = \"deny\"\n\n[[zones]]\nname = \"node\"\ncidrs = [\"10.0.0.0/24\"]\n",
+    );
+    let reader = f.dp.stats_reader().unwrap();
+    // Audit mode is on: a SYN no rule allows is reported and passed.
+    let smtp = v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(40000, 25, TCP_SYN, 0));
+    assert_eq!(f.run(&smtp), XDP_PASS);
+    let c = reader
+        .counter_as(0, Direction::Ingress, Verdict::Audit, Reason::DefaultDeny)
+        .unwrap();
+    assert_eq!(c.packets, 1);
+    // A SYN cut inside its TCP header, an IPv4 header with IHL 3, IPv4
+    // inside MPLS: dropped and counted as drops, as in enforce mode.
+    let syn = v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(40000, 443, TCP_SYN, 0));
+    let cut = &syn[..14 + 20 + 10];
+    f.expect(cut, Reason::Truncated);
+    let mut ihl3 = syn.clone();
+    ihl3[14] = 0x43;
+    f.expect(&ihl3, Reason::Malformed);
+    let mut mpls = vec![0x00, 0x01, 0x01, 0x40];
+    mpls.extend_from_slice(&syn[14..]);
+    f.expect(&ether(&[], 0x8847, &mpls), Reason::UnsupportedEncap);
+    // The same on egress.
+    let r = f.dp.test_run(programs::EGRESS, cut, 1).unwrap();
+    assert_eq!(r.action, TC_DROP);
+    let c = reader
+        .counter(0, Direction::Egress, Reason::Truncated)
+        .unwrap();
+    assert_eq!((c.packets, c.bytes), (1, cut.len() as u64));
+    for v in [Verdict::Audit, Verdict::Pass] {
+        for reason in [
+            Reason::Truncated,
+            Reason::Malformed,
+            Reason::UnsupportedEncap,
+        ] {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let c = reader.counter_as(0, dir, v, reason).unwrap();
+                assert_eq!(c.packets, 0, "{dir:?} {reason:?} counted as {v:?}");
+            }
+        }
+    }
+}
