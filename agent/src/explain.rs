@@ -11,10 +11,9 @@ use ipnetwork::IpNetwork;
 use serde::Serialize;
 use tierguard_common::{
     build::{icmp, tcp, udp, v4_frame, v6_frame},
-    decide::{Decision, NO_ID, NO_ZONE},
+    decide::{NO_ID, NO_ZONE},
     maps::Direction,
     packet::{PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, TCP_SYN},
-    parse::parse,
     reason::Reason,
     segment::SEG_ENABLED,
 };
@@ -178,11 +177,7 @@ fn explain_frame(
     frame: &[u8],
     packet: String,
 ) -> Explanation {
-    let parsed = parse(frame);
-    let decision = match &parsed {
-        Err(reason) => Decision::new(*reason),
-        Ok(p) => policy.decide(dir, p),
-    };
+    let (parsed, decision) = policy.decide_frame(dir, frame);
     let stage = match decision.reason {
         Reason::Failsafe => "failsafe",
         Reason::AllowList | Reason::DenyList => "list",

@@ -3,7 +3,8 @@
 //! Order (docs/design/verdict-precedence.md): parse → failsafe → blocked
 //! sources (ingress) → lists (ingress, source address) → limits (ingress) →
 //! established replies → segmentation rules → the zone pair's default. In
-//! global audit mode a drop becomes `audit`.
+//! global audit mode a drop of those policy stages becomes `audit`; a frame
+//! the parser refuses is dropped in audit mode too ([`refused`]).
 
 use crate::limiter::LimitOutcome;
 use crate::maps::{Direction, ListAction, ListEntry};
@@ -56,6 +57,17 @@ impl Decision {
         }
         self
     }
+}
+
+/// The decision for a frame the parser refused, with the parse reason.
+///
+/// Global audit mode does not apply: parsing is not a policy stage, and a
+/// frame that cannot be read whole is dropped in `mode = "audit"` too
+/// (docs/design/malformed-packets.md). Called by the kernel and by the
+/// agent's `decide_frame` (`explain`), so both give the same verdict.
+#[inline(always)]
+pub const fn refused(reason: Reason) -> Decision {
+    Decision::new(reason)
 }
 
 /// What a decision reads, implemented over BPF maps by the kernel and over
@@ -447,6 +459,21 @@ mod tests {
     }
 
     const BLOCKED_BY_ADMIN: u16 = crate::limiter::BLOCK_ADMIN;
+
+    #[test]
+    fn a_refused_frame_is_dropped_in_audit_mode_too() {
+        for reason in [
+            Reason::Truncated,
+            Reason::Malformed,
+            Reason::VlanDepth,
+            Reason::Ipv6ExtChain,
+            Reason::TinyFragment,
+            Reason::UnsupportedEncap,
+        ] {
+            let d = refused(reason);
+            assert_eq!((d.reason, d.verdict), (reason, Verdict::Drop));
+        }
+    }
 
     #[test]
     fn unknown_action_byte_is_ignored_not_trusted() {

@@ -123,7 +123,8 @@ fn enforce_with<C: EbpfContext>(
     let mut p = Packet::EMPTY;
     let parsed = parse_packet(bytes, &mut p);
     let decision = if parsed != PARSED {
-        Decision::new(Reason::from_u8(parsed).unwrap_or(Reason::Malformed)).finish(meta)
+        // Dropped in audit mode too: parsing is not a policy stage.
+        decide::refused(Reason::from_u8(parsed).unwrap_or(Reason::Malformed))
     } else if p.family == 0 {
         Decision::new(Reason::NonIp)
     } else {

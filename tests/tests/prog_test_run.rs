@@ -1230,3 +1230,979 @@ action = "audit"
     let other = v4_frame(A4, NODE4, PROTO_TCP, &tcp(40002, 22, TCP_SYN, 0));
     f.expect(&other, Reason::DefaultDeny);
 }
+
+/// In `mode = "audit"` the kernel used to pass frames the parser refuses,
+/// counted as `audit`, where `explain` (and the policy reference) drop
+/// them. Found by `kernel_matches_host_on_malformed_and_mutated_frames`.
+#[test]
+fn a_frame_the_parser_refuses_is_dropped_in_audit_mode_too() {
+    use tierguard::datapath::TC_DROP;
+    let mut f = fixture(
+        "audit-parse",
+        "mode = \"audit\"\n[segmentation]\ndefault = \"deny\"\n\n[[zones]]\nname = \"node\"\ncidrs = [\"10.0.0.0/24\"]\n",
+    );
+    let reader = f.dp.stats_reader().unwrap();
+    // Audit mode is on: a SYN no rule allows is reported and passed.
+    let smtp = v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(40000, 25, TCP_SYN, 0));
+    assert_eq!(f.run(&smtp), XDP_PASS);
+    let c = reader
+        .counter_as(0, Direction::Ingress, Verdict::Audit, Reason::DefaultDeny)
+        .unwrap();
+    assert_eq!(c.packets, 1);
+    // A SYN cut inside its TCP header, an IPv4 header with IHL 3, IPv4
+    // inside MPLS: dropped and counted as drops, as in enforce mode.
+    let syn = v4_frame(OTHER4, NODE4, PROTO_TCP, &tcp(40000, 443, TCP_SYN, 0));
+    let cut = &syn[..14 + 20 + 10];
+    f.expect(cut, Reason::Truncated);
+    let mut ihl3 = syn.clone();
+    ihl3[14] = 0x43;
+    f.expect(&ihl3, Reason::Malformed);
+    let mut mpls = vec![0x00, 0x01, 0x01, 0x40];
+    mpls.extend_from_slice(&syn[14..]);
+    f.expect(&ether(&[], 0x8847, &mpls), Reason::UnsupportedEncap);
+    // The same on egress.
+    let r = f.dp.test_run(programs::EGRESS, cut, 1).unwrap();
+    assert_eq!(r.action, TC_DROP);
+    let c = reader
+        .counter(0, Direction::Egress, Reason::Truncated)
+        .unwrap();
+    assert_eq!((c.packets, c.bytes), (1, cut.len() as u64));
+    for v in [Verdict::Audit, Verdict::Pass] {
+        for reason in [
+            Reason::Truncated,
+            Reason::Malformed,
+            Reason::UnsupportedEncap,
+        ] {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let c = reader.counter_as(0, dir, v, reason).unwrap();
+                assert_eq!(c.packets, 0, "{dir:?} {reason:?} counted as {v:?}");
+            }
+        }
+    }
+}
+
+// ---- Malformed and mutated frames: the kernel against the host ----
+//
+// Valid seed frames (Ethernet with 0 to 2 VLAN tags; IPv4 with and without
+// options, fragments; IPv6 with extension-header chains, fragments; TCP,
+// UDP, ICMP, ICMPv6, other transports; MPLS, PPPoE, ARP, LLDP), cut at every
+// length (those without tags or with 802.1ad + 802.1Q) and mutated with a
+// seeded generator, each run once through the ingress XDP program and the
+// egress TC program, under three policies (lists only; lists and
+// segmentation; the same in audit mode). For every frame the kernel's
+// action, and the one counter it increments (verdict and reason), must be
+// what `CompiledPolicy::decide_frame` (explain's path: `parse`, then
+// `decide`) computes from the same bytes against the same compiled policy.
+// A failure prints the seed, each differing frame in hex and how it was made.
+
+const FUZZ_SEED: u64 = 0x7167_f022_d1ff_0001;
+const MUTANTS_PER_SEED: usize = 20;
+
+/// Lists, zones, rules of every action, failsafe management: mutated ports,
+/// protocols, ICMP types and addresses reach every stage.
+const FUZZ_SEGMENTED: &str = r#"
+[segmentation]
+default = "deny"
+intra_zone = "allow"
+
+[[zones]]
+name = "node"
+cidrs = ["10.0.0.0/24", "fd00::/120"]
+
+[[zones]]
+name = "peers"
+cidrs = ["10.1.0.0/16", "10.66.0.0/16", "fd00::/16"]
+
+[[lists]]
+name = "deny-wide"
+action = "deny"
+cidrs = ["198.51.100.0/24", "10.66.0.0/16", "2001:db8::/32"]
+
+[[lists]]
+name = "allow-exceptions"
+action = "allow"
+cidrs = ["10.66.1.0/24", "2001:db8:1::/48", "198.51.100.128/25"]
+
+[[rules]]
+name = "peers-web"
+from = "peers"
+to = "node"
+protocol = "tcp"
+ports = [443, "8000-8100"]
+action = "allow"
+
+[[rules]]
+name = "world-dns"
+from = "world"
+to = "node"
+protocol = "udp"
+ports = [53]
+action = "allow"
+
+[[rules]]
+name = "world-http-watch"
+from = "world"
+to = "node"
+protocol = "tcp"
+ports = [80]
+action = "audit"
+
+[[rules]]
+name = "ping"
+from = "any"
+to = "node"
+protocol = "icmp"
+icmp_types = [8]
+action = "allow"
+
+[[rules]]
+name = "ping6-watch"
+from = "any"
+to = "node"
+protocol = "icmpv6"
+icmp_types = [128]
+action = "audit"
+
+[[rules]]
+name = "node-out"
+from = "node"
+to = ["world", "peers"]
+protocol = "tcp"
+action = "allow"
+
+[[rules]]
+name = "no-udp-to-peers"
+from = "node"
+to = "peers"
+protocol = "udp"
+action = "deny"
+
+[failsafe]
+management = ["10.9.0.0/16", "fd09::/32"]
+ssh_port = 22
+"#;
+
+const MGMT4: [u8; 4] = [10, 9, 0, 5];
+const MGMT6: [u8; 16] = [0xfd, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5];
+const FUZZ_SOURCES4: [[u8; 4]; 5] = [DENIED4, EXCEPT4, OTHER4, MGMT4, [203, 0, 113, 10]];
+const FUZZ_SOURCES6: [[u8; 16]; 4] = [DENIED6, EXCEPT6, OTHER6, MGMT6];
+
+/// A frame before mutation, and where its headers start.
+#[derive(Clone)]
+struct Seed {
+    name: String,
+    frame: Vec<u8>,
+    /// Cut at every length: the seeds without tags or with 802.1ad + 802.1Q.
+    sweep: bool,
+    /// Offset of the ethertype after the VLAN tags.
+    ethertype: usize,
+    /// Offset and family (4, 6) of the IP header.
+    l3: Option<(usize, u8)>,
+    /// Offsets of the IPv6 extension headers, in order.
+    exts: Vec<usize>,
+    /// Offset of the IPv6 fragment header.
+    frag: Option<usize>,
+    /// Offset and protocol of the transport header.
+    l4: Option<(usize, u8)>,
+}
+
+fn seed_v4(name: &str, tags: &[u16], v: &V4, l4: &[u8]) -> Seed {
+    let ip = v.packet(l4);
+    let l3 = 14 + 4 * tags.len();
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    Seed {
+        name: format!("{name} tags {tags:04x?}"),
+        frame: ether(tags, ETH_P_IPV4, &ip),
+        sweep: tags.is_empty() || tags == QINQ,
+        ethertype: l3 - 2,
+        l3: Some((l3, 4)),
+        exts: Vec::new(),
+        frag: None,
+        l4: (v.frag_offset == 0).then_some((l3 + ihl, v.proto)),
+    }
+}
+
+fn seed_v6(name: &str, tags: &[u16], src: [u8; 16], exts: &[Ext], proto: u8, l4: &[u8]) -> Seed {
+    seed_v6_to(name, tags, src, NODE6, exts, proto, l4)
+}
+
+fn seed_v6_to(
+    name: &str,
+    tags: &[u16],
+    src: [u8; 16],
+    dst: [u8; 16],
+    exts: &[Ext],
+    proto: u8,
+    l4: &[u8],
+) -> Seed {
+    let l3 = 14 + 4 * tags.len();
+    let mut off = l3 + 40;
+    let mut offsets = Vec::new();
+    let mut later = false;
+    let mut frag = None;
+    for e in exts {
+        offsets.push(off);
+        off += match e {
+            Ext::Auth { len } => (usize::from(*len) + 2) * 4,
+            Ext::Fragment { offset, .. } => {
+                later |= *offset != 0;
+                frag = Some(off);
+                8
+            }
+            _ => 8,
+        };
+    }
+    Seed {
+        name: format!("{name} tags {tags:04x?}"),
+        frame: ether(tags, ETH_P_IPV6, &ipv6(src, dst, exts, proto, l4)),
+        sweep: tags.is_empty() || tags == QINQ,
+        ethertype: l3 - 2,
+        l3: Some((l3, 6)),
+        exts: offsets,
+        frag,
+        l4: (!later).then_some((off, proto)),
+    }
+}
+
+fn seed_other(name: &str, tags: &[u16], ethertype: u16, payload: &[u8]) -> Seed {
+    Seed {
+        name: format!("{name} tags {tags:04x?}"),
+        frame: ether(tags, ethertype, payload),
+        sweep: tags.is_empty() || tags == QINQ,
+        ethertype: 12 + 4 * tags.len(),
+        l3: None,
+        exts: Vec::new(),
+        frag: None,
+        l4: None,
+    }
+}
+
+/// TCP with `words` 32-bit words of options (NOPs).
+fn tcp_with_options(sport: u16, dport: u16, flags: u8, words: u8) -> Vec<u8> {
+    let mut t = tcp(sport, dport, flags, 4 * usize::from(words));
+    t[12] = (5 + words) << 4;
+    t[20..].fill(1);
+    t
+}
+
+/// The valid frames mutations start from.
+fn fuzz_seeds() -> Vec<Seed> {
+    const QINQ_9100: u16 = 0x9100;
+    let mut out = Vec::new();
+    let tag_sets: [&[u16]; 4] = [
+        &[],
+        &[ETH_P_8021Q],
+        &[ETH_P_8021AD, ETH_P_8021Q],
+        &[QINQ_9100, ETH_P_8021Q],
+    ];
+    for (t, tags) in tag_sets.iter().enumerate() {
+        let s4 = |i: usize| FUZZ_SOURCES4[(i + t) % FUZZ_SOURCES4.len()];
+        let s6 = |i: usize| FUZZ_SOURCES6[(i + t) % FUZZ_SOURCES6.len()];
+        // IPv4: transports, options, fragments.
+        let v = |i: usize, proto: u8| V4::new(s4(i), NODE4, proto);
+        out.push(seed_v4(
+            "v4 tcp syn :22",
+            tags,
+            &v(0, PROTO_TCP),
+            &tcp(40000, 22, TCP_SYN, 0),
+        ));
+        out.push(seed_v4(
+            "v4 tcp ack :443 options",
+            tags,
+            &v(1, PROTO_TCP),
+            &tcp_with_options(40000, 443, TCP_ACK, 3),
+        ));
+        out.push(seed_v4(
+            "v4 udp :53",
+            tags,
+            &v(2, PROTO_UDP),
+            &udp(5353, 53, 12),
+        ));
+        out.push(seed_v4(
+            "v4 icmp echo",
+            tags,
+            &v(3, PROTO_ICMP),
+            &icmp(8, 0),
+        ));
+        out.push(seed_v4("v4 gre", tags, &v(4, 47), &[0u8; 12]));
+        let mut o = v(5, PROTO_TCP);
+        o.options = vec![0x94, 0x04, 0, 0];
+        out.push(seed_v4(
+            "v4 router-alert tcp :80",
+            tags,
+            &o,
+            &tcp(1, 80, TCP_SYN, 4),
+        ));
+        let mut o = v(6, PROTO_UDP);
+        o.options = vec![1; 40];
+        out.push(seed_v4(
+            "v4 40 bytes of options udp",
+            tags,
+            &o,
+            &udp(1, 53, 0),
+        ));
+        let mut fr = v(7, PROTO_UDP);
+        fr.more_fragments = true;
+        out.push(seed_v4("v4 first fragment udp", tags, &fr, &udp(1, 53, 24)));
+        let mut fr = v(8, PROTO_TCP);
+        fr.frag_offset = 100;
+        out.push(seed_v4("v4 later fragment", tags, &fr, &[0x55; 24]));
+        // IPv6: transports, extension chains, fragments.
+        let tcp_syn = tcp(40000, 443, TCP_SYN, 0);
+        out.push(seed_v6(
+            "v6 tcp :443",
+            tags,
+            s6(0),
+            &[],
+            PROTO_TCP,
+            &tcp_syn,
+        ));
+        out.push(seed_v6(
+            "v6 udp :53",
+            tags,
+            s6(1),
+            &[],
+            PROTO_UDP,
+            &udp(1, 53, 8),
+        ));
+        out.push(seed_v6(
+            "v6 echo",
+            tags,
+            s6(2),
+            &[],
+            PROTO_ICMPV6,
+            &icmp(128, 0),
+        ));
+        out.push(seed_v6(
+            "v6 neighbour solicitation",
+            tags,
+            s6(3),
+            &[],
+            PROTO_ICMPV6,
+            &icmp(135, 0),
+        ));
+        out.push(seed_v6(
+            "v6 hbh tcp options",
+            tags,
+            s6(0),
+            &[Ext::HopByHop],
+            PROTO_TCP,
+            &tcp_with_options(1, 22, TCP_SYN, 2),
+        ));
+        out.push(seed_v6(
+            "v6 hbh routing dstopts udp",
+            tags,
+            s6(1),
+            &[Ext::HopByHop, Ext::Routing, Ext::DestOpts],
+            PROTO_UDP,
+            &udp(1, 53, 0),
+        ));
+        let first = Ext::Fragment {
+            offset: 0,
+            more: true,
+        };
+        out.push(seed_v6(
+            "v6 first fragment tcp",
+            tags,
+            s6(2),
+            std::slice::from_ref(&first),
+            PROTO_TCP,
+            &tcp_syn,
+        ));
+        out.push(seed_v6(
+            "v6 hbh first fragment dstopts udp",
+            tags,
+            s6(3),
+            &[Ext::HopByHop, first, Ext::DestOpts],
+            PROTO_UDP,
+            &udp(1, 53, 4),
+        ));
+        let later = Ext::Fragment {
+            offset: 185,
+            more: false,
+        };
+        out.push(seed_v6(
+            "v6 later fragment",
+            tags,
+            s6(0),
+            &[Ext::Routing, later],
+            PROTO_TCP,
+            &[0x55; 24],
+        ));
+        out.push(seed_v6(
+            "v6 ah tcp :8080",
+            tags,
+            s6(1),
+            &[Ext::Auth { len: 4 }],
+            PROTO_TCP,
+            &tcp(1, 8080, TCP_SYN, 0),
+        ));
+        out.push(seed_v6("v6 esp", tags, s6(2), &[], 50, &[0u8; 16]));
+        out.push(seed_v6(
+            "v6 no next header",
+            tags,
+            s6(3),
+            &[Ext::DestOpts],
+            59,
+            &[],
+        ));
+        // Sent by the node: egress rules (node to peers, node out).
+        let mut out4 = V4::new(NODE4, s4(9), PROTO_UDP);
+        out4.options = vec![1; 8];
+        out.push(seed_v4(
+            "v4 udp from the node",
+            tags,
+            &out4,
+            &udp(40000, 53, 4),
+        ));
+        out.push(seed_v6_to(
+            "v6 tcp from the node",
+            tags,
+            NODE6,
+            s6(1),
+            &[Ext::DestOpts],
+            PROTO_TCP,
+            &tcp_with_options(40000, 443, TCP_SYN, 1),
+        ));
+        // Non-IP and unsupported encapsulations.
+        out.push(seed_other("arp", tags, 0x0806, &[0u8; 28]));
+        let mut mpls = vec![0x00, 0x01, 0x01, 0x40];
+        mpls.extend_from_slice(&V4::new(DENIED4, NODE4, PROTO_UDP).packet(&udp(1, 2, 0)));
+        out.push(seed_other("mpls", tags, 0x8847, &mpls));
+        let mut pppoe = vec![0x11, 0x00, 0x00, 0x01, 0x00, 0x1e, 0x00, 0x21];
+        pppoe.extend_from_slice(&V4::new(OTHER4, NODE4, PROTO_UDP).packet(&udp(1, 2, 0)));
+        out.push(seed_other("pppoe session", tags, 0x8864, &pppoe));
+    }
+    // Chains at and over the limits.
+    let dst8 = vec![Ext::DestOpts; MAX_IPV6_EXT_HEADERS];
+    let dst9 = vec![Ext::DestOpts; MAX_IPV6_EXT_HEADERS + 1];
+    out.push(seed_v6(
+        "v6 8 extension headers",
+        &[],
+        OTHER6,
+        &dst8,
+        PROTO_UDP,
+        &udp(1, 53, 0),
+    ));
+    out.push(seed_v6(
+        "v6 9 extension headers",
+        &[],
+        OTHER6,
+        &dst9,
+        PROTO_UDP,
+        &udp(1, 53, 0),
+    ));
+    // Transport headers ending just within and just past the read limit.
+    for len in [235, 236] {
+        out.push(seed_v6(
+            &format!("v6 ah of {len} units"),
+            &[],
+            EXCEPT6,
+            &[Ext::Auth { len }],
+            PROTO_TCP,
+            &tcp(1, 443, TCP_SYN, 0),
+        ));
+    }
+    let v = V4::new(DENIED4, NODE4, PROTO_UDP).packet(&udp(1, 2, 0));
+    out.push(seed_other("lldp", &[], 0x88cc, &[0u8; 40]));
+    out.push(seed_other(
+        "three vlan tags",
+        &[ETH_P_8021AD, ETH_P_8021Q],
+        ETH_P_8021Q,
+        &[&[0, 7, 0x08, 0x00][..], &v].concat(),
+    ));
+    out
+}
+
+fn pick<T: Copy>(rng: &mut Rng, from: &[T]) -> T {
+    from[rng.below(from.len() as u64) as usize]
+}
+
+fn put(f: &mut [u8], off: usize, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        if let Some(x) = f.get_mut(off + i) {
+            *x = *b;
+        }
+    }
+}
+
+/// One mutant of `s`: one to three field mutations, then maybe a VLAN tag
+/// more, a random tail, a cut. Returns the frame and what was done.
+fn mutate(rng: &mut Rng, s: &Seed) -> (Vec<u8>, String) {
+    let mut f = s.frame.clone();
+    let mut what: Vec<String> = Vec::new();
+    let header_end = match (s.l4, s.l3) {
+        (Some((o, _)), _) => o + 20,
+        (None, Some((o, 6))) => s.exts.last().map_or(o + 40, |e| e + 8),
+        (None, Some((o, _))) => o + 24,
+        _ => s.ethertype + 2,
+    }
+    .min(f.len());
+    let ip_len = s.l3.map_or(0, |(o, _)| f.len() - o);
+    for _ in 0..1 + rng.below(3) {
+        // A random value for the choices below that take one.
+        let r = rng.next_u64();
+        match rng.below(15) {
+            0 => {
+                for _ in 0..1 + rng.below(4) {
+                    let i = rng.below(header_end as u64) as usize;
+                    let bit = rng.below(8);
+                    f[i] ^= 1 << bit;
+                    what.push(format!("flip byte {i} bit {bit}"));
+                }
+            }
+            1 => {
+                let i = rng.below(header_end as u64) as usize;
+                let b = pick(rng, &[0, 1, 0x7f, 0x80, 0xff, r as u8]);
+                f[i] = b;
+                what.push(format!("byte {i} = {b:#04x}"));
+            }
+            2 => {
+                let et: u16 = pick(
+                    rng,
+                    &[
+                        ETH_P_IPV4,
+                        ETH_P_IPV6,
+                        ETH_P_8021Q,
+                        ETH_P_8021AD,
+                        0x9100,
+                        0x8847,
+                        0x8848,
+                        0x8864,
+                        0x0806,
+                        0x88cc,
+                        r as u16,
+                    ],
+                );
+                put(&mut f, s.ethertype, &et.to_be_bytes());
+                what.push(format!("ethertype {et:#06x}"));
+            }
+            3 => {
+                let Some((l3, _)) = s.l3 else { continue };
+                let ihl = rng.below(16) as u8;
+                let b = (f[l3] & 0xf0) | ihl;
+                put(&mut f, l3, &[b]);
+                what.push(format!("low nibble of the first ip byte {ihl}"));
+            }
+            4 => {
+                let Some((l3, _)) = s.l3 else { continue };
+                let v = rng.below(16) as u8;
+                let b = (v << 4) | (f[l3] & 0x0f);
+                put(&mut f, l3, &[b]);
+                what.push(format!("ip version {v}"));
+            }
+            5 => {
+                let Some((l3, fam)) = s.l3 else { continue };
+                let n = ip_len as u16;
+                let len: u16 = pick(
+                    rng,
+                    &[
+                        0,
+                        1 + (r >> 32) as u16 % 20,
+                        0xffff,
+                        n.wrapping_sub(1),
+                        n + 1,
+                        n.wrapping_sub(40),
+                        r as u16,
+                    ],
+                );
+                let at = if fam == 4 { l3 + 2 } else { l3 + 4 };
+                put(&mut f, at, &len.to_be_bytes());
+                what.push(format!("ip length field {len}"));
+            }
+            6 => {
+                let Some((l3, fam)) = s.l3 else { continue };
+                let v: u16 = pick(
+                    rng,
+                    &[
+                        0, 0x2000, 0x0001, 0x2001, 0x1fff, 0x4000, 0x0008, 0xfff9, r as u16,
+                    ],
+                );
+                match (fam, s.frag) {
+                    (4, _) => put(&mut f, l3 + 6, &v.to_be_bytes()),
+                    (_, Some(e)) => put(&mut f, e + 2, &v.to_be_bytes()),
+                    _ => continue,
+                }
+                what.push(format!("fragment field {v:#06x}"));
+            }
+            7 => {
+                let Some((l3, fam)) = s.l3 else { continue };
+                let at = if fam == 4 {
+                    l3 + 9
+                } else {
+                    let i = rng.below(s.exts.len() as u64 + 1) as usize;
+                    if i == 0 { l3 + 6 } else { s.exts[i - 1] }
+                };
+                let p = pick(
+                    rng,
+                    &[
+                        0, 1, 6, 17, 41, 43, 44, 47, 50, 51, 58, 59, 60, 135, 255, r as u8,
+                    ],
+                );
+                put(&mut f, at, &[p]);
+                what.push(format!("next header at {at} = {p}"));
+            }
+            8 => {
+                if s.exts.is_empty() {
+                    continue;
+                }
+                let e = pick(rng, &s.exts);
+                let len = pick(rng, &[0, 1, 2, 3, 31, 127, 255, r as u8]);
+                put(&mut f, e + 1, &[len]);
+                what.push(format!("extension header at {e} length {len}"));
+            }
+            9 => {
+                let Some((l4, PROTO_TCP)) = s.l4 else {
+                    continue;
+                };
+                let doff = rng.below(16) as u8;
+                put(&mut f, l4 + 12, &[doff << 4]);
+                what.push(format!("tcp data offset {doff}"));
+            }
+            10 => {
+                let Some((l4, PROTO_UDP)) = s.l4 else {
+                    continue;
+                };
+                let len: u16 = pick(rng, &[0, 1, 7, 8, 0xffff, r as u16]);
+                put(&mut f, l4 + 4, &len.to_be_bytes());
+                what.push(format!("udp length {len}"));
+            }
+            11 => {
+                let Some((l4, proto)) = s.l4 else { continue };
+                let port: u16 = pick(rng, &[22, 53, 80, 443, 8000, 8100, 0, 65535, r as u16]);
+                let at = l4 + 2 * rng.below(2) as usize;
+                put(&mut f, at, &port.to_be_bytes());
+                if proto == PROTO_TCP {
+                    let flags = pick(
+                        rng,
+                        &[TCP_SYN, TCP_ACK, TCP_SYN | TCP_ACK, TCP_RST, 0xff, 0],
+                    );
+                    put(&mut f, l4 + 13, &[flags]);
+                }
+                what.push(format!("port (icmp type and code) at {at} = {port:#06x}"));
+            }
+            12 => {
+                let Some((l3, fam)) = s.l3 else { continue };
+                let (src, dst) = if fam == 4 {
+                    (l3 + 12, l3 + 16)
+                } else {
+                    (l3 + 8, l3 + 24)
+                };
+                let at = pick(rng, &[src, dst]);
+                if fam == 4 {
+                    let a = pick(
+                        rng,
+                        &[
+                            DENIED4,
+                            EXCEPT4,
+                            OTHER4,
+                            MGMT4,
+                            NODE4,
+                            (r as u32).to_be_bytes(),
+                        ],
+                    );
+                    put(&mut f, at, &a);
+                } else {
+                    let a = pick(
+                        rng,
+                        &[
+                            DENIED6,
+                            EXCEPT6,
+                            OTHER6,
+                            MGMT6,
+                            NODE6,
+                            u128::from(r)
+                                .wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835)
+                                .to_be_bytes(),
+                        ],
+                    );
+                    put(&mut f, at, &a);
+                }
+                what.push(format!("address at {at}"));
+            }
+            13 => {
+                let Some((l4, PROTO_ICMP | PROTO_ICMPV6)) = s.l4 else {
+                    continue;
+                };
+                let ty = pick(rng, &[0, 3, 8, 128, 129, 133, 134, 135, 136, 137, r as u8]);
+                put(&mut f, l4, &[ty]);
+                what.push(format!("icmp type {ty}"));
+            }
+            _ => {
+                // Inside the headers, anything.
+                let i = rng.below(header_end as u64) as usize;
+                let b: [u8; 4] = rng.bytes();
+                put(&mut f, i, &b);
+                what.push(format!("4 random bytes at {i}"));
+            }
+        }
+    }
+    if rng.below(10) == 0 {
+        let tpid: u16 = pick(rng, &[ETH_P_8021Q, ETH_P_8021AD, 0x9100]);
+        let at = s.ethertype;
+        let [a, b] = tpid.to_be_bytes();
+        f.splice(at..at, [a, b, 0, 9]);
+        what.push(format!("vlan tag {tpid:#06x} more"));
+    }
+    match rng.below(8) {
+        0 => {
+            let n = 1 + rng.below(64) as usize;
+            for _ in 0..n {
+                f.push(rng.next_u64() as u8);
+            }
+            what.push(format!("{n} random bytes appended"));
+        }
+        1 => {
+            let from = rng.below(f.len() as u64) as usize;
+            for b in &mut f[from..] {
+                *b = rng.next_u64() as u8;
+            }
+            what.push(format!("random from byte {from}"));
+        }
+        _ => {}
+    }
+    if rng.below(3) == 0 {
+        let cut = rng.below(f.len() as u64 + 1) as usize;
+        f.truncate(cut);
+        what.push(format!("cut at {cut}"));
+    }
+    (f, what.join(", "))
+}
+
+/// Whether BPF_PROG_TEST_RUN refuses `frame` for a socket buffer: an
+/// untagged IPv4 frame shorter than its 20-byte header, IPv6 than its 40.
+fn skb_refused(frame: &[u8]) -> bool {
+    match frame.get(12..14) {
+        Some([0x08, 0x00]) => frame.len() < 14 + 20,
+        Some([0x86, 0xdd]) => frame.len() < 14 + 40,
+        _ => false,
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Counters of slot 0 (BPF_PROG_TEST_RUN's interface), both directions,
+/// every verdict and every reason number the table has room for.
+struct AllCounters(aya::maps::PerCpuArray<aya::maps::MapData, tierguard_common::maps::Counter>);
+
+const FUZZ_VERDICTS: u32 = 3;
+
+impl AllCounters {
+    fn open(pins: &Path) -> AllCounters {
+        let data = aya::maps::MapData::from_pin(pins.join(names::STATS)).expect("stats pin");
+        let map = aya::maps::Map::from_map_data(data).expect("stats map");
+        AllCounters(aya::maps::PerCpuArray::try_from(map).expect("per-CPU array"))
+    }
+
+    fn snapshot(&self) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        for dir in [Direction::Ingress, Direction::Egress] {
+            for verdict in 0..FUZZ_VERDICTS {
+                for reason in 0..tierguard_common::maps::MAX_REASONS {
+                    let idx =
+                        tierguard_common::maps::stats_index(0, dir, verdict as u8, reason as u8);
+                    let c = tierguard_common::counters::sum(
+                        self.0.get(&idx, 0).expect("counter").iter(),
+                    );
+                    out.push((c.packets, c.bytes));
+                }
+            }
+        }
+        out
+    }
+
+    /// (direction, verdict, reason number) of snapshot index `i`.
+    fn label(i: usize) -> String {
+        let per_dir = (FUZZ_VERDICTS * tierguard_common::maps::MAX_REASONS) as usize;
+        let dir = if i / per_dir == 0 {
+            "ingress"
+        } else {
+            "egress"
+        };
+        let verdict = (i % per_dir) / tierguard_common::maps::MAX_REASONS as usize;
+        let reason = i % tierguard_common::maps::MAX_REASONS as usize;
+        let verdict = Verdict::ALL.get(verdict).map_or("?", |v| v.name());
+        let reason = Reason::from_u8(reason as u8).map_or("?", |r| r.name());
+        format!("{dir} {verdict} {reason}")
+    }
+
+    fn index(dir: Direction, verdict: Verdict, reason: Reason) -> usize {
+        let per_dir = (FUZZ_VERDICTS * tierguard_common::maps::MAX_REASONS) as usize;
+        let d = match dir {
+            Direction::Ingress => 0,
+            Direction::Egress => 1,
+        };
+        d * per_dir
+            + verdict as usize * tierguard_common::maps::MAX_REASONS as usize
+            + reason as usize
+    }
+}
+
+#[test]
+fn kernel_matches_host_on_malformed_and_mutated_frames() {
+    use tierguard::datapath::{TC_DROP, TC_PASS};
+    eprintln!("seed {FUZZ_SEED:#018x}");
+    let mut rng = Rng(FUZZ_SEED);
+    let seeds = fuzz_seeds();
+    // Every seed as it is, cut at every length (the short ones), and mutants.
+    let mut frames: Vec<(String, Vec<u8>)> = Vec::new();
+    for s in &seeds {
+        frames.push((s.name.clone(), s.frame.clone()));
+        if s.sweep && s.frame.len() <= 200 {
+            for cut in 0..s.frame.len() {
+                frames.push((format!("{}, cut at {cut}", s.name), s.frame[..cut].to_vec()));
+            }
+        }
+        for _ in 0..MUTANTS_PER_SEED {
+            let (f, what) = mutate(&mut rng, s);
+            frames.push((format!("{}, {what}", s.name), f));
+        }
+    }
+    let policies = [
+        ("lists", POLICY.to_string()),
+        ("segmented", FUZZ_SEGMENTED.to_string()),
+        ("audit", format!("mode = \"audit\"\n{FUZZ_SEGMENTED}")),
+    ];
+    let mut failures: Vec<String> = Vec::new();
+    let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();
+    let mut runs = 0usize;
+    let mut refused = 0usize;
+    // Mismatches by kind, to tell one cause from many.
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for (pname, toml) in &policies {
+        let mut f = fixture(&format!("fuzz-{pname}"), toml);
+        let counters = AllCounters::open(f._pins.path());
+        let segmented =
+            f.policy.segmentation.meta.flags & tierguard_common::segment::SEG_ENABLED != 0;
+        let mut before = counters.snapshot();
+        for (what, frame) in &frames {
+            for dir in [Direction::Ingress, Direction::Egress] {
+                let (parsed, want) = f.policy.decide_frame(dir, frame);
+                if frame.len() < 14 {
+                    // BPF_PROG_TEST_RUN refuses frames shorter than an
+                    // Ethernet header; the host must call them truncated.
+                    if want.reason != Reason::Truncated {
+                        failures.push(format!(
+                            "{pname} {dir:?} {what}: host says {want:?} for a {}-byte frame",
+                            frame.len()
+                        ));
+                    }
+                    continue;
+                }
+                let (prog, pass, drop) = match dir {
+                    Direction::Ingress => (programs::INGRESS, XDP_PASS, XDP_DROP),
+                    Direction::Egress => (programs::EGRESS, TC_PASS, TC_DROP),
+                };
+                let action = match f.dp.test_run(prog, frame, 1) {
+                    Ok(r) => r.action,
+                    // BPF_PROG_TEST_RUN refuses a socket buffer whose
+                    // untagged IPv4 or IPv6 header is cut short (the
+                    // program never runs); the host must call it truncated.
+                    Err(_) if dir == Direction::Egress && skb_refused(frame) => {
+                        refused += 1;
+                        if want.reason != Reason::Truncated {
+                            failures.push(format!(
+                                "policy {pname}, {dir:?}, {what}: host says {want:?}\n  frame ({} bytes) {}",
+                                frame.len(),
+                                hex(frame)
+                            ));
+                        }
+                        continue;
+                    }
+                    Err(e) => {
+                        failures.push(format!(
+                            "policy {pname}, {dir:?}, {what}: test_run refused ({e:?})\n  frame ({} bytes) {}",
+                            frame.len(),
+                            hex(frame)
+                        ));
+                        continue;
+                    }
+                };
+                runs += 1;
+                let after = counters.snapshot();
+                let changed: Vec<usize> = (0..after.len())
+                    .filter(|&i| after[i] != before[i])
+                    .collect();
+                let expected_action = if want.verdict.passes() { pass } else { drop };
+                let expected_counter = AllCounters::index(dir, want.verdict, want.reason);
+                let counted_once = changed.len() == 1
+                    && changed[0] == expected_counter
+                    && after[expected_counter].0 == before[expected_counter].0 + 1
+                    && after[expected_counter].1 == before[expected_counter].1 + frame.len() as u64;
+                if action != expected_action || !counted_once {
+                    let kernel: Vec<String> = changed
+                        .iter()
+                        .map(|&i| {
+                            format!(
+                                "{} (+{} packets, +{} bytes)",
+                                AllCounters::label(i),
+                                after[i].0 - before[i].0,
+                                after[i].1 - before[i].1
+                            )
+                        })
+                        .collect();
+                    *kinds
+                        .entry(format!(
+                            "policy {pname}: kernel {action} {:?}, host {expected_action} {} {}",
+                            changed
+                                .iter()
+                                .map(|&i| AllCounters::label(i))
+                                .collect::<Vec<_>>(),
+                            want.verdict.name(),
+                            want.reason.name()
+                        ))
+                        .or_default() += 1;
+                    failures.push(format!(
+                        "policy {pname}, {dir:?}, {what}\n  frame ({} bytes) {}\n  kernel: action {action}, counted {kernel:?}\n  host:   action {expected_action}, {} {} ({:?}), parsed {parsed:?}",
+                        frame.len(),
+                        hex(frame),
+                        want.verdict.name(),
+                        want.reason.name(),
+                        want,
+                    ));
+                }
+                before = after;
+                if segmented {
+                    // Each frame is judged as a first packet, as the host does.
+                    let map = f.dp.ebpf_mut().map_mut(names::FLOWS).expect("flow map");
+                    let mut m: aya::maps::HashMap<
+                        _,
+                        tierguard_common::segment::FlowKey,
+                        tierguard_common::segment::FlowValue,
+                    > = aya::maps::HashMap::try_from(map).expect("hash");
+                    let keys: Vec<_> = m.keys().filter_map(Result::ok).collect();
+                    for k in keys {
+                        let _ = m.remove(&k);
+                    }
+                }
+                *outcomes
+                    .entry(format!(
+                        "{:?} {} {}",
+                        dir,
+                        want.verdict.name(),
+                        want.reason.name()
+                    ))
+                    .or_default() += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{} seeds, {} frames, {runs} kernel runs over {} policies ({refused} egress frames refused by test_run); host outcomes: {outcomes:#?}",
+        seeds.len(),
+        frames.len(),
+        policies.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "seed {FUZZ_SEED:#018x}: {} of {runs} runs differ between the kernel and the host\nby kind: {kinds:#?}\nthe first ones:\n{}",
+        failures.len(),
+        failures
+            .iter()
+            .take(12)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}

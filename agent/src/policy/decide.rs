@@ -10,6 +10,7 @@ use tierguard_common::{
     limiter::LimitOutcome,
     maps::{Direction, ListEntry},
     packet::Packet,
+    parse::parse,
     reason::Reason,
     segment::{FlowKey, PortEntry, PortSet},
 };
@@ -94,5 +95,18 @@ impl CompiledPolicy {
             return Decision::new(Reason::NonIp);
         }
         decide::decide(dir, p, &self.segmentation.meta, &UserTables(self))
+    }
+
+    /// The decision for a whole frame, as the kernel makes it: parse, then
+    /// [`decide`](Self::decide). A frame the parser refuses is dropped with
+    /// its parse reason, in audit mode too (`decide::refused`). `explain` answers with this, and the tests compare
+    /// the kernel's verdict and counted reason with it, frame by frame.
+    pub fn decide_frame(&self, dir: Direction, frame: &[u8]) -> (Result<Packet, Reason>, Decision) {
+        let parsed = parse(frame);
+        let decision = match &parsed {
+            Err(reason) => decide::refused(*reason),
+            Ok(p) => self.decide(dir, p),
+        };
+        (parsed, decision)
     }
 }
