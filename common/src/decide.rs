@@ -3,8 +3,8 @@
 //! Order (docs/design/verdict-precedence.md): parse → failsafe → blocked
 //! sources (ingress) → lists (ingress, source address) → limits (ingress) →
 //! established replies → segmentation rules → the zone pair's default. In
-//! global audit mode a drop of those policy stages becomes `audit`; a frame
-//! the parser refuses is dropped in audit mode too ([`refused`]).
+//! global audit mode every drop becomes `audit`, a frame the parser refuses
+//! included ([`refused`]).
 
 use crate::limiter::LimitOutcome;
 use crate::maps::{Direction, ListAction, ListEntry};
@@ -59,15 +59,14 @@ impl Decision {
     }
 }
 
-/// The decision for a frame the parser refused, with the parse reason.
-///
-/// Global audit mode does not apply: parsing is not a policy stage, and a
-/// frame that cannot be read whole is dropped in `mode = "audit"` too
-/// (docs/design/malformed-packets.md). Called by the kernel and by the
-/// agent's `decide_frame` (`explain`), so both give the same verdict.
+/// The decision for a frame the parser refused, with the parse reason: a
+/// drop, or in global audit mode an `audit` (passed and reported), since
+/// audit mode drops nothing (docs/design/malformed-packets.md). Called by
+/// the kernel and by the agent's `decide_frame` (`explain`), so both give
+/// the same verdict.
 #[inline(always)]
-pub const fn refused(reason: Reason) -> Decision {
-    Decision::new(reason)
+pub const fn refused(reason: Reason, meta: &SegMeta) -> Decision {
+    Decision::new(reason).finish(meta)
 }
 
 /// What a decision reads, implemented over BPF maps by the kernel and over
@@ -461,7 +460,12 @@ mod tests {
     const BLOCKED_BY_ADMIN: u16 = crate::limiter::BLOCK_ADMIN;
 
     #[test]
-    fn a_refused_frame_is_dropped_in_audit_mode_too() {
+    fn a_refused_frame_is_dropped_and_in_audit_mode_audited() {
+        let enforce = SegMeta::default();
+        let audit = SegMeta {
+            flags: SEG_AUDIT_MODE,
+            ..SegMeta::default()
+        };
         for reason in [
             Reason::Truncated,
             Reason::Malformed,
@@ -470,8 +474,10 @@ mod tests {
             Reason::TinyFragment,
             Reason::UnsupportedEncap,
         ] {
-            let d = refused(reason);
+            let d = refused(reason, &enforce);
             assert_eq!((d.reason, d.verdict), (reason, Verdict::Drop));
+            let d = refused(reason, &audit);
+            assert_eq!((d.reason, d.verdict), (reason, Verdict::Audit));
         }
     }
 

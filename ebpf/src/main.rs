@@ -123,8 +123,7 @@ fn enforce_with<C: EbpfContext>(
     let mut p = Packet::EMPTY;
     let parsed = parse_packet(bytes, &mut p);
     let decision = if parsed != PARSED {
-        // Dropped in audit mode too: parsing is not a policy stage.
-        decide::refused(Reason::from_u8(parsed).unwrap_or(Reason::Malformed))
+        decide::refused(Reason::from_u8(parsed).unwrap_or(Reason::Malformed), meta)
     } else if p.family == 0 {
         Decision::new(Reason::NonIp)
     } else {

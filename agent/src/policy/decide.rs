@@ -98,13 +98,14 @@ impl CompiledPolicy {
     }
 
     /// The decision for a whole frame, as the kernel makes it: parse, then
-    /// [`decide`](Self::decide). A frame the parser refuses is dropped with
-    /// its parse reason, in audit mode too (`decide::refused`). `explain` answers with this, and the tests compare
-    /// the kernel's verdict and counted reason with it, frame by frame.
+    /// [`decide`](Self::decide). A frame the parser refuses gets its parse
+    /// reason (`decide::refused`: a drop, an `audit` in audit mode).
+    /// `explain` answers with this, and the tests compare the kernel's
+    /// verdict and counted reason with it, frame by frame.
     pub fn decide_frame(&self, dir: Direction, frame: &[u8]) -> (Result<Packet, Reason>, Decision) {
         let parsed = parse(frame);
         let decision = match &parsed {
-            Err(reason) => decide::refused(*reason),
+            Err(reason) => decide::refused(*reason, &self.segmentation.meta),
             Ok(p) => self.decide(dir, p),
         };
         (parsed, decision)
