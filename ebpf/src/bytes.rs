@@ -38,6 +38,7 @@ impl PacketBytes {
         }
     }
 
+    /// The readable length: the whole frame on XDP (TC counts `ctx.len()`).
     #[inline(always)]
     pub fn frame_len(&self) -> u32 {
         (self.end - self.start) as u32

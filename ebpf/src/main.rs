@@ -57,7 +57,8 @@ pub fn tierguard_dispatch(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn tierguard_ingress(ctx: XdpContext) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
-    match enforce(&ctx, &PacketBytes::xdp(&ctx), ifindex, Direction::Ingress) {
+    let bytes = PacketBytes::xdp(&ctx);
+    match enforce(&ctx, &bytes, bytes.frame_len(), ifindex, Direction::Ingress) {
         Verdict::Drop => xdp_action::XDP_DROP,
         Verdict::Pass | Verdict::Audit => xdp_action::XDP_PASS,
     }
@@ -84,7 +85,7 @@ pub fn tierguard_egress_dispatch(ctx: TcContext) -> i32 {
 pub fn tierguard_egress(ctx: TcContext) -> i32 {
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
     let bytes = PacketBytes::tc(&ctx);
-    match enforce(&ctx, &bytes, ifindex, Direction::Egress) {
+    match enforce(&ctx, &bytes, ctx.len(), ifindex, Direction::Egress) {
         Verdict::Drop => TC_ACT_SHOT as i32,
         Verdict::Pass | Verdict::Audit => TC_ACT_UNSPEC,
     }
@@ -100,10 +101,18 @@ enum Override {
     SrcPort([u8; 16], u16),
 }
 
-/// The enforcement path, shared by both directions.
+/// The enforcement path, shared by both directions. `len` is the frame's
+/// length as counted: on TC the socket buffer's, paged data included (a GSO
+/// send of 64 KiB counts 64 KiB, though only its headers are in `bytes`).
 #[inline(always)]
-fn enforce<C: EbpfContext>(ctx: &C, bytes: &PacketBytes, ifindex: u32, dir: Direction) -> Verdict {
-    enforce_with(ctx, bytes, ifindex, dir, Override::None)
+fn enforce<C: EbpfContext>(
+    ctx: &C,
+    bytes: &PacketBytes,
+    len: u32,
+    ifindex: u32,
+    dir: Direction,
+) -> Verdict {
+    enforce_with(ctx, bytes, len, ifindex, dir, Override::None)
 }
 
 /// The enforcement path with the benchmark's address override.
@@ -111,11 +120,11 @@ fn enforce<C: EbpfContext>(ctx: &C, bytes: &PacketBytes, ifindex: u32, dir: Dire
 fn enforce_with<C: EbpfContext>(
     ctx: &C,
     bytes: &PacketBytes,
+    len: u32,
     ifindex: u32,
     dir: Direction,
     over: Override,
 ) -> Verdict {
-    let len = bytes.frame_len();
     let slot = maps::active_slot();
     let meta = segment::meta(slot);
     // One packet record in this frame, filled in place: moving it through
@@ -127,6 +136,8 @@ fn enforce_with<C: EbpfContext>(
     } else if p.family == 0 {
         Decision::new(Reason::NonIp)
     } else {
+        // The parser counts what it can read; the frame may hold more.
+        p.len = len;
         match over {
             Override::None => {}
             Override::Src(a) => p.src = a,
@@ -216,9 +227,11 @@ pub fn tierguard_bench_ingress_new(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn bench_ingress(ctx: &XdpContext, over: Override) -> u32 {
     let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let bytes = PacketBytes::xdp(ctx);
     match enforce_with(
         ctx,
-        &PacketBytes::xdp(ctx),
+        &bytes,
+        bytes.frame_len(),
         ifindex,
         Direction::Ingress,
         over,
@@ -259,6 +272,7 @@ pub fn tierguard_bench_egress(ctx: TcContext) -> i32 {
     match enforce_with(
         &ctx,
         &PacketBytes::tc(&ctx),
+        ctx.len(),
         ifindex,
         Direction::Egress,
         Override::Dst(dst),

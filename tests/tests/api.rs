@@ -62,7 +62,7 @@ fn admin_raw(socket: &Path, raw: &[u8]) -> String {
 
 #[test]
 fn bad_and_stalled_api_clients_get_defined_answers_and_enforcement_goes_on() {
-    let lab = Lab::new("tgapi1", 241);
+    let lab = Lab::new("tgapi1", 233);
     let pins = PinDir::new("api1");
     let dir = tierguard_tests::tmpdir("api", "clients");
     let config = write_config(&dir, &lab, pins.path());

@@ -981,3 +981,52 @@ fn kernel_debug_logging_is_off_by_default_and_names_drops_when_on() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// Bytes of every egress series of `iface`, whatever the reason and verdict.
+fn egress_bytes(metrics: &str, iface: &str) -> f64 {
+    let prefix = format!("tierguard_bytes_total{{direction=\"egress\",interface=\"{iface}\",");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[test]
+fn egress_counts_every_byte_of_a_bulk_send() {
+    // The node's TCP stack hands the egress program socket buffers of up to
+    // 64 KiB (GSO over the veth) whose linear part holds only the headers:
+    // the byte counters must count the whole buffer, not what is read.
+    let lab = Lab::new("tgeg", 232);
+    let pins = PinDir::new("e2eg");
+    let dir = tmpdir("egress-bytes");
+    let config = write_config(&dir, &lab.node_if, pins.path(), "");
+    let agent = Agent::start(&["--config", config.to_str().unwrap()], free_addr());
+    const SENT: usize = 8 << 20;
+    let listener = TcpListener::bind(format!("{}:0", lab.node_v4())).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.write_all(&vec![0x5a; SENT]).unwrap();
+    });
+    let before = egress_bytes(&agent.scrape(), &lab.node_if);
+    let got = lab.exec_ok(&[
+        "bash",
+        "-c",
+        &format!("cat < /dev/tcp/{}/{port} | wc -c", lab.node_v4()),
+    ]);
+    server.join().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&got.stdout).trim(),
+        SENT.to_string(),
+        "the peer received the whole send"
+    );
+    let counted = egress_bytes(&agent.scrape(), &lab.node_if) - before;
+    // Every payload byte left through the egress program, with its headers.
+    assert!(
+        counted >= SENT as f64,
+        "egress counted {counted} bytes for a send of {SENT}"
+    );
+    assert!(agent.stop().success());
+    let _ = std::fs::remove_dir_all(dir);
+}
