@@ -665,14 +665,22 @@ async fn event_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The node's addresses form the `host` zone: when they change (DHCP,
     // an interface coming up) the zone tables are rewritten.
-    let mut last_hosts = crate::policy::host_addresses().unwrap_or_default();
+    let mut hosts = HostWatch {
+        last: crate::policy::host_addresses().ok(),
+        failing: false,
+    };
     loop {
         let trigger = tokio::select! {
             _ = term.recv() => return ExitCode::SUCCESS,
             _ = int.recv() => return ExitCode::SUCCESS,
             _ = hup.recv() => "SIGHUP",
             _ = tick.tick() => {
-                let hosts = hosts_or_last(crate::policy::host_addresses(), &last_hosts);
+                let host_tick = hosts.observe(crate::policy::host_addresses());
+                // Without the node's addresses a reload is refused: leave
+                // any change of the files to a tick that can apply it.
+                if host_tick == HostTick::Unknown {
+                    continue;
+                }
                 let files_changed = watch_path.as_ref().and_then(|p| {
                     let now = read_watched(p);
                     let stamps_now = file_stamps(&data_files);
@@ -687,10 +695,8 @@ async fn event_loop(
                     }
                 });
                 if let Some(t) = files_changed {
-                    last_hosts = hosts;
                     t
-                } else if hosts != last_hosts {
-                    last_hosts = hosts;
+                } else if host_tick == HostTick::Changed {
                     "node addresses changed"
                 } else {
                     continue;
@@ -704,17 +710,48 @@ async fn event_loop(
     }
 }
 
-/// The node's addresses this tick, or the last known ones when the kernel
-/// did not answer (out of file descriptors, for one): a reload without
-/// them would empty the `host` zone.
-fn hosts_or_last(
-    now: std::io::Result<Vec<std::net::IpAddr>>,
-    last: &[std::net::IpAddr],
-) -> Vec<std::net::IpAddr> {
-    now.unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "cannot list the node's addresses; the host zone stays as it is");
-        last.to_vec()
-    })
+/// What the watcher knows of the node's addresses.
+struct HostWatch {
+    /// The addresses last listed; `None` until a listing succeeds.
+    last: Option<Vec<std::net::IpAddr>>,
+    /// Whether the last listing failed (said once, not at every tick).
+    failing: bool,
+}
+
+/// One tick's listing of the node's addresses, against the last one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HostTick {
+    /// The kernel did not answer (out of file descriptors, for one).
+    Unknown,
+    Same,
+    Changed,
+}
+
+impl HostWatch {
+    fn observe(&mut self, now: std::io::Result<Vec<std::net::IpAddr>>) -> HostTick {
+        match now {
+            Err(e) => {
+                if !self.failing {
+                    tracing::warn!(error = %e, "cannot list the node's addresses; reloads wait until they can be listed");
+                }
+                self.failing = true;
+                HostTick::Unknown
+            }
+            Ok(now) => {
+                if self.failing {
+                    tracing::info!("the node's addresses can be listed again");
+                }
+                self.failing = false;
+                let changed = self.last.as_ref().is_some_and(|last| *last != now);
+                self.last = Some(now);
+                if changed {
+                    HostTick::Changed
+                } else {
+                    HostTick::Same
+                }
+            }
+        }
+    }
 }
 
 /// The watched config file's bytes, read as a load would read them: a FIFO
@@ -876,7 +913,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn without_the_node_addresses_a_load_is_refused_and_the_watcher_keeps_the_last() {
+    fn without_the_node_addresses_a_load_is_refused_and_the_watcher_waits() {
         let config = crate::config::Config::load_str(
             "[[zones]]\nname = \"core\"\ncidrs = [\"10.9.0.0/16\"]\n",
             "p.toml",
@@ -891,9 +928,22 @@ mod tests {
         );
         let hosts = vec![std::net::IpAddr::from([192, 0, 2, 7])];
         assert!(compile_for_host(&config, Ok(hosts.clone())).is_ok());
-        assert_eq!(hosts_or_last(emfile(), &hosts), hosts);
+
+        // The watcher: a failed listing is unknown (the tick is skipped, so
+        // a file change waits for a tick that can apply it) and forgets
+        // nothing; a first listing after a failed start is not a change.
+        let mut w = HostWatch {
+            last: None,
+            failing: false,
+        };
+        assert_eq!(w.observe(emfile()), HostTick::Unknown);
+        assert_eq!(w.observe(Ok(hosts.clone())), HostTick::Same);
+        assert_eq!(w.observe(emfile()), HostTick::Unknown);
+        assert_eq!(w.last.as_deref(), Some(&hosts[..]));
+        assert_eq!(w.observe(Ok(hosts.clone())), HostTick::Same);
         let moved = vec![std::net::IpAddr::from([192, 0, 2, 8])];
-        assert_eq!(hosts_or_last(Ok(moved.clone()), &hosts), moved);
+        assert_eq!(w.observe(Ok(moved.clone())), HostTick::Changed);
+        assert_eq!(w.last, Some(moved));
     }
 
     #[test]
@@ -904,8 +954,7 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("p.toml");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        crate::config::files::mkfifo(&fifo);
         assert_eq!(read_watched(&fifo), None);
         assert_eq!(read_watched(std::path::Path::new("/dev/zero")), None);
         std::fs::remove_file(&fifo).unwrap();

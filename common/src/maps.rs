@@ -166,8 +166,8 @@ impl Direction {
 }
 
 /// Index into `STATS` for an interface slot, direction, verdict and reason.
-/// The verdict is not implied by the reason: in audit mode a policy stage's
-/// drop reason is counted under `audit`.
+/// The verdict is not implied by the reason: in audit mode any drop reason
+/// is counted under `audit`.
 pub const fn stats_index(iface_slot: u32, dir: Direction, verdict: u8, reason: u8) -> u32 {
     ((iface_slot * DIRECTIONS + dir as u32) * VERDICTS + verdict as u32) * MAX_REASONS
         + reason as u32

@@ -9,8 +9,8 @@
 pub enum Verdict {
     Pass = 0,
     Drop = 1,
-    /// Would have been dropped, but passed: an `audit` rule or limit, or a
-    /// policy stage's drop in global audit mode (not a parse drop).
+    /// Would have been dropped, but passed: an `audit` rule or limit, or
+    /// any drop in global audit mode (a parse drop included).
     Audit = 2,
 }
 

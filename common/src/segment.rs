@@ -322,8 +322,8 @@ pub const SEG_ENABLED: u32 = 1;
 pub const SEG_DEFAULT_ALLOW: u32 = 2;
 /// Traffic within a zone without a matching rule is allowed.
 pub const SEG_INTRA_ALLOW: u32 = 4;
-/// Global audit mode: decide and report everything; the policy drops
-/// nothing (frames the parser refuses are still dropped).
+/// Global audit mode: decide and report everything, drop nothing (frames
+/// the parser refuses included).
 pub const SEG_AUDIT_MODE: u32 = 8;
 /// The failsafe tables hold entries.
 pub const SEG_FAILSAFE: u32 = 16;

@@ -106,7 +106,9 @@ fn bad_and_stalled_api_clients_get_defined_answers_and_enforcement_goes_on() {
     drop(idle);
 
     // Admin socket: one client connected and silent, one that asks for the
-    // listing and never reads; others are answered meanwhile.
+    // listing and does not read it; others are answered meanwhile. (The
+    // listing here is short and fits the socket buffer; a client stalled on
+    // a listing that does not is in admin/server.rs's unit tests.)
     let _silent = UnixStream::connect(&socket).unwrap();
     let mut stalled = UnixStream::connect(&socket).unwrap();
     stalled.write_all(b"{\"op\":\"blocks\"}\n").unwrap();

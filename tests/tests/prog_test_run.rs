@@ -1231,9 +1231,10 @@ action = "audit"
     f.expect(&other, Reason::DefaultDeny);
 }
 
-/// In `mode = "audit"` the kernel used to pass frames the parser refuses,
-/// counted as `audit`, where `explain` (and the policy reference) drop
-/// them. Found by `kernel_matches_host_on_malformed_and_mutated_frames`.
+/// In `mode = "audit"` the kernel passes frames the parser refuses, counted
+/// as `audit` (it always did; `explain` used to drop them, which
+/// `kernel_matches_host_on_malformed_and_mutated_frames` found and which was
+/// fixed on the `explain` side). This pins the kernel's side.
 #[test]
 fn a_frame_the_parser_refuses_passes_as_audit_in_audit_mode() {
     use tierguard::datapath::TC_PASS;

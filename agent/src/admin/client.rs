@@ -67,10 +67,11 @@ fn print_message(r: &Response) {
     }
 }
 
-/// When the agent could not be asked, the arguments are checked here as the
-/// agent would have: a typo then gets its own error (exit 1, as the agent's
-/// refusal) rather than only "cannot reach the agent". A reachable agent
-/// checks them itself, so that a refused attempt is in its audit log.
+/// When the agent could not be asked (or its answer could not be read), the
+/// arguments are checked here as the agent would have: a typo then gets its
+/// own error (exit 1, as the agent's refusal) rather than only "cannot reach
+/// the agent". A reachable agent checks them itself, so that a refused
+/// attempt is in its audit log.
 fn unreachable_or_invalid(
     r: Result<Response, String>,
     checks: impl FnOnce() -> Result<(), String>,

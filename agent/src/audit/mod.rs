@@ -225,7 +225,6 @@ pub fn verify(text: &str) -> Result<usize, Break> {
     Ok(count)
 }
 
-/// `tierguard audit verify FILE`.
 /// An audit log's text. It must be a regular file: `/dev/zero` or a FIFO
 /// would never end. It has no size cap: it grows for the life of the node.
 fn read_log(path: &Path) -> Result<String, ReadError> {
@@ -238,6 +237,7 @@ fn read_log(path: &Path) -> Result<String, ReadError> {
     })
 }
 
+/// `tierguard audit verify FILE`.
 pub fn verify_file(path: &Path) -> std::process::ExitCode {
     let text = match read_log(path) {
         Ok(t) => t,

@@ -125,8 +125,13 @@ impl fmt::Display for NotUtf8 {
 /// The bytes as text, without a leading UTF-8 byte order mark (which some
 /// Windows editors write, and which would otherwise be part of the first
 /// line's value or key).
-pub fn decode_text(bytes: Vec<u8>) -> Result<String, NotUtf8> {
-    let text = String::from_utf8(bytes).map_err(|e| {
+pub fn decode_text(mut bytes: Vec<u8>) -> Result<String, NotUtf8> {
+    // Dropped before decoding, so that places in the first line count from
+    // what the reader sees (and in place: a list file can be 256 MiB).
+    if bytes.starts_with("\u{feff}".as_bytes()) {
+        bytes.drain(..3);
+    }
+    String::from_utf8(bytes).map_err(|e| {
         let good = e.utf8_error().valid_up_to();
         let bytes = e.as_bytes();
         let valid = std::str::from_utf8(&bytes[..good]).unwrap_or_default();
@@ -136,10 +141,6 @@ pub fn decode_text(bytes: Vec<u8>) -> Result<String, NotUtf8> {
             column,
             byte: bytes[good],
         }
-    })?;
-    Ok(match text.strip_prefix('\u{feff}') {
-        Some(rest) => rest.to_string(),
-        None => text,
     })
 }
 
@@ -164,8 +165,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tg-files-fifo-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("fifo");
-        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        mkfifo(&fifo);
         let e = read_bounded(&fifo, MAX_LIST_FILE_BYTES).unwrap_err();
         assert_eq!(e.to_string(), "it is a FIFO, not a regular file");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -201,5 +201,31 @@ mod tests {
             "10.0.0.0/8\n"
         );
         assert_eq!(decode_text(b"\xef\xbb\xbf".to_vec()).unwrap(), "");
+        // Places in the first line count from after the mark.
+        assert_eq!(
+            decode_text(b"\xef\xbb\xbfab\xff".to_vec()).unwrap_err(),
+            NotUtf8 {
+                line: 1,
+                column: 3,
+                byte: 0xff
+            }
+        );
     }
+}
+
+/// Makes a FIFO at `path` (mode 0600), for the tests that check one is
+/// refused without blocking.
+#[cfg(test)]
+pub fn mkfifo(path: &Path) {
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
 }
