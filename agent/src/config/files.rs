@@ -144,6 +144,23 @@ pub fn decode_text(mut bytes: Vec<u8>) -> Result<String, NotUtf8> {
     })
 }
 
+/// Makes a FIFO at `path` (mode 0600), for the tests that check one is
+/// refused without blocking.
+#[cfg(test)]
+pub fn mkfifo(path: &Path) {
+    let c =
+        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path without NUL");
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(
+        rc,
+        0,
+        "mkfifo {}: {}",
+        path.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,21 +228,4 @@ mod tests {
             }
         );
     }
-}
-
-/// Makes a FIFO at `path` (mode 0600), for the tests that check one is
-/// refused without blocking.
-#[cfg(test)]
-pub fn mkfifo(path: &Path) {
-    let c =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("a path without NUL");
-    // SAFETY: `c` is a NUL-terminated path that outlives the call.
-    let rc = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
-    assert_eq!(
-        rc,
-        0,
-        "mkfifo {}: {}",
-        path.display(),
-        std::io::Error::last_os_error()
-    );
 }
