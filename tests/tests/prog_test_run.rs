@@ -1998,8 +1998,6 @@ fn hex(b: &[u8]) -> String {
 /// every verdict and every reason number the table has room for.
 struct AllCounters(aya::maps::PerCpuArray<aya::maps::MapData, tierguard_common::maps::Counter>);
 
-const FUZZ_VERDICTS: u32 = 3;
-
 impl AllCounters {
     fn open(pins: &Path) -> AllCounters {
         let data = aya::maps::MapData::from_pin(pins.join(names::STATS)).expect("stats pin");
@@ -2010,7 +2008,7 @@ impl AllCounters {
     fn snapshot(&self) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         for dir in [Direction::Ingress, Direction::Egress] {
-            for verdict in 0..FUZZ_VERDICTS {
+            for verdict in 0..tierguard_common::maps::VERDICTS {
                 for reason in 0..tierguard_common::maps::MAX_REASONS {
                     let idx =
                         tierguard_common::maps::stats_index(0, dir, verdict as u8, reason as u8);
@@ -2026,7 +2024,8 @@ impl AllCounters {
 
     /// (direction, verdict, reason number) of snapshot index `i`.
     fn label(i: usize) -> String {
-        let per_dir = (FUZZ_VERDICTS * tierguard_common::maps::MAX_REASONS) as usize;
+        let per_dir =
+            (tierguard_common::maps::VERDICTS * tierguard_common::maps::MAX_REASONS) as usize;
         let dir = if i / per_dir == 0 {
             "ingress"
         } else {
@@ -2039,15 +2038,9 @@ impl AllCounters {
         format!("{dir} {verdict} {reason}")
     }
 
+    /// The snapshot holds interface slot 0's counters in the map's order.
     fn index(dir: Direction, verdict: Verdict, reason: Reason) -> usize {
-        let per_dir = (FUZZ_VERDICTS * tierguard_common::maps::MAX_REASONS) as usize;
-        let d = match dir {
-            Direction::Ingress => 0,
-            Direction::Egress => 1,
-        };
-        d * per_dir
-            + verdict as usize * tierguard_common::maps::MAX_REASONS as usize
-            + reason as usize
+        tierguard_common::maps::stats_index(0, dir, verdict as u8, reason as u8) as usize
     }
 }
 
