@@ -17,7 +17,7 @@ use tierguard_common::{
 use crate::cli::{CheckArgs, ConfigArgs};
 use crate::config::{Config, ConfigError, ConfigErrors};
 use crate::datapath::ifindex;
-use crate::policy::{CompiledPolicy, UserTables, host_addresses_or_none};
+use crate::policy::{CompiledPolicy, UserTables, host_addresses_or_empty};
 
 /// Loads the config named by the arguments (or the embedded default) and
 /// applies the --iface override.
@@ -63,7 +63,7 @@ pub fn interface_errors(config: &Config, from_cli: bool) -> Vec<ConfigError> {
 }
 
 pub fn check(args: &CheckArgs) -> ExitCode {
-    let host = host_addresses_or_none();
+    let host = host_addresses_or_empty();
     let result = load(&args.config).and_then(|config| {
         let mut errors = Vec::new();
         if !args.skip_interface_check {

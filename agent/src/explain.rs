@@ -22,7 +22,7 @@ use crate::admin::protocol::BlockInfo;
 use crate::check::load;
 use crate::cli::{self, ExplainArgs, Proto};
 use crate::config::{Config, ConfigErrors};
-use crate::policy::{CompiledPolicy, host_addresses_or_none};
+use crate::policy::{CompiledPolicy, host_addresses_or_empty};
 
 /// The answer, as printed (text or JSON).
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -451,7 +451,7 @@ pub fn run(args: &ExplainArgs) -> ExitCode {
         }
     };
     let loaded = load(&args.config)
-        .and_then(|c| CompiledPolicy::compile(&c, &host_addresses_or_none()).map(|p| (c, p)));
+        .and_then(|c| CompiledPolicy::compile(&c, &host_addresses_or_empty()).map(|p| (c, p)));
     let (config, policy) = match loaded {
         Ok(x) => x,
         Err(ConfigErrors(errors)) => {

@@ -36,6 +36,15 @@ pub fn run_cli(args: &[&str]) -> Output {
         .expect("run tierguard")
 }
 
+/// A command's stdout then stderr, as text (for assertions and messages).
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// A running agent, stopped with SIGTERM on drop.
 pub struct Agent {
     child: Option<Child>,

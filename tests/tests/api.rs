@@ -7,11 +7,10 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::Output;
 use std::time::Duration;
 
 use tierguard_tests::{
-    agent::{Agent, free_addr, run_cli},
+    agent::{Agent, free_addr, output_text, run_cli},
     http::{get, sample},
     lab::Lab,
     pins::PinDir,
@@ -28,14 +27,6 @@ fn write_config(dir: &Path, lab: &Lab, pins: &Path) -> PathBuf {
     );
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Sends `raw` over HTTP and returns everything that came back.
@@ -155,11 +146,11 @@ fn bad_and_stalled_api_clients_get_defined_answers_and_enforcement_goes_on() {
     let o = run_cli(&[
         "block", &peer, "--for", "10m", "--reason", "api test", "--socket", s,
     ]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(!lab.ping(None, &node, 1), "blocked");
     assert_eq!(get(other, "/readyz").map(|r| r.0), Some(200));
     let o = run_cli(&["unblock", &peer, "--socket", s]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(lab.ping(None, &node, 1), "unblocked");
     drop(stalled);
 
@@ -171,6 +162,6 @@ fn bad_and_stalled_api_clients_get_defined_answers_and_enforcement_goes_on() {
         .count();
     assert!(refused >= 10, "{audit}");
     let o = run_cli(&["audit", "verify", dir.join("audit.jsonl").to_str().unwrap()]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(agent.stop().code(), Some(0));
 }

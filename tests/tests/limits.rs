@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tierguard_tests::{
-    agent::{Agent, binary, free_addr},
+    agent::{Agent, binary, free_addr, output_text},
     http::sample,
     lab::{Lab, sh},
     pins::PinDir,
@@ -130,14 +130,6 @@ fn cli(as_user: Option<&[&str]>, args: &[&str]) -> Output {
         None => Command::new(&bin),
     };
     cmd.args(args).output().expect("run tierguard")
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]
@@ -521,11 +513,11 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
             s,
         ],
     );
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(
-        text(&o).contains(&format!("blocked {peer}/32 for 10m")),
+        output_text(&o).contains(&format!("blocked {peer}/32 for 10m")),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     // The next packet is dropped: no wait.
     assert!(!lab.ping(None, &node, 1), "blocked at once");
@@ -533,8 +525,8 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     assert!(reason_count(&m, &lab.node_if, "blocked", "drop") >= 1);
 
     let o = cli(None, &["blocks", "--socket", s]);
-    assert!(o.status.success(), "{}", text(&o));
-    let t = text(&o);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let t = output_text(&o);
     assert!(
         t.contains(&format!("{peer}/32"))
             && t.contains("admin (uid 0)")
@@ -566,7 +558,7 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
             "icmp",
         ],
     );
-    let t = text(&o);
+    let t = output_text(&o);
     assert!(o.status.success(), "{t}");
     assert!(
         t.contains("reason:  blocked") && t.contains("admin (uid 0): incident 42"),
@@ -577,7 +569,11 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     let nobody: &[&str] = &["--reuid=65534", "--regid=65534", "--clear-groups"];
     let o = cli(Some(nobody), &["unblock", &peer, "--socket", s]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("permission denied"), "{}", text(&o));
+    assert!(
+        output_text(&o).contains("permission denied"),
+        "{}",
+        output_text(&o)
+    );
     // ...and with the file permissions bypassed, the agent refuses it by uid.
     let nobody_dac: &[&str] = &[
         "--reuid=65534",
@@ -587,11 +583,11 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
         "--ambient-caps=+dac_override",
     ];
     let o = cli(Some(nobody_dac), &["unblock", &peer, "--socket", s]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", output_text(&o));
     assert!(
-        text(&o).contains("serves root (uid 0) only; this request came from uid 65534"),
+        output_text(&o).contains("serves root (uid 0) only; this request came from uid 65534"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     assert!(!lab.ping(None, &node, 1), "nothing changed");
 
@@ -621,8 +617,12 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
         let mut a = args.clone();
         a.extend(["--socket", s]);
         let o = cli(None, &a);
-        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", text(&o));
-        assert!(text(&o).contains(want), "{args:?}: {}", text(&o));
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {}", output_text(&o));
+        assert!(
+            output_text(&o).contains(want),
+            "{args:?}: {}",
+            output_text(&o)
+        );
     }
     let o = cli(None, &["blocks", "--json", "--socket", s]);
     assert_eq!(
@@ -634,10 +634,14 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
 
     // Unblocked: the next packet passes.
     let o = cli(None, &["unblock", &peer, "--socket", s]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     assert!(lab.ping(None, &node, 1), "passes at once");
     let o = cli(None, &["blocks", "--socket", s]);
-    assert!(text(&o).contains("nothing is blocked"), "{}", text(&o));
+    assert!(
+        output_text(&o).contains("nothing is blocked"),
+        "{}",
+        output_text(&o)
+    );
 
     // The events and the audit trail.
     let started = wait_event(&dir, "admin block_started", |e| {
@@ -689,7 +693,11 @@ fn admin_blocks_take_effect_on_the_next_packet_are_root_only_and_audited() {
     assert_eq!(admin[0]["reason"], "incident 42");
     assert_eq!(admin[1]["peer"]["uid"], 65534);
     let o = cli(None, &["audit", "verify", audit_path.to_str().unwrap()]);
-    assert!(o.status.success(), "the chain is intact: {}", text(&o));
+    assert!(
+        o.status.success(),
+        "the chain is intact: {}",
+        output_text(&o)
+    );
     drop(agent);
     assert!(
         !socket.exists(),

@@ -1309,9 +1309,10 @@ fn a_frame_the_parser_refuses_passes_as_audit_in_audit_mode() {
 const FUZZ_SEED: u64 = 0x7167_f022_d1ff_0001;
 const MUTANTS_PER_SEED: usize = 20;
 
-/// Lists, zones, rules of every action, failsafe management: mutated ports,
-/// protocols, ICMP types and addresses reach every stage.
-const FUZZ_SEGMENTED: &str = r#"
+/// Zones, rules of every action, failsafe management (used after `POLICY`'s
+/// lists): mutated ports, protocols, ICMP types and addresses reach every
+/// stage.
+const FUZZ_SEGMENTATION: &str = r#"
 [segmentation]
 default = "deny"
 intra_zone = "allow"
@@ -1323,16 +1324,6 @@ cidrs = ["10.0.0.0/24", "fd00::/120"]
 [[zones]]
 name = "peers"
 cidrs = ["10.1.0.0/16", "10.66.0.0/16", "fd00::/16"]
-
-[[lists]]
-name = "deny-wide"
-action = "deny"
-cidrs = ["198.51.100.0/24", "10.66.0.0/16", "2001:db8::/32"]
-
-[[lists]]
-name = "allow-exceptions"
-action = "allow"
-cidrs = ["10.66.1.0/24", "2001:db8:1::/48", "198.51.100.128/25"]
 
 [[rules]]
 name = "peers-web"
@@ -2066,8 +2057,11 @@ fn kernel_matches_host_on_malformed_and_mutated_frames() {
     }
     let policies = [
         ("lists", POLICY.to_string()),
-        ("segmented", FUZZ_SEGMENTED.to_string()),
-        ("audit", format!("mode = \"audit\"\n{FUZZ_SEGMENTED}")),
+        ("segmented", format!("{POLICY}{FUZZ_SEGMENTATION}")),
+        (
+            "audit",
+            format!("mode = \"audit\"\n{POLICY}{FUZZ_SEGMENTATION}"),
+        ),
     ];
     let mut failures: Vec<String> = Vec::new();
     let mut outcomes: std::collections::BTreeMap<String, usize> = Default::default();

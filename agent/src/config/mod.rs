@@ -869,17 +869,15 @@ fn validate_webhook(
             // A token is at most 8 KiB: 64 KiB leaves room for whitespace
             // around it, and a device or FIFO named by mistake is refused.
             match files::read_bounded(&path, 64 << 10) {
-                Err(files::ReadError::Io(e)) => {
-                    errors.push(src.error_span(
-                        &f.span(),
-                        format!("cannot read webhook token file {shown}: {}", e.kind()),
-                    ));
-                    None
-                }
                 Err(e) => {
+                    // An I/O error by its kind alone ("permission denied").
+                    let why = match e {
+                        files::ReadError::Io(e) => e.kind().to_string(),
+                        other => other.to_string(),
+                    };
                     errors.push(src.error_span(
                         &f.span(),
-                        format!("cannot read webhook token file {shown}: {e}"),
+                        format!("cannot read webhook token file {shown}: {why}"),
                     ));
                     None
                 }

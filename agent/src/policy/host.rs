@@ -52,7 +52,7 @@ pub fn host_addresses() -> std::io::Result<Vec<IpAddr>> {
 /// [`host_addresses`] for the commands that only read a policy (`check`,
 /// `explain`): without an answer they go on with an empty host zone, and
 /// say so.
-pub fn host_addresses_or_none() -> Vec<IpAddr> {
+pub fn host_addresses_or_empty() -> Vec<IpAddr> {
     host_addresses().unwrap_or_else(|e| {
         eprintln!("warning: cannot list the node's addresses ({e}); the host zone is empty");
         Vec::new()

@@ -30,7 +30,7 @@ pub mod limits;
 pub mod segmentation;
 pub mod zone_table;
 pub use decide::{UserTables, packet_addr};
-pub use host::{host_addresses, host_addresses_or_none};
+pub use host::{host_addresses, host_addresses_or_empty};
 pub use limits::CompiledLimits;
 pub use segmentation::CompiledSegmentation;
 
